@@ -1,0 +1,73 @@
+"""The one place where ScanChat is configured.
+
+Every path and model can be overridden with an environment variable (prefix ``SCANCHAT_``,
+for example ``SCANCHAT_CACHE_DIR`` or ``SCANCHAT_LLM=smollm2-135m``) or a CLI flag that
+writes into the same object. Defaults work offline on a 2-core CPU machine.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Runtime = Literal["auto", "transformers", "llamacpp", "openai"]
+
+
+def _default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "scanchat"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SCANCHAT_", env_file=".env", extra="ignore")
+
+    cache_dir: Path = Field(default_factory=_default_cache_dir, description="Assembled models, samples, indexes.")
+
+    # --- agent model -------------------------------------------------------------------
+    llm: str = Field("qwen2.5-coder-0.5b", description="Registry name, a local GGUF/HF folder, or a hub id.")
+    runtime: Runtime = Field("auto", description="auto picks llama.cpp when installed, else transformers.")
+    llm_threads: int = Field(2, ge=1)
+    llm_context: int = Field(4096, ge=512)
+    max_new_tokens: int = Field(384, ge=16)
+    openai_base_url: str | None = Field(None, description="OpenAI-compatible server (vLLM, llama.cpp, Ollama).")
+    openai_api_key: str | None = Field(None, description="Read from the environment only; never stored.")
+    openai_model: str | None = None
+    quantization: Literal["none", "4bit", "8bit"] = Field("none", description="bitsandbytes loading on a GPU.")
+    device_map: str | None = Field(None, description="accelerate device map, e.g. 'auto' on a GPU machine.")
+    max_agent_steps: int = Field(4, ge=1, le=16, description="Tool calls per user turn before the agent must answer.")
+
+    # --- input limits (checked before allocating) ----------------------------------------
+    max_voxels: int = Field(512 * 512 * 1024, description="Largest volume accepted, in voxels.")
+    max_upload_bytes: int = Field(2 * 1024**3, description="Largest upload or unpacked archive, in bytes.")
+    max_archive_members: int = Field(20_000)
+    max_message_chars: int = Field(4000, description="Longer chat messages are refused with a message.")
+
+    # --- privacy ------------------------------------------------------------------------
+    share_identifiers: bool = Field(
+        False, description="Allow DICOM patient identifiers into prompts and remote endpoints."
+    )
+
+    # --- UI -----------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 7860
+
+    @property
+    def models_dir(self) -> Path:
+        return self.cache_dir / "models"
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.cache_dir / "samples"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.cache_dir / "uploads"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, read once from the environment."""
+    return Settings()

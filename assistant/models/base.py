@@ -1,0 +1,79 @@
+"""One chat interface over every runtime (transformers, llama.cpp, OpenAI-compatible servers, VLMs).
+
+The agent never knows which runtime it talks to. A backend receives the conversation, the
+current scan (so that a 3D vision-language backend can look at it; text-only backends ignore
+it and rely on the scan description the agent puts into the prompt) and, when the agent needs
+a structured decision, a JSON schema the output must satisfy. Backends enforce the schema with
+constrained decoding (lm-format-enforcer, a llama.cpp grammar, or the server's guided JSON),
+never with regexes over free text.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from assistant.volume import Volume
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+class Message(BaseModel):
+    role: Role
+    content: str
+    name: str | None = None  # the tool's name, for role == "tool"
+
+
+@dataclass
+class Usage:
+    """Token counts and timings of the last generation, for traces and benchmarks."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    first_token_seconds: float | None = None
+
+
+class ModelError(RuntimeError):
+    """A model could not be loaded or run; the message says what to do about it."""
+
+
+class ChatModel(ABC):
+    """A chat model behind ScanChat's one interface."""
+
+    name: str = "model"
+    runtime: str = "unknown"
+    sees_volumes: bool = False  # True for vision-language backends that consume the Volume
+
+    def __init__(self) -> None:
+        self.last_usage = Usage()
+
+    @abstractmethod
+    def stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        json_schema: dict[str, Any] | None = None,
+        max_new_tokens: int | None = None,
+        volume: Volume | None = None,
+    ) -> Iterator[str]:
+        """Yield the reply piece by piece (greedy decoding).
+
+        With `json_schema`, the joined pieces form one JSON document valid under the schema.
+        Fills `self.last_usage` when the stream is exhausted.
+        """
+
+    def complete(self, messages: Sequence[Message], **kwargs: Any) -> str:
+        return "".join(self.stream(messages, **kwargs))
+
+    def complete_json(self, messages: Sequence[Message], schema: dict[str, Any], **kwargs: Any) -> Any:
+        text = self.complete(messages, json_schema=schema, **kwargs)
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"{self.name} produced invalid JSON despite the schema: {text[:200]!r}") from exc

@@ -1,0 +1,63 @@
+"""Per-conversation state: the scan on screen, what the tools found, and the overlays to show.
+
+One `ScanSession` belongs to one browser session (Gradio state) or one CLI run; nothing here
+is module-level, so two users never see each other's data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from assistant.volume import Volume
+from tools.base import NoScanError, ToolResult
+
+
+@dataclass
+class ToolRecord:
+    """One tool call as it happened: what was asked, what came back, or why it failed."""
+
+    name: str
+    arguments: dict[str, Any]
+    result: ToolResult | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class Overlay:
+    """A voxel map aligned with the session's volume, shown over the scan in the viewer."""
+
+    name: str
+    data: np.ndarray  # same shape as the volume; bool/int labels or float scores
+    kind: str = "mask"  # "mask", "labels" or "heatmap"
+
+
+@dataclass
+class ScanSession:
+    volume: Volume | None = None
+    records: list[ToolRecord] = field(default_factory=list)
+    overlays: dict[str, Overlay] = field(default_factory=dict)
+
+    def require_volume(self) -> Volume:
+        if self.volume is None:
+            raise NoScanError("No scan is loaded yet. Upload a scan or pick a sample first.")
+        return self.volume
+
+    def load(self, volume: Volume) -> None:
+        """Switch to a new scan; results about the previous scan no longer apply."""
+        self.volume = volume
+        self.records.clear()
+        self.overlays.clear()
+
+    def add_overlay(self, overlay: Overlay) -> None:
+        volume = self.require_volume()
+        if overlay.data.shape != volume.shape:
+            raise ValueError(f"Overlay {overlay.name!r} has shape {overlay.data.shape}, scan has {volume.shape}.")
+        self.overlays[overlay.name] = overlay

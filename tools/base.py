@@ -1,0 +1,75 @@
+"""What every ScanChat tool is made of.
+
+A tool module in `tools/` holds, in this order:
+
+1. ``<Name>Args``: a pydantic model of the arguments the model fills (this is the JSON schema
+   the model is constrained to, so field descriptions are written for the model);
+2. a typed result, a subclass of `ToolResult` whose `summary()` is what the model reads;
+3. a plain-Python function doing the work (``describe_scan(volume) -> ScanDescription``), used
+   by the CLI, the report writer and tests without any agent;
+4. a `ScanTool` subclass wiring 1-3 into LangChain, with its description (a short "model card":
+   what it does, inputs, when not to use it) in ``prompts/tools/<name>.md``;
+5. optionally ``add_cli(subparsers)`` registering a ``scanchat <command>``.
+
+Tools never import the UI. Errors a user can act on are raised as `ToolError` and reach the
+model (and the chat) as an error message instead of a crash.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from langchain_core.tools import BaseTool
+from pydantic import BaseModel, ConfigDict
+
+from prompts import load_prompt
+
+
+class ToolError(ValueError):
+    """A tool could not do what was asked; the message says why, in words a clinician can act on."""
+
+
+class NoScanError(ToolError):
+    """The tool needs a scan and none is loaded."""
+
+
+class ToolResult(BaseModel):
+    """Base of every typed tool result.
+
+    Results are pydantic models so that the UI, the report writer and evals read fields, never
+    re-parse text. `summary()` is the compact text the model sees and must quote from.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    def summary(self) -> str:
+        return self.model_dump_json(exclude_none=True)
+
+
+class ScanTool(BaseTool):
+    """A LangChain tool bound to one conversation's `ScanSession`.
+
+    Subclasses set `name`, `args_schema` and implement `execute(args)`; the description is read
+    from ``prompts/tools/<name>.md``. `invoke` returns a ToolMessage whose content is the
+    result's summary and whose artifact is the typed result.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    session: Any  # assistant.session.ScanSession (Any: avoids a circular import at class creation)
+    description: str = ""
+    response_format: str = "content_and_artifact"
+    needs_scan: ClassVar[bool] = True
+
+    def model_post_init(self, context: Any) -> None:
+        if not self.description:
+            self.description = load_prompt(f"tools/{self.name}.md")
+
+    def execute(self, args: BaseModel) -> ToolResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _run(self, **kwargs: Any) -> tuple[str, ToolResult]:
+        if self.needs_scan:
+            self.session.require_volume()
+        result = self.execute(self.args_schema(**kwargs))
+        return result.summary(), result
