@@ -1,0 +1,1 @@
+"""The shared medical term index: free text -> concept (id, preferred term, synonyms, codes, labels)."""
