@@ -147,6 +147,20 @@ class Volume:
         ijk = np.asarray(ijk, dtype=np.float64)
         return bool(np.all(ijk >= -0.5) and np.all(ijk <= np.asarray(self.shape) - 0.5))
 
+    def voxel_of(self, point: list[float] | tuple[float, ...], units: str = "voxel") -> np.ndarray:
+        """A user's point (voxel indices or RAS mm) as integer voxel indices inside the volume.
+
+        Raises ValueError, naming the valid index range, when the point lies outside the scan.
+        """
+        if len(point) != 3 or not np.all(np.isfinite(point)):
+            raise ValueError(f"A point needs three finite coordinates (x, y, z); got {list(point)}.")
+        ijk = self.world_to_voxel(point) if units == "mm" else np.asarray(point, dtype=np.float64)
+        if not self.contains_voxel(ijk):
+            limits = ", ".join(f"0-{n - 1}" for n in self.shape)
+            where = f"{list(point)} mm is voxel {np.round(ijk, 1).tolist()}" if units == "mm" else f"voxel {list(point)}"
+            raise ValueError(f"The point is outside the scan: {where}; valid voxel indices are {limits}.")
+        return np.clip(np.rint(ijk), 0, np.asarray(self.shape) - 1).astype(int)
+
     def to_nifti(self) -> nib.Nifti1Image:
         img = nib.Nifti1Image(self.data.astype(np.float32, copy=False), self.affine)
         img.header.set_xyzt_units("mm")

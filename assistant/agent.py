@@ -1,0 +1,308 @@
+"""The agent loop: model -> tool calls -> results -> model, bounded, then a grounded answer.
+
+The loop is a LangGraph state graph with three nodes:
+
+    choose --(tool)--> act --> choose ... --(none / step bound)--> answer
+
+`choose` asks the model for a JSON decision constrained to the tool names (then, in a second
+constrained call, for the chosen tool's pydantic argument schema), so that even a 0.5B model
+cannot produce a malformed call. `act` runs the LangChain tool; its errors go back to the model
+as errors. `answer` streams the reply, which is then checked: a number no tool produced
+replaces the model's wording with the tools' own summaries.
+
+Every step is emitted as a typed `AgentEvent`, which the UI renders, the CLI prints and the
+evals record.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from string import Template
+from typing import Any, Literal, TypedDict
+
+from langgraph.config import get_stream_writer
+from langgraph.graph import END, START, StateGraph
+from pydantic import ValidationError
+
+from assistant.config import Settings, get_settings
+from assistant.grounding import GroundingReport, check_grounding
+from assistant.models.base import ChatModel, Message
+from assistant.session import ScanSession, ToolRecord
+from prompts import load_prompt
+from tools import build_tools
+from tools.base import ScanTool, ToolError
+
+log = logging.getLogger(__name__)
+
+NO_TOOL = "none"
+
+
+class InputError(ValueError):
+    """The user's message cannot be processed (empty, too long); the text says what to do."""
+
+
+# --- events --------------------------------------------------------------------------------
+
+
+@dataclass
+class ToolCallEvent:
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+    kind: Literal["tool_call"] = "tool_call"
+
+
+@dataclass
+class ToolResultEvent:
+    call_id: str
+    record: ToolRecord
+    kind: Literal["tool_result"] = "tool_result"
+
+
+@dataclass
+class TokenEvent:
+    text: str
+    kind: Literal["token"] = "token"
+
+
+@dataclass
+class AnswerEvent:
+    text: str
+    grounding: GroundingReport
+    replaced: bool = False  # True when the model's wording was replaced by the tools' summaries
+    kind: Literal["answer"] = "answer"
+
+
+AgentEvent = ToolCallEvent | ToolResultEvent | TokenEvent | AnswerEvent
+
+
+@dataclass
+class TurnTrace:
+    """Everything one user turn did: for the CLI's --json, the evals and the logs."""
+
+    user: str
+    tool_calls: list[ToolRecord] = field(default_factory=list)
+    answer: str = ""
+    grounding: GroundingReport = field(default_factory=GroundingReport)
+    replaced: bool = False
+    seconds: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "question": self.user,
+            "answer": self.answer,
+            "tool_calls": [
+                {
+                    "name": r.name,
+                    "arguments": r.arguments,
+                    "result": r.result.model_dump(mode="json", exclude_none=True) if r.result else None,
+                    "error": r.error,
+                    "seconds": round(r.seconds, 3),
+                }
+                for r in self.tool_calls
+            ],
+            "grounding": {"numbers": self.grounding.numbers, "ungrounded": self.grounding.ungrounded},
+            "answer_replaced": self.replaced,
+            "seconds": round(self.seconds, 2),
+            "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens},
+        }
+
+
+# --- the graph -----------------------------------------------------------------------------
+
+
+class _State(TypedDict):
+    messages: list[Message]
+    records: list[ToolRecord]
+    pending: tuple[str, dict[str, Any]] | None
+    steps: int
+
+
+class Agent:
+    """One conversation with one model over one `ScanSession`."""
+
+    def __init__(self, model: ChatModel, session: ScanSession | None = None, settings: Settings | None = None):
+        self.model = model
+        self.session = session or ScanSession()
+        self.settings = settings or get_settings()
+        self.tools: dict[str, ScanTool] = {t.name: t for t in build_tools(self.session)}
+        self.history: list[Message] = []  # user messages, tool results and answers of past turns
+        self.traces: list[TurnTrace] = []
+        self._graph = self._build_graph()
+
+    # -- public --------------------------------------------------------------------------
+
+    def run(self, user_message: str) -> Iterator[AgentEvent]:
+        """Answer one user message, yielding each step as it happens."""
+        text = self._validate(user_message)
+        trace = TurnTrace(user=text)
+        started = time.perf_counter()
+        state: _State = {"messages": [Message(role="user", content=text)], "records": [], "pending": None, "steps": 0}
+        limit = 3 * self.settings.max_agent_steps + 5
+        for event in self._graph.stream(state, stream_mode="custom", config={"recursion_limit": limit}):
+            if isinstance(event, ToolResultEvent):
+                trace.tool_calls.append(event.record)
+            if isinstance(event, AnswerEvent):
+                trace.answer, trace.grounding, trace.replaced = event.text, event.grounding, event.replaced
+            yield event
+        trace.seconds = time.perf_counter() - started
+        self.traces.append(trace)
+        log.info("turn %s", json.dumps(trace.to_json(), default=str)[:2000])
+
+    def ask(self, user_message: str) -> TurnTrace:
+        """Run a turn to completion and return its trace (for the CLI and evals)."""
+        for _ in self.run(user_message):
+            pass
+        return self.traces[-1]
+
+    # -- nodes ---------------------------------------------------------------------------
+
+    def _build_graph(self):
+        graph = StateGraph(_State)
+        graph.add_node("choose", self._choose)
+        graph.add_node("act", self._act)
+        graph.add_node("answer", self._answer)
+        graph.add_edge(START, "choose")
+        graph.add_conditional_edges("choose", lambda s: "act" if s["pending"] else "answer", ["act", "answer"])
+        graph.add_edge("act", "choose")
+        graph.add_edge("answer", END)
+        return graph.compile()
+
+    def _choose(self, state: _State) -> dict[str, Any]:
+        if state["steps"] >= self.settings.max_agent_steps:
+            return {"pending": None}
+        messages = self._context(state) + [Message(role="user", content=load_prompt("agent/choose_tool.md"))]
+        names = [*self.tools, NO_TOOL]
+        decision = self.model.complete_json(messages, _choice_schema(names), max_new_tokens=24)
+        name = decision.get("tool", NO_TOOL)
+        if name not in self.tools:
+            return {"pending": None}
+        arguments = self._fill_arguments(state, self.tools[name])
+        if any(r.name == name and r.arguments == arguments for r in state["records"]):
+            return {"pending": None}  # the model is repeating itself: answer with what we have
+        return {"pending": (name, arguments)}
+
+    def _fill_arguments(self, state: _State, tool: ScanTool) -> dict[str, Any]:
+        """Constrained argument generation, with one repair round when validation fails."""
+        schema = tool.args_schema.model_json_schema()
+        if not schema.get("properties"):
+            return {}
+        error = ""
+        arguments: dict[str, Any] = {}
+        for _ in range(2):
+            prompt = Template(load_prompt("agent/fill_arguments.md")).substitute(tool=tool.name, error=error)
+            messages = self._context(state) + [Message(role="user", content=prompt)]
+            arguments = self.model.complete_json(messages, schema, max_new_tokens=160)
+            try:
+                tool.args_schema.model_validate(arguments)
+                return arguments
+            except ValidationError as exc:
+                error = f"Your previous arguments {json.dumps(arguments)} were invalid: {_brief(exc)}. Fix them."
+        return arguments  # still invalid: the tool reports the validation error to the model
+
+    def _act(self, state: _State) -> dict[str, Any]:
+        write = get_stream_writer()
+        name, arguments = state["pending"]
+        call_id = uuid.uuid4().hex[:8]
+        write(ToolCallEvent(call_id, name, arguments))
+        record = ToolRecord(name=name, arguments=arguments)
+        started = time.perf_counter()
+        try:
+            message = self.tools[name].invoke({"name": name, "args": arguments, "id": call_id, "type": "tool_call"})
+            record.result = message.artifact
+            content = message.content
+        except (ToolError, ValidationError, ValueError) as exc:
+            record.error = _brief(exc) if isinstance(exc, ValidationError) else str(exc)
+            content = f"ERROR: {record.error}"
+        except Exception as exc:  # a tool bug must not end the conversation
+            log.exception("tool %s crashed", name)
+            record.error = f"The {name} tool failed unexpectedly ({type(exc).__name__})."
+            content = f"ERROR: {record.error}"
+        record.seconds = time.perf_counter() - started
+        self.session.records.append(record)
+        write(ToolResultEvent(call_id, record))
+        tool_message = Message(role="tool", name=name, content=content)
+        return {
+            "messages": state["messages"] + [tool_message],
+            "records": state["records"] + [record],
+            "pending": None,
+            "steps": state["steps"] + 1,
+        }
+
+    def _answer(self, state: _State) -> dict[str, Any]:
+        write = get_stream_writer()
+        messages = self._context(state) + [Message(role="user", content=load_prompt("agent/answer.md"))]
+        pieces: list[str] = []
+        for piece in self.model.stream(messages, volume=self.session.volume):
+            pieces.append(piece)
+            write(TokenEvent(piece))
+        text = "".join(pieces).strip()
+        sources = [m.content for m in state["messages"]] + [self._scan_context()]
+        report = check_grounding(text, sources)
+        replaced = False
+        if not report.ok or not text:
+            text = _fallback_answer(text, report, state["records"])
+            replaced = True
+        write(AnswerEvent(text=text, grounding=report, replaced=replaced))
+        self.history.extend(state["messages"] + [Message(role="assistant", content=text)])
+        return {"messages": state["messages"] + [Message(role="assistant", content=text)]}
+
+    # -- prompts -------------------------------------------------------------------------
+
+    def _context(self, state: _State) -> list[Message]:
+        system = Template(load_prompt("agent/system.md")).substitute(
+            scan=self._scan_context(), tools="\n".join(f"- {t.name}: {t.description}" for t in self.tools.values())
+        )
+        return [Message(role="system", content=system), *self.history[-12:], *state["messages"]]
+
+    def _scan_context(self) -> str:
+        if self.session.volume is None:
+            return "No scan is loaded yet; tools that need a scan will fail until the user uploads one."
+        v = self.session.volume
+        dims = " x ".join(map(str, v.shape))
+        return f"Loaded scan: {v.name}, {v.modality.value}, {dims} voxels (voxel indices run 0 to size-1)."
+
+    def _validate(self, user_message: str) -> str:
+        text = (user_message or "").strip()
+        if not text:
+            raise InputError("The message is empty: type a question about the scan.")
+        limit = self.settings.max_message_chars
+        if len(text) > limit:
+            raise InputError(
+                f"The message is {len(text):,} characters long; the limit is {limit:,}. "
+                "Shorten it, or ask about one part at a time."
+            )
+        return text
+
+
+def _choice_schema(names: list[str]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {"tool": {"type": "string", "enum": names}},
+        "required": ["tool"],
+        "additionalProperties": False,
+    }
+
+
+def _brief(exc: ValidationError | Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors())
+    return str(exc)
+
+
+def _fallback_answer(draft: str, report: GroundingReport, records: list[ToolRecord]) -> str:
+    """The tools' own words, when the model's wording cannot be trusted."""
+    lines = [r.result.summary() for r in records if r.result is not None]
+    lines += [f"The {r.name} tool reported an error: {r.error}" for r in records if r.error]
+    if not lines:
+        if draft and report.ungrounded:
+            return "I can't state those figures: no tool measured them. Ask me to measure something on the scan."
+        return "I could not produce an answer. Try rephrasing the question."
+    return "\n".join(lines)

@@ -1,0 +1,59 @@
+"""Checks that the numbers in an answer were produced by a tool (or given by the user).
+
+A clinician who reads "the brain is 1,180 mL" must be able to trust that some tool measured
+1,180 mL. The check is deliberately strict: a number counts as grounded when a source number
+rounds to it at the precision the answer wrote it with.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from pydantic import BaseModel
+
+# 1,234.5 | -12 | 0.75 | 3e-4; not parts of identifiers such as "T1" or "ICD-10" codes.
+_NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w])")
+# Small integers are how answers count and enumerate ("2 regions", "1."), not measurements.
+_TRIVIAL = {0.0, 1.0, 2.0, 3.0}
+
+
+class GroundingReport(BaseModel):
+    numbers: list[str] = []
+    ungrounded: list[str] = []
+
+    @property
+    def ok(self) -> bool:
+        return not self.ungrounded
+
+
+def numbers_in(text: str) -> list[str]:
+    return [m.group(0) for m in _NUMBER.finditer(text)]
+
+
+def _value(token: str) -> float:
+    return float(token.replace(",", ""))
+
+
+def _decimals(token: str) -> int:
+    mantissa = token.replace(",", "").lower().split("e")[0]
+    return len(mantissa.split(".")[1]) if "." in mantissa else 0
+
+
+def _matches(token: str, source: float) -> bool:
+    value = _value(token)
+    if value == source:
+        return True
+    # "1180" written from 1179.6 is grounded; "12" (cm) written from 120 (mm) is not.
+    return round(abs(source), _decimals(token)) == abs(value)
+
+
+def check_grounding(answer: str, sources: Iterable[str]) -> GroundingReport:
+    """Numbers in `answer` that no source text (tool results, the user's messages) supports."""
+    source_values = [_value(t) for text in sources for t in numbers_in(text)]
+    found = numbers_in(answer)
+    ungrounded = [
+        t for t in found
+        if _value(t) not in _TRIVIAL and not any(_matches(t, s) for s in source_values)
+    ]
+    return GroundingReport(numbers=found, ungrounded=ungrounded)

@@ -1,0 +1,129 @@
+"""probe_intensity: the intensity (HU for CT) at a point, or statistics in a sphere or box."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, Field, model_validator
+
+from assistant.volume import Volume
+from tools.base import ScanTool, ToolError, ToolResult
+from tools.describe_scan import IntensityStats, intensity_stats
+
+Units = Literal["voxel", "mm"]
+
+
+class ProbeIntensityArgs(BaseModel):
+    point: list[float] | None = Field(
+        None, description="x, y, z of the point to probe. Leave out for the centre of the volume."
+    )
+    units: Units = Field("voxel", description="'voxel' for array indices, 'mm' for world (RAS) coordinates.")
+    radius_mm: float = Field(0.0, ge=0, le=100, description="Summarise a sphere of this radius; 0 reads one voxel.")
+    box: list[float] | None = Field(
+        None, description="Instead of a point: a box x0, y0, z0, x1, y1, z1 (same units) to summarise."
+    )
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> "ProbeIntensityArgs":
+        if self.point is not None and len(self.point) != 3:
+            raise ValueError("point needs exactly three numbers: x, y, z")
+        if self.box is not None and len(self.box) != 6:
+            raise ValueError("box needs six numbers: x0, y0, z0, x1, y1, z1")
+        return self
+
+
+class IntensityProbe(ToolResult):
+    region: str = Field(description="'voxel', 'sphere' or 'box'")
+    voxel: tuple[int, int, int] | None = None
+    position_mm: tuple[float, float, float] | None = None
+    value: float | None = Field(None, description="the voxel's value, for a single voxel")
+    unit: str
+    voxels: int = 1
+    stats: IntensityStats | None = None
+
+    def summary(self) -> str:
+        where = f"voxel {list(self.voxel)}" if self.voxel else "the box"
+        if self.position_mm:
+            where += " (" + ", ".join(f"{v:.1f}" for v in self.position_mm) + " mm)"
+        if self.region == "voxel":
+            return f"Intensity at {where}: {self.value:.1f} {self.unit}."
+        s = self.stats
+        shape = "sphere around " + where if self.region == "sphere" else where
+        return (
+            f"Intensity in the {shape} ({self.voxels} voxels): mean {s.mean:.1f} {self.unit}, "
+            f"std {s.std:.1f}, min {s.minimum:.1f}, max {s.maximum:.1f}, median {s.p50:.1f}."
+        )
+
+
+def probe_intensity(volume: Volume, args: ProbeIntensityArgs) -> IntensityProbe:
+    unit = volume.intensity_unit
+    try:
+        if args.box is not None:
+            lo = volume.voxel_of(args.box[:3], args.units)
+            hi = volume.voxel_of(args.box[3:], args.units)
+            lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)
+            values = volume.data[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1, lo[2] : hi[2] + 1]
+            return IntensityProbe(region="box", unit=unit, voxels=values.size, stats=intensity_stats(values, unit))
+        ijk = volume.voxel_of(args.point, args.units) if args.point is not None else np.array(volume.center_voxel)
+    except ValueError as exc:
+        raise ToolError(str(exc)) from exc
+    position = tuple(round(float(v), 1) for v in volume.voxel_to_world(ijk))
+    voxel = tuple(int(v) for v in ijk)
+    if args.radius_mm <= 0:
+        value = round(float(volume.data[voxel]), 2)
+        return IntensityProbe(region="voxel", voxel=voxel, position_mm=position, value=value, unit=unit)
+    values = volume.data[sphere_mask(volume, ijk, args.radius_mm)]
+    return IntensityProbe(
+        region="sphere", voxel=voxel, position_mm=position, unit=unit, voxels=values.size,
+        stats=intensity_stats(values, unit),
+    )
+
+
+def sphere_mask(volume: Volume, center: np.ndarray, radius_mm: float) -> np.ndarray:
+    """Boolean mask of the voxels whose centres lie within `radius_mm` of `center` (voxel indices)."""
+    grids = np.ogrid[tuple(slice(0, n) for n in volume.shape)]
+    dist2 = sum(((g - c) * s) ** 2 for g, c, s in zip(grids, center, volume.spacing))
+    mask = dist2 <= radius_mm**2
+    mask[tuple(center)] = True
+    return mask
+
+
+class ProbeIntensityTool(ScanTool):
+    name: str = "probe_intensity"
+    args_schema: type[BaseModel] = ProbeIntensityArgs
+
+    def execute(self, args: ProbeIntensityArgs) -> IntensityProbe:
+        return probe_intensity(self.session.require_volume(), args)
+
+
+def parse_triple(text: str) -> list[float]:
+    """'10,20,30' -> [10.0, 20.0, 30.0], for CLI flags."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from exc
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three numbers x,y,z, got {text!r}")
+    return values
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("probe", help="intensity at a point (default: the centre) or in a sphere")
+    p.add_argument("scan")
+    p.add_argument("--point", type=parse_triple, help="x,y,z (voxel indices unless --mm)")
+    p.add_argument("--mm", action="store_true", help="the point is in world millimetres (RAS)")
+    p.add_argument("--radius", type=float, default=0.0, help="sphere radius in mm")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cli)
+
+
+def _cli(args: argparse.Namespace) -> int:
+    from assistant.scans.loading import load_scan
+
+    probe_args = ProbeIntensityArgs(point=args.point, units="mm" if args.mm else "voxel", radius_mm=args.radius)
+    result = probe_intensity(load_scan(args.scan), probe_args)
+    print(json.dumps(result.model_dump(exclude_none=True), indent=2) if args.json else result.summary())
+    return 0

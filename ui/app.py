@@ -1,0 +1,237 @@
+"""The Gradio app: a three-plane scan viewer beside a chat that shows every tool call.
+
+The UI only renders: scans are loaded by `assistant.scans`, questions answered by
+`assistant.agent`, slices drawn by `assistant.scans.display`. Per-user state lives in a
+`ChatState` held by Gradio for each browser session, never in module globals.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+
+from assistant.agent import Agent, AnswerEvent, InputError, TokenEvent, ToolCallEvent, ToolResultEvent
+from assistant.config import Settings, get_settings
+from assistant.scans import display
+from assistant.scans.loading import load_scan
+from assistant.scans.samples import SAMPLES, sample_path
+from assistant.session import ScanSession
+from assistant.volume import ScanLoadError
+
+log = logging.getLogger(__name__)
+
+PLANES = ("axial", "coronal", "sagittal")
+
+
+@dataclass
+class ChatState:
+    """One browser session's conversation, scan and viewer position."""
+
+    agent: Agent | None = None
+    session: ScanSession = field(default_factory=ScanSession)
+    cursor: dict[str, int] = field(default_factory=dict)  # plane -> slice index
+    clicked: tuple[int, int, int] | None = None
+
+
+class ScanChatApp:
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or get_settings()
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _agent(self, state: ChatState, progress: gr.Progress | None = None) -> Agent:
+        if state.agent is None:
+            from assistant.models.registry import load_chat_model
+
+            if progress is not None:
+                progress(0.1, desc=f"Starting the model {self.settings.llm} (first start takes a while)")
+            state.agent = Agent(load_chat_model(self.settings), state.session, self.settings)
+        return state.agent
+
+    def _views(self, state: ChatState, window: str, show_overlays: bool):
+        volume = state.session.volume
+        if volume is None:
+            return [None, None, None]
+        overlays = list(state.session.overlays.values()) if show_overlays else []
+        return [
+            display.render_slice(volume, plane, state.cursor.get(plane, display.slice_count(volume, plane) // 2), window, overlays)
+            for plane in PLANES
+        ]
+
+    # -- events --------------------------------------------------------------------------
+
+    def load(self, state: ChatState | None, upload, sample: str | None, window: str, progress=gr.Progress()):
+        state = state or ChatState()
+        try:
+            if upload:
+                path = Path(upload if isinstance(upload, str) else upload.name)
+            elif sample:
+                progress(0.2, desc=f"Preparing sample {sample}")
+                path = sample_path(sample)
+            else:
+                raise ScanLoadError("Choose a file to upload or a sample scan first.")
+            progress(0.5, desc=f"Reading {path.name}")
+            volume = load_scan(path, self.settings)
+        except (ScanLoadError, OSError, ValueError) as exc:
+            gr.Warning(str(exc))
+            return (state, gr.update(), *[gr.update()] * 6)
+        state.session.load(volume)
+        state.cursor = {plane: display.slice_count(volume, plane) // 2 for plane in PLANES}
+        sliders = [
+            gr.update(maximum=display.slice_count(volume, plane) - 1, value=state.cursor[plane], interactive=True)
+            for plane in PLANES
+        ]
+        if window == "auto" or volume.modality.value != "CT":
+            window = "auto" if volume.modality.value != "CT" else "brain"
+        info = _scan_info(volume)
+        return (state, gr.update(value=window), *self._views(state, window, True), *sliders, info)  # type: ignore[misc]
+
+    def move(self, state: ChatState | None, plane: str, index: int, window: str, show_overlays: bool):
+        state = state or ChatState()
+        state.cursor[plane] = int(index)
+        return self._views(state, window, show_overlays)
+
+    def click(self, state: ChatState | None, plane: str, window: str, evt: gr.SelectData):
+        """A click in a view becomes a point prompt the user can refer to ("segment what I clicked")."""
+        state = state or ChatState()
+        volume = state.session.volume
+        if volume is None:
+            return state, gr.update()
+        index = state.cursor.get(plane, display.slice_count(volume, plane) // 2)
+        rendered = display.render_slice(volume, plane, index, window, [])
+        x, y = evt.index
+        voxel = display.voxel_from_click(volume, plane, index, x, y, rendered.shape[:2])
+        state.clicked = tuple(int(v) for v in voxel)
+        return state, gr.update(value=f"Clicked point: voxel {list(state.clicked)}. ")
+
+    def _click_handler(self, plane: str):
+        def handler(state: ChatState | None, window: str, evt: gr.SelectData):
+            return self.click(state, plane, window, evt)
+
+        return handler
+
+    def respond(self, state: ChatState | None, message: str, history: list, window: str, show_overlays: bool, progress=gr.Progress()):
+        state = state or ChatState()
+        history = list(history or [])
+        try:
+            agent = self._agent(state, progress)
+        except Exception as exc:  # model missing or broken: say so in the chat
+            log.exception("model failed to start")
+            history.append(gr.ChatMessage(role="assistant", content=f"The model could not start: {exc}"))
+            yield state, history, "", *self._views(state, window, show_overlays)
+            return
+        history.append(gr.ChatMessage(role="user", content=message or ""))
+        try:
+            events = agent.run(message)
+            answer_index = None
+            for event in events:
+                if isinstance(event, ToolCallEvent):
+                    history.append(
+                        gr.ChatMessage(
+                            role="assistant",
+                            content=f"```json\n{json.dumps(event.arguments, indent=1)}\n```",
+                            metadata={"title": f"🛠 {event.name}", "id": event.call_id, "status": "pending"},
+                        )
+                    )
+                elif isinstance(event, ToolResultEvent):
+                    record = event.record
+                    text = record.result.summary() if record.result else f"Error: {record.error}"
+                    history[-1] = gr.ChatMessage(
+                        role="assistant",
+                        content=f"{history[-1].content}\n{text}",
+                        metadata={
+                            "title": f"🛠 {record.name} ({record.seconds:.1f} s)" + ("" if record.ok else " failed"),
+                            "id": event.call_id,
+                            "status": "done",
+                        },
+                    )
+                elif isinstance(event, TokenEvent):
+                    if answer_index is None:
+                        history.append(gr.ChatMessage(role="assistant", content=""))
+                        answer_index = len(history) - 1
+                    history[answer_index] = gr.ChatMessage(role="assistant", content=history[answer_index].content + event.text)
+                elif isinstance(event, AnswerEvent):
+                    content = event.text
+                    if event.replaced and event.grounding.ungrounded:
+                        content = (
+                            f"_The model's wording contained figures no tool measured "
+                            f"({', '.join(event.grounding.ungrounded)}); here are the measured results:_\n\n{content}"
+                        )
+                    final = gr.ChatMessage(role="assistant", content=content)
+                    if answer_index is None:
+                        history.append(final)
+                    else:
+                        history[answer_index] = final
+                yield state, history, "", *self._views(state, window, show_overlays)
+        except InputError as exc:
+            history.pop()
+            gr.Warning(str(exc))
+            yield state, history, message, *self._views(state, window, show_overlays)
+
+    # -- layout --------------------------------------------------------------------------
+
+    def build(self) -> gr.Blocks:
+        with gr.Blocks(title="ScanChat") as demo:
+            state = gr.State(None)
+            gr.Markdown("## ScanChat\nUpload a CT or MRI scan (or pick a sample), then ask about it. "
+                        "Answers come from measuring tools; each tool call is shown in the chat.")
+            with gr.Row():
+                with gr.Column(scale=3):
+                    with gr.Row():
+                        upload = gr.File(label="Upload scan (NIfTI, DICOM file/zip, NRRD, MHA, NPY)", file_count="single")
+                        sample = gr.Dropdown(choices=list(SAMPLES), label="…or a sample scan", value=None)
+                    with gr.Row():
+                        load_button = gr.Button("Load scan", variant="primary")
+                        window = gr.Radio(list(display.WINDOW_PRESETS), value="auto", label="Window")
+                        show_overlays = gr.Checkbox(True, label="Show overlays")
+                    info = gr.Markdown()
+                    views, sliders = [], []
+                    with gr.Row():
+                        for plane in PLANES:
+                            with gr.Column(min_width=200):
+                                views.append(gr.Image(label=plane.capitalize(), interactive=False, elem_id=f"view-{plane}"))
+                                sliders.append(gr.Slider(0, 1, step=1, value=0, label=f"{plane} slice", interactive=False))
+                with gr.Column(scale=2):
+                    chatbot = gr.Chatbot(label="Chat", height=560, elem_id="chat")
+                    message = gr.Textbox(placeholder="Ask about the scan…", show_label=False, elem_id="message")
+                    send = gr.Button("Send", elem_id="send")
+
+            load_button.click(
+                self.load, [state, upload, sample, window], [state, window, *views, *sliders, info]
+            )
+            for plane, slider in zip(PLANES, sliders):
+                slider.change(
+                    lambda s, i, w, o, p=plane: self.move(s, p, i, w, o), [state, slider, window, show_overlays], views
+                )
+            for plane, view in zip(PLANES, views):
+                view.select(self._click_handler(plane), [state, window], [state, message])
+            refresh_inputs = [state, window, show_overlays]
+            for control in (window, show_overlays):
+                control.change(lambda s, w, o: self._views(s or ChatState(), w, o), refresh_inputs, views)
+            for trigger in (send.click, message.submit):
+                trigger(self.respond, [state, message, chatbot, window, show_overlays], [state, chatbot, message, *views])
+        return demo
+
+
+def _scan_info(volume) -> str:
+    dims = " × ".join(map(str, volume.shape))
+    spacing = " × ".join(f"{s:.2f}" for s in volume.spacing)
+    notes = "".join(f"\n- {n}" for n in volume.metadata.notes)
+    return f"**{volume.name}** — {volume.modality.value}, {dims} voxels, {spacing} mm{notes}"
+
+
+def build_app(settings: Settings | None = None) -> gr.Blocks:
+    return ScanChatApp(settings).build()
+
+
+def launch(settings: Settings | None = None, host: str | None = None, port: int | None = None) -> None:
+    settings = settings or get_settings()
+    build_app(settings).queue().launch(
+        server_name=host or settings.host,
+        server_port=port or settings.port,
+        max_file_size=settings.max_upload_bytes,
+    )
