@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 from langchain_core.tools import BaseTool
 from pydantic import BaseModel, ConfigDict
 
+from assistant.findings import Finding
 from prompts import load_prompt
 
 
@@ -44,6 +45,10 @@ class ToolResult(BaseModel):
 
     def summary(self) -> str:
         return self.model_dump_json(exclude_none=True)
+
+    def findings(self, arguments: dict[str, Any]) -> list[Finding]:
+        """What of this result belongs in a report (none by default); `arguments` are the call's."""
+        return []
 
 
 class ScanTool(BaseTool):

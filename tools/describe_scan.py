@@ -8,6 +8,7 @@ import json
 import numpy as np
 from pydantic import BaseModel, Field
 
+from assistant.findings import Finding, Quantity
 from assistant.volume import Volume
 from tools.base import ScanTool, ToolResult
 
@@ -64,6 +65,17 @@ class ScanDescription(ToolResult):
         if self.contrast_agent:
             parts.append(f"contrast agent {self.contrast_agent}")
         return "; ".join(parts) + "."
+
+    def findings(self, arguments: dict) -> list[Finding]:
+        def technique(what: str, *quantities: Quantity) -> Finding:
+            return Finding(kind="technique", what=what, quantities=list(quantities), source_tool="describe_scan")
+
+        return [
+            technique(f"{self.modality} ({self.source_format})"),
+            technique("slice thickness", Quantity(value=self.slice_thickness_mm, unit="mm")),
+            technique("number of slices", Quantity(value=self.number_of_slices, unit="slices")),
+            technique("field of view", *(Quantity(value=v, unit="mm") for v in self.field_of_view_mm)),
+        ]
 
 
 def intensity_stats(values: np.ndarray, unit: str) -> IntensityStats:

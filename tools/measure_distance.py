@@ -8,6 +8,7 @@ import json
 import numpy as np
 from pydantic import BaseModel, Field
 
+from assistant.findings import Finding, Quantity
 from assistant.volume import Volume
 from tools.base import ScanTool, ToolError, ToolResult
 from tools.probe_intensity import Units, parse_triple
@@ -33,6 +34,14 @@ class DistanceMeasurement(ToolResult):
             f"{self.distance_mm:.1f} mm (offset x {self.offset_mm[0]:.1f}, y {self.offset_mm[1]:.1f}, "
             f"z {self.offset_mm[2]:.1f} mm)."
         )
+
+    def findings(self, arguments: dict) -> list[Finding]:
+        where = f"from voxel {list(self.voxel_a)} to voxel {list(self.voxel_b)}"
+        return [
+            Finding(kind="measurement", what="distance", where=where,
+                    quantities=[Quantity(value=self.distance_mm, unit="mm")],
+                    source_tool="measure_distance", parameters=arguments)
+        ]
 
 
 def measure_distance(volume: Volume, args: MeasureDistanceArgs) -> DistanceMeasurement:

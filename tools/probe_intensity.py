@@ -9,6 +9,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
+from assistant.findings import Finding, Quantity
 from assistant.volume import Volume
 from tools.base import ScanTool, ToolError, ToolResult
 from tools.describe_scan import IntensityStats, intensity_stats
@@ -56,6 +57,15 @@ class IntensityProbe(ToolResult):
             f"Intensity in the {shape} ({self.voxels} voxels): mean {s.mean:.1f} {self.unit}, "
             f"std {s.std:.1f}, min {s.minimum:.1f}, max {s.maximum:.1f}, median {s.p50:.1f}."
         )
+
+    def findings(self, arguments: dict) -> list[Finding]:
+        value = self.value if self.region == "voxel" else self.stats.mean
+        where = f"voxel {list(self.voxel)}" if self.voxel else "box " + str(arguments.get("box"))
+        what = "intensity" if self.region == "voxel" else f"mean intensity ({self.region})"
+        return [
+            Finding(kind="measurement", what=what, where=where, quantities=[Quantity(value=value, unit=self.unit)],
+                    source_tool="probe_intensity", parameters=arguments)
+        ]
 
 
 def probe_intensity(volume: Volume, args: ProbeIntensityArgs) -> IntensityProbe:

@@ -1,0 +1,28 @@
+"""The check that flags numbers in an answer that no tool produced."""
+
+from assistant.grounding import check_grounding, numbers_in
+
+
+def test_numbers_are_found_but_not_inside_identifiers():
+    assert numbers_in("T1 scan, 1,180.5 mL and -12 HU; code I63.9") == ["1,180.5", "-12"]
+
+
+def test_numbers_from_tools_are_grounded_at_the_written_precision():
+    tool = "Brain volume 1179.62 mL; slice thickness 1.50 mm; mean -998.7 HU"
+    report = check_grounding("The brain measures 1180 mL (1179.6 mL), slices are 1.5 mm, air is -999 HU.", [tool])
+    assert report.ok, report.ungrounded
+
+
+def test_invented_numbers_are_flagged():
+    report = check_grounding("The lesion is 23 mm and enhances to 85 HU.", ["Distance: 12.4 mm"])
+    assert report.ungrounded == ["23", "85"]
+
+
+def test_unit_conversions_are_not_silently_accepted():
+    # 120 mm written as "12" (cm) cannot be traced to a tool figure and is flagged.
+    assert check_grounding("It is 12 cm long.", ["Distance: 120.0 mm"]).ungrounded == ["12"]
+
+
+def test_numbers_the_user_gave_are_grounded():
+    report = check_grounding("Voxel 40, 50, 30 reads 35.2 HU.", ["voxel 40,50,30", "Intensity 35.2 HU"])
+    assert report.ok
