@@ -1,0 +1,263 @@
+"""Real sample scans, assembled from installed packages only (no download at run time).
+
+`sample_path(name)` writes a sample into `Settings.samples_dir` on first use. NIfTI samples and
+their label maps are stored in canonical RAS+ order, so a label array indexes exactly like the
+`Volume.data` that `load_sample` returns. "ct-head-dicom" is the InVesalius CT written as a real
+one-file-per-slice DICOM CT series (real pixels, synthesized headers), so the DICOM path sees a
+proper series.
+"""
+
+from __future__ import annotations
+
+import argparse
+import plistlib
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from tqdm import tqdm
+
+from assistant.config import Settings, get_settings
+from assistant.scans.loading import load_scan
+from assistant.volume import Volume
+
+INVESALIUS_CRANIUM = Path("/usr/share/doc/invesalius-examples/examples/Cranium.inv3")
+MRICRON_TEMPLATES = Path("/usr/share/mricron/templates")
+ITK_EXAMPLE_DATA = Path("/usr/share/doc/insighttoolkit5-examples/examples/Data")
+INVESALIUS_MASKS = {"bone": "mask_0", "soft_tissue": "mask_1"}  # thresholds 226-3071 HU and >= -142 HU
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One bundled scan: where it comes from and how to write it into the cache."""
+
+    name: str
+    description: str
+    provenance: str  # source package and licence
+    build: Callable[[Path], None]  # writes scan (+ labels/) into the given empty folder
+    scan_file: str = "scan.nii.gz"  # file or folder inside the sample folder that load_scan reads
+    labels: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _save_canonical(image: nib.Nifti1Image, path: Path, dtype: type | None = None) -> None:
+    canonical = nib.as_closest_canonical(image)
+    data = np.asarray(canonical.dataobj)
+    out = nib.Nifti1Image(data.astype(dtype) if dtype else data, canonical.affine)
+    out.header.set_xyzt_units("mm")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(out, path)
+
+
+# --- InVesalius head CT --------------------------------------------------------------------
+
+
+def _read_invesalius(project: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """HU volume, RAS affine and label masks from an .inv3 project (a gzip tar of plists and raw arrays).
+
+    The matrix is (slice, row, column) with slices inferior to superior and rows running
+    posterior to anterior (InVesalius stores rows flipped); columns keep DICOM's right-to-left
+    order. Masks are stored with one padding voxel in front of each axis.
+    """
+    with tarfile.open(project, "r:gz") as archive:
+        members = {Path(m.name).name: m for m in archive.getmembers() if m.isfile()}
+
+        def read(name: str) -> bytes:
+            return archive.extractfile(members[name]).read()
+
+        main = plistlib.loads(read("main.plist"))
+        matrix = main["matrix"]
+        hu = np.frombuffer(read(matrix["filename"]), dtype=matrix["dtype"]).reshape(matrix["shape"])
+        masks = {}
+        for label, stem in INVESALIUS_MASKS.items():
+            info = plistlib.loads(read(f"{stem}.plist"))
+            padded = np.frombuffer(read(info["mask_file"]), dtype=np.uint8).reshape(info["mask_shape"])
+            masks[label] = (padded[1:, 1:, 1:] > 127).astype(np.uint8)  # 255 inside, 0/1 outside
+    col_mm, row_mm, slice_mm = main["spacing"]
+    # voxel (column, row, slice): columns run to the patient's left (-x), rows anterior (+y), slices superior (+z)
+    affine = np.diag([-col_mm, row_mm, slice_mm, 1.0])
+    affine[:3, 3] = -affine[:3, :3] @ (np.array(hu.shape[::-1]) - 1) / 2  # centre the head on the origin
+    return hu, affine, masks
+
+
+def _build_ct_head(folder: Path) -> None:
+    hu, affine, masks = _read_invesalius(INVESALIUS_CRANIUM)
+    _save_canonical(nib.Nifti1Image(hu.transpose(2, 1, 0), affine), folder / "scan.nii.gz", np.int16)
+    for label, mask in masks.items():
+        _save_canonical(nib.Nifti1Image(mask.transpose(2, 1, 0), affine), folder / "labels" / f"{label}.nii.gz", np.uint8)
+
+
+def _ct_slice_dataset(study: dict[str, str], index: int, pixels: np.ndarray, position: list[float], spacing) -> Dataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study["study"], study["series"], study["frame"]
+    ds.PatientName, ds.PatientID = "ANONYMOUS^SAMPLE", "SAMPLE-0001"
+    ds.Modality, ds.BodyPartExamined, ds.Manufacturer = "CT", "HEAD", "InVesalius sample (synthesized header)"
+    ds.StudyDescription, ds.SeriesDescription = "Sample head CT", "InVesalius Cranium axial"
+    ds.SeriesNumber, ds.InstanceNumber = 1, index + 1
+    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.ImagePositionPatient = [round(float(v), 4) for v in position]
+    ds.PixelSpacing = [round(float(spacing[1]), 6), round(float(spacing[0]), 6)]
+    ds.SliceThickness = round(float(spacing[2]), 6)
+    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = pixels.astype("<u2").tobytes()
+    return ds
+
+
+def _build_ct_head_dicom(folder: Path) -> None:
+    """Write the canonical CT as LPS axial slices: columns run to the left, rows to posterior."""
+    image = nib.load(sample_path("ct-head"))
+    hu = np.asarray(image.dataobj, dtype=np.int32)
+    spacing = image.header.get_zooms()[:3]
+    nx, ny, nz = hu.shape
+    series = folder / "series"
+    series.mkdir()
+    study = {"study": generate_uid(), "series": generate_uid(), "frame": generate_uid()}
+    for k in range(nz):
+        pixels = (hu[::-1, ::-1, k].T + 1024).clip(0, 65535)  # [row, column] = voxel (nx-1-column, ny-1-row)
+        ras = image.affine @ [nx - 1, ny - 1, k, 1]
+        ds = _ct_slice_dataset(study, k, pixels, [-ras[0], -ras[1], ras[2]], spacing)
+        ds.save_as(series / f"IM{k:04d}.dcm", enforce_file_format=True)
+    shutil.copytree(sample_path("ct-head").parent / "labels", folder / "labels")
+
+
+# --- MR and small DICOM samples ----------------------------------------------------------
+
+
+def _build_mni152(folder: Path) -> None:
+    from nilearn import datasets
+
+    _save_canonical(datasets.load_mni152_template(resolution=1), folder / "scan.nii.gz")
+    for label, loader in {
+        "brain_mask": datasets.load_mni152_brain_mask,
+        "gm": datasets.load_mni152_gm_mask,
+        "wm": datasets.load_mni152_wm_mask,
+    }.items():
+        _save_canonical(loader(resolution=1), folder / "labels" / f"{label}.nii.gz", np.uint8)
+
+
+def _build_colin27(folder: Path) -> None:
+    _save_canonical(nib.load(MRICRON_TEMPLATES / "ch2.nii.gz"), folder / "scan.nii.gz")
+    _save_canonical(nib.load(MRICRON_TEMPLATES / "aal.nii.gz"), folder / "labels" / "aal.nii.gz", np.int16)
+    brain = nib.load(MRICRON_TEMPLATES / "ch2bet.nii.gz")
+    mask = nib.Nifti1Image((np.asarray(brain.dataobj) > 0).astype(np.uint8), brain.affine)
+    _save_canonical(mask, folder / "labels" / "brain.nii.gz", np.uint8)
+
+
+def _build_itk_t1(folder: Path) -> None:
+    _save_canonical(nib.load(ITK_EXAMPLE_DATA / "KmeansTest_T1UCharRaw.nii.gz"), folder / "scan.nii.gz")
+    for label, stem in {"tissue": "KmeansTest_T1KmeansPrelimSegmentation", "skull_strip": "KmeansTest_T1RawSkullStrip"}.items():
+        _save_canonical(nib.load(ITK_EXAMPLE_DATA / f"{stem}.nii.gz"), folder / "labels" / f"{label}.nii.gz", np.uint8)
+
+
+def _copy_pydicom_file(filename: str) -> Callable[[Path], None]:
+    def build(folder: Path) -> None:
+        from pydicom.data import get_testdata_file
+
+        source = get_testdata_file(filename)
+        if source is None:
+            raise FileNotFoundError(f"{filename} is not installed; install pydicom-data (pip install pydicom-data).")
+        shutil.copy(source, folder / filename)
+
+    return build
+
+
+SAMPLES: dict[str, Sample] = {
+    s.name: s
+    for s in (
+        Sample("ct-head", "Head CT (InVesalius 'ProMED CT 0051'), 0.96x0.96x1.5 mm, Hounsfield units.",
+               "Debian invesalius-examples (Cranium.inv3), GPL-2.", _build_ct_head, labels=("bone", "soft_tissue")),
+        Sample("ct-head-dicom", "The same head CT as a DICOM series, one file per slice (synthesized headers).",
+               "Debian invesalius-examples pixels, headers written by ScanChat; GPL-2.", _build_ct_head_dicom,
+               scan_file="series", labels=("bone", "soft_tissue")),
+        Sample("mr-t1-mni152", "MNI152 (ICBM 2009a) T1 template at 1 mm, an average of 152 brains.",
+               "nilearn (BSD-3); ICBM template terms.", _build_mni152, labels=("brain_mask", "gm", "wm")),
+        Sample("mr-t1-colin27", "Colin27 single-subject T1 (ch2) at 1 mm with the AAL atlas (116 regions).",
+               "Debian mricron-data (BSD-3); AAL atlas terms apply.", _build_colin27, labels=("aal", "brain")),
+        Sample("mr-t1-itk", "Head T1 at 2x2x3 mm with a 6-class k-means tissue map and a skull-strip mask.",
+               "Debian insighttoolkit5-examples (Apache-2.0).", _build_itk_t1, labels=("tissue", "skull_strip")),
+        Sample("ct-small-dicom", "One downsized real CT slice (128x128), pydicom's CT_small.dcm.",
+               "pydicom test data (MIT).", _copy_pydicom_file("CT_small.dcm"), scan_file="CT_small.dcm"),
+        Sample("mr-multiframe-dicom", "Enhanced MR multi-frame DICOM, 10 frames of 64x64 (emri_small).",
+               "pydicom-data (MIT), NEMA test images.", _copy_pydicom_file("emri_small.dcm"), scan_file="emri_small.dcm"),
+    )
+}  # fmt: skip
+
+
+def _sample(name: str) -> Sample:
+    if name not in SAMPLES:
+        raise ValueError(f"Unknown sample {name!r}; choose one of: {', '.join(SAMPLES)}.")
+    return SAMPLES[name]
+
+
+def sample_path(name: str, settings: Settings | None = None) -> Path:
+    """The sample's scan file or DICOM folder, written into the cache on first use."""
+    sample = _sample(name)
+    folder = (settings or get_settings()).samples_dir / name
+    if not folder.exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
+        try:
+            sample.build(staging)
+            staging.rename(folder)  # atomic: a half-built sample is never seen
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder / sample.scan_file
+
+
+def load_sample(name: str, settings: Settings | None = None) -> Volume:
+    settings = settings or get_settings()
+    volume = load_scan(sample_path(name, settings), settings)
+    volume.name = name
+    return volume
+
+
+def sample_labels(name: str, settings: Settings | None = None) -> dict[str, Path]:
+    """Label/mask NIfTI files on the same voxel grid as `load_sample(name)`."""
+    folder = sample_path(name, settings).parent
+    return {label: folder / "labels" / f"{label}.nii.gz" for label in _sample(name).labels}
+
+
+# --- CLI -----------------------------------------------------------------------------------
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    names = list(SAMPLES) if args.all or not args.names else args.names
+    for name in names:
+        _sample(name)
+    for name in tqdm(names, desc="samples", unit="sample"):
+        tqdm.write(f"{name}: {sample_path(name)}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    samples_dir = get_settings().samples_dir
+    for sample in SAMPLES.values():
+        state = "cached" if (samples_dir / sample.name).exists() else "not fetched"
+        print(f"{sample.name:20s} {state:12s} {sample.description}\n{'':33s} source: {sample.provenance}")
+    return 0
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    data = subparsers.add_parser("data", help="bundled sample scans").add_subparsers(dest="data_command", required=True)
+    fetch = data.add_parser("fetch", help="write sample scans into the cache (from installed packages)")
+    fetch.add_argument("names", nargs="*", metavar="NAME", help=f"samples to fetch: {', '.join(SAMPLES)}")
+    fetch.add_argument("--all", action="store_true", help="fetch every sample (the default when no NAME is given)")
+    fetch.set_defaults(func=_fetch)
+    data.add_parser("list", help="list the sample scans and where they come from").set_defaults(func=_list)
