@@ -1,0 +1,95 @@
+"""Grammatical agreement around a restored term, for Spanish and Portuguese.
+
+Engines see a placeholder (``un ZXTERM0``) and inflect its neighbours as masculine singular;
+once the real term is back the article and the adjectives before it, and one participle or
+adjective after it, must follow the term's gender ("una pequeña embolia pulmonar").
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+Gender = Literal["m", "f"]
+
+# Masculine -> feminine determiners (and contractions) that engines put before a noun.
+_FEMININE_DETERMINERS = {
+    "es": {"el": "la", "los": "las", "un": "una", "unos": "unas", "del": "de la", "al": "a la",
+           "este": "esta", "estos": "estas", "ese": "esa", "esos": "esas", "aquel": "aquella",
+           "ningún": "ninguna", "algún": "alguna", "algunos": "algunas", "otro": "otra", "otros": "otras",
+           "nuevo": "nueva", "mucho": "mucha", "muchos": "muchas", "todo": "toda", "todos": "todas"},
+    "pt": {"o": "a", "os": "as", "um": "uma", "uns": "umas", "do": "da", "dos": "das", "no": "na", "nos": "nas",
+           "ao": "à", "aos": "às", "pelo": "pela", "pelos": "pelas", "num": "numa", "este": "esta", "esse": "essa",
+           "neste": "nesta", "nesse": "nessa", "deste": "desta", "desse": "dessa", "nenhum": "nenhuma",
+           "algum": "alguma", "outro": "outra", "outros": "outras", "todo": "toda", "todos": "todas"},
+}
+# Feminine forms that are also prepositions ("a" = to in Portuguese) cannot be turned masculine.
+_AMBIGUOUS_FEMININE = {"pt": {"a", "as", "à", "às"}, "es": set()}
+_MASCULINE_DETERMINERS = {
+    lang: {fem: masc for masc, fem in table.items() if fem not in _AMBIGUOUS_FEMININE[lang]}
+    for lang, table in _FEMININE_DETERMINERS.items()
+}
+# Endings that make a following word almost surely an adjective or participle.
+_ADJECTIVE_AFTER = re.compile(r"^\w{2,}(ad|id|ic|os|iv|in|ud|ent|an|ari|eñ|ci|gic|nic)[oa]s?$", re.IGNORECASE)
+
+_FEMININE_ENDINGS = {
+    "es": ("a", "ción", "sión", "dad", "tud", "sis", "itis", "umbre", "ie"),
+    "pt": ("a", "ção", "são", "dade", "ite", "ose", "gem", "ie"),
+}
+_MASCULINE_ENDINGS = ("ma", "pa", "día", "dia", "lisis", "nálisis")  # problema, mapa, día, análisis
+
+
+def supports_agreement(lang: str) -> bool:
+    return lang in _FEMININE_DETERMINERS
+
+
+def guess_gender(term: str, lang: str) -> Gender | None:
+    """Gender of a Spanish/Portuguese term from its head noun (the first word), or None."""
+    if lang not in _FEMININE_ENDINGS or not term.strip():
+        return None
+    head = term.split()[0].casefold()
+    if head.endswith(_MASCULINE_ENDINGS):
+        return "m"
+    if head.endswith(_FEMININE_ENDINGS[lang]):
+        return "f"
+    return "m" if head.endswith(("o", "or", "e", "l", "n", "r", "s", "z")) else None
+
+
+def _swap_ending(word: str, gender: Gender) -> str:
+    """pequeño -> pequeña (and back), keeping the plural -s."""
+    plural = word.endswith(("s", "S"))
+    stem = word[:-1] if plural else word
+    old, new = ("o", "a") if gender == "f" else ("a", "o")
+    if not stem.lower().endswith(old):
+        return word
+    replaced = stem[:-1] + (new.upper() if stem[-1].isupper() else new)
+    return replaced + (word[-1] if plural else "")
+
+
+def _match_case(template: str, word: str) -> str:
+    return word[:1].upper() + word[1:] if template[:1].isupper() else word
+
+
+def agree(text: str, placeholder: str, gender: Gender | None, lang: str) -> str:
+    """Make the determiner and adjectives around `placeholder` agree with `gender`."""
+    if gender is None or not supports_agreement(lang):
+        return text
+    determiners = (_FEMININE_DETERMINERS if gender == "f" else _MASCULINE_DETERMINERS)[lang]
+    alternatives = "|".join(sorted(map(re.escape, determiners), key=len, reverse=True))
+    before = re.compile(rf"(?<!\w)(?P<det>{alternatives})(?P<adjs>(?:\s+\w+[oa]s?){{0,2}})\s+(?={placeholder}\b)",
+                        re.IGNORECASE)
+
+    def fix_before(match: re.Match[str]) -> str:
+        det = match.group("det")
+        adjectives = [_swap_ending(word, gender) for word in match.group("adjs").split()]
+        return " ".join([_match_case(det, determiners[det.lower()]), *adjectives]) + " "
+
+    text = before.sub(fix_before, text)
+    after = re.compile(rf"(?<={placeholder})(?P<space>\s+)(?P<word>\w+)")
+
+    def fix_after(match: re.Match[str]) -> str:
+        word = match.group("word")
+        fixed = _swap_ending(word, gender) if _ADJECTIVE_AFTER.match(word) else word
+        return match.group("space") + fixed
+
+    return after.sub(fix_after, text, count=1)
