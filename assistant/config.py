@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     max_archive_members: int = Field(20_000)
     max_message_chars: int = Field(4000, description="Longer chat messages are refused with a message.")
 
+    reports_db: Path | None = Field(None, description="SQLite file of report versions; default cache_dir/reports.sqlite3.")
+
     # --- privacy ------------------------------------------------------------------------
     share_identifiers: bool = Field(
         False, description="Allow DICOM patient identifiers into prompts and remote endpoints."

@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 from assistant.config import Settings
 from assistant.imaging.progress import ProgressCallback, report
@@ -61,24 +61,27 @@ class SentenceTranslation(BaseModel):
     steps: list[str] = Field(default_factory=list, description="placeholders, redecode, refine, ... in order.")
     unknown_words: list[str] = Field(default_factory=list, description="Words the engine left untranslated.")
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def flagged(self) -> bool:
         return bool(self.missing)
 
 
-class Translation(BaseModel):
+class TranslationResult(BaseModel):
     source_lang: str
     target_lang: str
     engine: str | None = Field(description="The engine that produced the text; None when no engine exists.")
-    text: str | None
+    translation: str | None
     sentences: list[SentenceTranslation] = Field(default_factory=list)
     terms: list[RequiredTerm] = Field(default_factory=list)
     message: str | None = None
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def flagged_sentences(self) -> list[SentenceTranslation]:
         return [sentence for sentence in self.sentences if sentence.flagged]
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def term_success_rate(self) -> float | None:
         required = sum(len(sentence.required) for sentence in self.sentences)
@@ -87,7 +90,7 @@ class Translation(BaseModel):
 
     def highlighted_markdown(self) -> str:
         """The translation for the UI: required terms in bold, flagged sentences marked."""
-        if self.text is None:
+        if self.translation is None:
             return self.message or ""
         parts = []
         for sentence in self.sentences:
@@ -150,7 +153,7 @@ def translate_text(
     redecode: bool = True,
     settings: Settings | None = None,
     progress: ProgressCallback | None = None,
-) -> Translation:
+) -> TranslationResult:
     """Translate `text` with every required term enforced and checked; see the module docstring."""
     source_lang, target_lang = normalize_lang(source_lang), normalize_lang(target_lang)
     if source_lang == target_lang:
@@ -181,8 +184,8 @@ def translate_text(
             report(progress, 0.8 + 0.2 * done / len(pending), f"Refining sentence {result.index + 1} with {refiner.name}")
             _refine(result, sentences[result.index], refiner, source_lang, target_lang)
     report(progress, 1.0, "Done")
-    return Translation(source_lang=source_lang, target_lang=target_lang, engine=chosen.name,
-                       text=_reassemble(text, sentences, results), sentences=results,
+    return TranslationResult(source_lang=source_lang, target_lang=target_lang, engine=chosen.name,
+                       translation=_reassemble(text, sentences, results), sentences=results,
                        terms=_required_terms(spans, sentences, results),
                        message=_flag_message(results))
 
@@ -327,7 +330,7 @@ def _flag_message(results: Sequence[SentenceTranslation]) -> str | None:
 
 
 def _no_engine(text: str, source_lang: str, target_lang: str, spans: Sequence[TermSpan],
-               settings: Settings | None) -> Translation:
+               settings: Settings | None) -> TranslationResult:
     """No machine translation for this pair: say so, and give the term renderings we do know."""
     terms = {span.constraint.key: RequiredTerm(source=span.constraint.source, target=span.constraint.target,
                                                origin=span.constraint.origin, concept_id=span.constraint.concept_id,
@@ -336,5 +339,5 @@ def _no_engine(text: str, source_lang: str, target_lang: str, spans: Sequence[Te
     message = (f"No offline engine translates {source_lang}→{target_lang} ({language}) on this machine, so no "
                f"translation was made. Put a Marian/NLLB/M2M100 model in {local_model_dir(source_lang, target_lang, settings)} "
                "to enable it." + (f" Known {language} renderings of {len(terms)} term(s) are listed." if terms else ""))
-    return Translation(source_lang=source_lang, target_lang=target_lang, engine=None, text=None,
+    return TranslationResult(source_lang=source_lang, target_lang=target_lang, engine=None, translation=None,
                        terms=list(terms.values()), message=message)
