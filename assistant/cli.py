@@ -14,6 +14,7 @@ CLI_MODULES: tuple[str, ...] = (
     "tools.describe_scan",
     "tools.probe_intensity",
     "tools.measure_distance",
+    "tools.translate_text",
 )
 
 
