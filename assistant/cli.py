@@ -15,6 +15,7 @@ CLI_MODULES: tuple[str, ...] = (
     "tools.probe_intensity",
     "tools.measure_distance",
     "tools.translate_text",
+    "evals.harness.cli",
 )
 
 

@@ -1,0 +1,120 @@
+"""The run's figures: pass rates (mean ± std over repeats), tool selection, arguments, grounding, latency."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+from pydantic import BaseModel
+
+from assistant.grounding import numbers_in
+from evals.harness.trace import ScenarioResult, TurnRecord
+
+
+class Rate(BaseModel):
+    """A pass rate over repeats: mean and population std of the per-repeat rates; n scenarios per repeat."""
+
+    mean: float | None
+    std: float = 0.0
+    n: int = 0
+
+    def __str__(self) -> str:
+        if self.mean is None:
+            return "n/a"
+        return f"{self.mean:.0%}" + (f" ± {self.std:.0%}" if self.std else "") + f" (n={self.n})"
+
+
+class RunMetrics(BaseModel):
+    scenarios: int
+    passed: int
+    failed: int
+    errors: int
+    skipped: int
+    pass_rate: Rate
+    pass_rate_by_suite: dict[str, Rate]
+    pass_rate_by_tag: dict[str, Rate]
+    tool_precision: float | None
+    tool_recall: float | None
+    argument_accuracy: float | None
+    assertion_pass_rate: float | None
+    grounded_answer_rate: float | None  # answers with numbers whose model wording traced to sources
+    replaced_answer_rate: float | None  # answers the agent replaced with the tools' own summaries
+    turns: int
+    latency_p50_s: float | None
+    latency_p95_s: float | None
+    first_token_p50_s: float | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def pass_rate(results: Sequence[ScenarioResult]) -> Rate:
+    """Mean ± std over repeats of the share of scored (not skipped) scenarios that passed."""
+    by_repeat: dict[int, list[bool]] = defaultdict(list)
+    for result in results:
+        if result.status != "skipped":
+            by_repeat[result.repeat].append(result.status == "passed")
+    rates = [float(np.mean(v)) for v in by_repeat.values() if v]
+    if not rates:
+        return Rate(mean=None)
+    return Rate(mean=float(np.mean(rates)), std=float(np.std(rates)), n=len(next(iter(by_repeat.values()))))
+
+
+def _grouped(results: Sequence[ScenarioResult], keys: Callable[[ScenarioResult], Iterable[str]]) -> dict[str, Rate]:
+    groups: dict[str, list[ScenarioResult]] = defaultdict(list)
+    for result in results:
+        for key in keys(result):
+            groups[key].append(result)
+    return {key: pass_rate(groups[key]) for key in sorted(groups)}
+
+
+def _share(passed: int, total: int) -> float | None:
+    return passed / total if total else None
+
+
+def _check_share(turns: Sequence[TurnRecord], kinds: set[str]) -> float | None:
+    scored = [c.passed for t in turns for c in t.checks if c.kind in kinds and c.passed is not None]
+    return _share(sum(scored), len(scored))
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 3) if values else None
+
+
+def compute_metrics(results: Sequence[ScenarioResult]) -> RunMetrics:
+    turns = [t for r in results if r.status != "skipped" for t in r.turns]
+    # Tool selection counts distinct tools per turn, over turns that say which tools to call.
+    true_pos = false_pos = false_neg = 0
+    for turn in turns:
+        if turn.expected_tools is None or turn.error:
+            continue
+        expected, called = set(turn.expected_tools), turn.called_tools
+        true_pos += len(expected & called)
+        false_pos += len(called - expected)
+        false_neg += len(expected - called)
+    answered = [t for t in turns if not t.error and t.draft_grounded is not None]
+    with_numbers = [t for t in answered if t.ungrounded or numbers_in(t.answer)]
+    latencies = [t.seconds for t in turns if not t.error]
+    first_tokens = [t.first_token_seconds for t in turns if t.first_token_seconds is not None]
+    return RunMetrics(
+        scenarios=len(results),
+        passed=sum(r.status == "passed" for r in results),
+        failed=sum(r.status == "failed" for r in results),
+        errors=sum(r.status == "error" for r in results),
+        skipped=sum(r.status == "skipped" for r in results),
+        pass_rate=pass_rate(results),
+        pass_rate_by_suite=_grouped(results, lambda r: [r.suite]),
+        pass_rate_by_tag=_grouped(results, lambda r: r.tags),
+        tool_precision=_share(true_pos, true_pos + false_pos),
+        tool_recall=_share(true_pos, true_pos + false_neg),
+        argument_accuracy=_check_share(turns, {"tool_args"}),
+        assertion_pass_rate=_check_share(turns, {"answer", "error"}),
+        grounded_answer_rate=_share(sum(bool(t.draft_grounded) for t in with_numbers), len(with_numbers)),
+        replaced_answer_rate=_share(sum(t.answer_replaced for t in answered), len(answered)),
+        turns=len(turns),
+        latency_p50_s=_percentile(latencies, 50),
+        latency_p95_s=_percentile(latencies, 95),
+        first_token_p50_s=_percentile(first_tokens, 50),
+        prompt_tokens=sum(t.prompt_tokens for t in turns),
+        completion_tokens=sum(t.completion_tokens for t in turns),
+    )
