@@ -1,0 +1,398 @@
+"""The term index: concepts from every source, searchable by meaning (FAISS over sentence
+embeddings) and by string (exact, code, character n-gram TF-IDF), fused by reciprocal rank.
+
+Built once into ``Settings.cache_dir/terms/<key>/`` with a metadata file (sources and their
+versions and licences, embedding model, fingerprint); loaded lazily and memory-mapped where FAISS
+allows; rebuilt when a source version or option changes or a file is missing or corrupt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import pickle
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import faiss
+import numpy as np
+from pydantic import BaseModel, Field
+
+from assistant.config import Settings, get_settings
+from assistant.terminology.embeddings import DEFAULT_EMBEDDER, Embedder, get_embedder
+from assistant.terminology.fusion import reciprocal_rank_fusion
+from assistant.terminology.languages import INDEX_LANGUAGES, normalize_lang
+from assistant.terminology.lexical import (
+    CharNgramIndex, is_abbreviation, looks_like_code, normalize_code, normalize_text,
+)
+from assistant.terminology.models import Concept, SourceInfo, TermHit, TermMention
+from assistant.terminology.sources import check_sources, read_concepts, source_infos
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MAX_QUERY_CHARS = 500
+MAX_TEXT_CHARS = 20_000
+MAX_K = 100
+CANDIDATES = 50
+# Sources whose strings are embedded; drug names are matched lexically (embedding a brand name
+# says nothing a string match would not).
+SEMANTIC_SOURCES = {"icd10", "icd10cm", "hpo", "dicom"}
+IndexType = Literal["flat", "hnsw"]
+Progress = Callable[[str, int, int], None]
+
+
+class IndexOptions(BaseModel):
+    """What an index is built from; any change gives a new fingerprint and a rebuild."""
+
+    sources: list[str] | None = None
+    embedder: str = DEFAULT_EMBEDDER
+    index_type: IndexType = "flat"
+    embedded_synonyms: int = Field(2, ge=0, description="Synonyms embedded per concept besides the preferred term.")
+    limit: int | None = Field(None, ge=1, description="Concepts per source (small test and benchmark indexes).")
+
+    def key(self) -> str:
+        return "default" if self == IndexOptions() else hashlib.sha1(self.model_dump_json().encode()).hexdigest()[:12]
+
+
+class IndexMetadata(BaseModel):
+    format_version: int
+    fingerprint: str
+    options: IndexOptions
+    sources: list[SourceInfo]
+    embedder: str
+    embedder_version: str
+    concepts: int
+    entries: int
+    embedded: int
+    build_seconds: float
+
+
+@dataclass
+class Entry:
+    """One searchable string: a preferred term, synonym, label (kind ``label:de``) or code."""
+
+    text: str
+    concept: int
+    kind: str
+
+
+def fingerprint(options: IndexOptions, sources: list[SourceInfo], embedder_version: str) -> str:
+    payload = json.dumps([FORMAT_VERSION, options.model_dump(), [s.model_dump(exclude={"concepts"}) for s in sources],
+                          embedder_version], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _entries_for(concept: Concept, index: int) -> list[Entry]:
+    entries = [Entry(concept.preferred, index, "preferred")]
+    entries += [Entry(synonym, index, "synonym") for synonym in concept.synonyms]
+    entries += [Entry(label, index, f"label:{lang}") for lang, label in concept.labels.items()]
+    entries += [Entry(code, index, "code") for code in concept.codes.values()]
+    return entries
+
+
+class TermIndex:
+    """Search and normalise medical terms; obtain one with `get_term_index()` or `TermIndex.build`."""
+
+    def __init__(self, folder: Path, metadata: IndexMetadata, concepts: list[dict], entries: list[Entry],
+                 embedded_rows: np.ndarray, vectors: faiss.Index, ngrams: CharNgramIndex) -> None:
+        self.folder = folder
+        self.metadata = metadata
+        self._concept_records = concepts
+        self._entries = entries
+        self._embedded_rows = embedded_rows  # FAISS row -> entry id
+        self._vectors = vectors
+        self._ngrams = ngrams
+        self._sources = np.array([record["source"] for record in concepts])
+        self._entry_concepts = np.array([entry.concept for entry in entries], dtype=np.int64)
+        self._by_text: dict[str, list[int]] = {}
+        self._by_code: dict[str, list[int]] = {}
+        for entry_id, entry in enumerate(entries):
+            if entry.kind == "code":
+                self._by_code.setdefault(normalize_code(entry.text), []).append(entry_id)
+            else:
+                self._by_text.setdefault(normalize_text(entry.text), []).append(entry_id)
+        self._concept_ids = {record["id"]: i for i, record in enumerate(concepts)}
+
+    # --- building and loading --------------------------------------------------------------
+
+    @classmethod
+    def build(cls, folder: Path, options: IndexOptions, progress: Progress | None = None) -> TermIndex:
+        """Read the sources, embed and index them, and save everything under `folder`."""
+        started = time.perf_counter()
+        names = check_sources(options.sources)
+        infos = source_infos(names)
+        embedder = get_embedder(options.embedder)
+        concepts = read_concepts(names)
+        if options.limit:
+            concepts = _first_per_source(concepts, options.limit)
+        for info in infos:
+            info.concepts = sum(1 for c in concepts if c.source == info.name)
+        entries = [entry for i, concept in enumerate(concepts) for entry in _entries_for(concept, i)]
+        embedded_rows = _rows_to_embed(concepts, entries, options.embedded_synonyms)
+        texts = [entries[row].text for row in embedded_rows]
+        unique_texts = list(dict.fromkeys(texts))
+        vectors_of = dict(zip(unique_texts, embedder.encode(
+            unique_texts, progress=(lambda done, total: progress("embedding", done, total)) if progress else None)))
+        matrix = np.stack([vectors_of[text] for text in texts]) if texts else np.zeros((0, embedder.dim), np.float32)
+        vectors = _faiss_index(matrix, options.index_type)
+        ngrams = CharNgramIndex.build([entry.text for entry in entries])
+        metadata = IndexMetadata(
+            format_version=FORMAT_VERSION, fingerprint=fingerprint(options, infos, embedder.version), options=options,
+            sources=infos, embedder=embedder.name, embedder_version=embedder.version, concepts=len(concepts),
+            entries=len(entries), embedded=len(embedded_rows), build_seconds=round(time.perf_counter() - started, 1))
+        records = [concept.model_dump() for concept in concepts]
+        _save(folder, metadata, records, entries, embedded_rows, vectors, ngrams)
+        return cls(folder, metadata, records, entries, embedded_rows, vectors, ngrams)
+
+    @classmethod
+    def load(cls, folder: Path) -> TermIndex:
+        """Open a saved index (FAISS file memory-mapped); raises on any missing or corrupt file."""
+        metadata = IndexMetadata.model_validate_json((folder / "metadata.json").read_text())
+        with (folder / "concepts.json").open() as handle:
+            records = json.load(handle)
+        with (folder / "entries.json").open() as handle:
+            entries = [Entry(*row) for row in json.load(handle)]
+        embedded_rows = np.load(folder / "embedded_rows.npy")
+        vectors = _read_faiss(folder / "vectors.faiss")
+        with (folder / "ngrams.pkl").open("rb") as handle:
+            ngrams = pickle.load(handle)  # written by `_save` into our own cache folder
+        if (len(records), len(entries), vectors.ntotal) != (metadata.concepts, metadata.entries, metadata.embedded) \
+                or len(embedded_rows) != vectors.ntotal or ngrams.matrix.shape[0] != len(entries):
+            raise ValueError(f"term index in {folder} is inconsistent with its metadata")
+        return cls(folder, metadata, records, entries, embedded_rows, _to_gpu(vectors), ngrams)
+
+    # --- look-ups ----------------------------------------------------------------------------
+
+    def concept(self, concept_id: str) -> Concept | None:
+        index = self._concept_ids.get(concept_id)
+        return None if index is None else self._concept(index)
+
+    def _concept(self, index: int) -> Concept:
+        return Concept.model_validate(self._concept_records[index])
+
+    def search(self, query: str, k: int = 10, lang: str = "en", sources: list[str] | None = None) -> list[TermHit]:
+        """Concepts for a term, code or abbreviation, best first, with labels in `lang`."""
+        query = _check_query(query)
+        lang = _check_lang(lang)
+        if not 1 <= k <= MAX_K:
+            raise ValueError(f"k must be between 1 and {MAX_K}.")
+        allowed_sources = self._check_sources(sources)
+        allowed = None if allowed_sources is None else np.isin(self._sources, allowed_sources)
+        return self._search(query, k, lang, allowed, self._embed_queries([query])[0])
+
+    def _search(self, query: str, k: int, lang: str, allowed: np.ndarray | None, query_vector: np.ndarray) -> list[TermHit]:
+        def keep(entry_ids: list[int]) -> list[int]:
+            return [e for e in entry_ids if allowed is None or allowed[self._entries[e].concept]]
+
+        exact = keep(self._by_code.get(normalize_code(query), []) if looks_like_code(query) else [])
+        exact += keep(self._by_text.get(normalize_text(query), []))
+        entry_allowed = None if allowed is None else allowed[self._entry_concepts]
+        ngram_rows, ngram_scores = self._ngrams.search(query, CANDIDATES, entry_allowed)
+        semantic_entries, semantic_scores = self._semantic(query_vector, CANDIDATES, allowed)
+
+        best_entry: dict[int, tuple[float, int]] = {}  # concept -> (confidence, entry id)
+
+        def note(entry_id: int, confidence: float) -> int:
+            concept = self._entries[entry_id].concept
+            if confidence > best_entry.get(concept, (-1.0, -1))[0]:
+                best_entry[concept] = (confidence, entry_id)
+            return concept
+
+        exact_ranking = [note(e, 1.0) for e in exact]
+        ngram_ranking = [note(int(e), float(s)) for e, s in zip(ngram_rows, ngram_scores)]
+        semantic_ranking = [note(int(e), float(s)) for e, s in zip(semantic_entries, semantic_scores)]
+        fused = reciprocal_rank_fusion([list(dict.fromkeys(r)) for r in (exact_ranking, ngram_ranking, semantic_ranking)],
+                                       weights=[10.0, 1.0, 1.0])
+        ranked = sorted(fused, key=lambda c: (fused[c], best_entry[c][0]), reverse=True)[:k]
+        hits = []
+        for concept_index in ranked:
+            confidence, entry_id = best_entry[concept_index]
+            concept = self._concept(concept_index)
+            hits.append(TermHit(concept=concept, matched=self._entries[entry_id].text,
+                                score=round(min(max(confidence, 0.0), 1.0), 4), label=concept.label(lang)))
+        return hits
+
+    def _semantic(self, query_vector: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[list[int], list[float]]:
+        if self._vectors.ntotal == 0:
+            return [], []
+        want = k if allowed is None else min(self._vectors.ntotal, k * 8)
+        scores, rows = self._vectors.search(query_vector[None, :].astype(np.float32), want)
+        pairs = [(int(self._embedded_rows[r]), float(s)) for r, s in zip(rows[0], scores[0]) if r >= 0]
+        if allowed is not None:
+            pairs = [(e, s) for e, s in pairs if allowed[self._entries[e].concept]]
+        pairs = pairs[:k]
+        return [e for e, _ in pairs], [s for _, s in pairs]
+
+    def _embed_queries(self, texts: list[str]) -> np.ndarray:
+        return get_embedder(self.metadata.options.embedder).encode(texts, query=True)
+
+    def _check_sources(self, sources: list[str] | None) -> list[str] | None:
+        if sources is None:
+            return None
+        names = check_sources(sources)
+        indexed = {info.name for info in self.metadata.sources}
+        if missing := [name for name in names if name not in indexed]:
+            raise ValueError(f"Source(s) {', '.join(missing)} are not in this index (it holds {', '.join(sorted(indexed))}).")
+        return names
+
+    # --- normalisation ------------------------------------------------------------------------
+
+    def normalize(self, text: str, lang: str = "en", threshold: float = 0.85, max_words: int = 6) -> list[TermMention]:
+        """Concepts mentioned in `text` with character spans, longest confident match first.
+
+        Candidate spans are word n-grams; a span counts when it matches a term exactly
+        (abbreviations only in their capitalised form) or its embedding is within `threshold`
+        cosine of an indexed term."""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("The text to normalise is empty.")
+        if len(text) > MAX_TEXT_CHARS:
+            raise ValueError(f"The text is {len(text)} characters long; normalise at most {MAX_TEXT_CHARS} at a time.")
+        _check_lang(lang)
+        words = [m for m in re.finditer(r"[\w][\w'\-/]*", text)]
+        spans = [(words[i].start(), words[j].end()) for i in range(len(words))
+                 for j in range(i, min(i + max_words, len(words)))]
+        candidates: list[tuple[float, int, int, int, int]] = []  # (score, length, start, end, concept)
+        semantic_spans = []
+        for start, end in spans:
+            surface = text[start:end]
+            exact = [e for e in self._by_text.get(normalize_text(surface), [])
+                     if not is_abbreviation(self._entries[e].text) or self._entries[e].text == surface]
+            if exact:
+                if len(surface) >= 3 or is_abbreviation(surface):
+                    candidates.append((1.0, end - start, start, end, self._entries[exact[0]].concept))
+            elif len(surface) >= 4 and not normalize_text(surface) in _STOPWORDS:
+                semantic_spans.append((start, end))
+        if semantic_spans and self._vectors.ntotal:
+            vectors = self._embed_queries([text[s:e] for s, e in semantic_spans])
+            scores, rows = self._vectors.search(vectors, 1)
+            for (start, end), score, row in zip(semantic_spans, scores[:, 0], rows[:, 0]):
+                if row >= 0 and score >= threshold:
+                    candidates.append((float(score), end - start, start, end, self._entries[self._embedded_rows[row]].concept))
+        chosen: list[TermMention] = []
+        for score, _, start, end, concept in sorted(candidates, key=lambda c: (-c[0], -c[1])):
+            if all(end <= m.start or start >= m.end for m in chosen):
+                chosen.append(TermMention(start=start, end=end, text=text[start:end], concept=self._concept(concept),
+                                          score=round(score, 4)))
+        return sorted(chosen, key=lambda m: m.start)
+
+
+_STOPWORDS = {"with", "without", "from", "this", "that", "there", "were", "have", "been", "which", "patient", "left",
+              "right", "small", "large", "signs", "showed", "shows", "scan", "the", "and", "was", "normal", "no"}
+
+
+def _check_query(query: str) -> str:
+    if not isinstance(query, str) or not query.strip():
+        raise ValueError("The search query is empty; give a term, abbreviation or code.")
+    query = query.strip()
+    if len(query) > MAX_QUERY_CHARS:
+        raise ValueError(f"The query is {len(query)} characters long; search for one term (at most "
+                         f"{MAX_QUERY_CHARS} characters), or use normalize_terms for a whole text.")
+    return query
+
+
+def _check_lang(lang: str) -> str:
+    code = normalize_lang(lang)
+    if code not in INDEX_LANGUAGES:
+        raise ValueError(f"Language {lang!r} has no labels in the term index; use one of {', '.join(INDEX_LANGUAGES)}.")
+    return code
+
+
+def _first_per_source(concepts: list[Concept], limit: int) -> list[Concept]:
+    kept: dict[str, int] = {}
+    chosen = []
+    for concept in concepts:
+        if kept.get(concept.source, 0) < limit:
+            kept[concept.source] = kept.get(concept.source, 0) + 1
+            chosen.append(concept)
+    return chosen
+
+
+def _rows_to_embed(concepts: list[Concept], entries: list[Entry], synonyms_per_concept: int) -> np.ndarray:
+    """Entry ids of preferred terms plus the first few synonyms of concepts from semantic sources."""
+    taken: dict[int, int] = {}
+    rows = []
+    for entry_id, entry in enumerate(entries):
+        if concepts[entry.concept].source not in SEMANTIC_SOURCES:
+            continue
+        if entry.kind == "preferred":
+            rows.append(entry_id)
+        elif entry.kind == "synonym" and taken.get(entry.concept, 0) < synonyms_per_concept:
+            taken[entry.concept] = taken.get(entry.concept, 0) + 1
+            rows.append(entry_id)
+    return np.array(rows, dtype=np.int64)
+
+
+def _faiss_index(matrix: np.ndarray, index_type: IndexType) -> faiss.Index:
+    dim = matrix.shape[1]
+    if index_type == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 80
+        index.hnsw.efSearch = 96
+    else:
+        index = faiss.IndexFlatIP(dim)
+    if len(matrix):
+        index.add(np.ascontiguousarray(matrix, dtype=np.float32))
+    return index
+
+
+def _read_faiss(path: Path) -> faiss.Index:
+    """Memory-mapped when the index type allows it, read into memory otherwise."""
+    try:
+        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
+    except RuntimeError:
+        return faiss.read_index(str(path))
+
+
+def _to_gpu(index: faiss.Index) -> faiss.Index:
+    """Exact indexes move to all GPUs when a faiss GPU build sees one; HNSW stays on the CPU."""
+    if isinstance(index, faiss.IndexFlat) and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
+        return faiss.index_cpu_to_all_gpus(index)
+    return index
+
+
+def _save(folder: Path, metadata: IndexMetadata, records: list[dict], entries: list[Entry],
+          embedded_rows: np.ndarray, vectors: faiss.Index, ngrams: CharNgramIndex) -> None:
+    """Write into a sibling temporary folder, then swap it in, so a crash never leaves half an index."""
+    staging = folder.with_name(folder.name + ".building")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    (staging / "concepts.json").write_text(json.dumps(records, ensure_ascii=False))
+    (staging / "entries.json").write_text(json.dumps([[e.text, e.concept, e.kind] for e in entries], ensure_ascii=False))
+    np.save(staging / "embedded_rows.npy", embedded_rows)
+    faiss.write_index(vectors, str(staging / "vectors.faiss"))
+    with (staging / "ngrams.pkl").open("wb") as handle:
+        pickle.dump(ngrams, handle, protocol=pickle.HIGHEST_PROTOCOL)
+    (staging / "metadata.json").write_text(metadata.model_dump_json(indent=2))
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.rename(folder)
+
+
+def index_folder(options: IndexOptions, settings: Settings | None = None) -> Path:
+    return (settings or get_settings()).cache_dir / "terms" / options.key()
+
+
+def open_term_index(options: IndexOptions | None = None, settings: Settings | None = None,
+                    progress: Progress | None = None, rebuild: bool = False) -> TermIndex:
+    """Load the saved index for `options`, rebuilding it when missing, stale or corrupt."""
+    options = options or IndexOptions()
+    folder = index_folder(options, settings)
+    if not rebuild:
+        try:
+            index = TermIndex.load(folder)
+            infos = source_infos(check_sources(options.sources))
+            expected = fingerprint(options, infos, get_embedder(options.embedder).version)
+            if index.metadata.fingerprint == expected:
+                return index
+            log.warning("term index in %s is stale (a source or option changed); rebuilding", folder)
+        except FileNotFoundError:
+            log.info("no term index in %s yet; building it", folder)
+        except Exception as exc:  # any unreadable file means the cache cannot be trusted
+            log.warning("term index in %s is unreadable (%s); rebuilding", folder, exc)
+    return TermIndex.build(folder, options, progress)
