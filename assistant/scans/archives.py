@@ -24,6 +24,14 @@ RATIO_CHECK_MIN_BYTES = 1024 * 1024
 _COPY_CHUNK = 1024 * 1024
 
 
+def format_bytes(size: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
 def _is_symlink(info: zipfile.ZipInfo) -> bool:
     return stat.S_ISLNK(info.external_attr >> 16)
 
@@ -57,7 +65,7 @@ def check_archive(archive: zipfile.ZipFile, settings: Settings) -> list[zipfile.
             )
     if total > settings.max_upload_bytes:
         raise ScanLoadError(
-            f"The zip would unpack to {total / 1e9:.1f} GB, more than the {settings.max_upload_bytes / 1e9:.1f} GB "
+            f"The zip would unpack to {format_bytes(total)}, more than the {format_bytes(settings.max_upload_bytes)} "
             "allowed; upload a smaller series."
         )
     return [info for info in members if not info.is_dir()]

@@ -22,7 +22,7 @@ import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 
 from assistant.config import Settings, get_settings
-from assistant.scans.archives import extract_archive
+from assistant.scans.archives import extract_archive, format_bytes
 from assistant.volume import Modality, PatientIdentifiers, ScanLoadError, ScanMetadata, Volume
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def load_scan(path: str | Path, settings: Settings | None = None) -> Volume:
         raise ScanLoadError(f"{path.name} is empty (0 bytes); the upload may have failed, try again.")
     if size > settings.max_upload_bytes:
         raise ScanLoadError(
-            f"{path.name} is {size / 1e9:.1f} GB, more than the {settings.max_upload_bytes / 1e9:.1f} GB allowed."
+            f"{path.name} is {format_bytes(size)}, more than the {format_bytes(settings.max_upload_bytes)} allowed."
         )
     name = path.name.lower()
     if name.endswith(NIFTI_SUFFIXES):

@@ -41,7 +41,7 @@ class Sample:
     name: str
     description: str
     provenance: str  # source package and licence
-    build: Callable[[Path], None]  # writes scan (+ labels/) into the given empty folder
+    build: Callable[[Path, Settings], None]  # writes scan (+ labels/) into the given empty folder
     scan_file: str = "scan.nii.gz"  # file or folder inside the sample folder that load_scan reads
     labels: tuple[str, ...] = field(default_factory=tuple)
 
@@ -86,7 +86,7 @@ def _read_invesalius(project: Path) -> tuple[np.ndarray, np.ndarray, dict[str, n
     return hu, affine, masks
 
 
-def _build_ct_head(folder: Path) -> None:
+def _build_ct_head(folder: Path, settings: Settings) -> None:
     hu, affine, masks = _read_invesalius(INVESALIUS_CRANIUM)
     _save_canonical(nib.Nifti1Image(hu.transpose(2, 1, 0), affine), folder / "scan.nii.gz", np.int16)
     for label, mask in masks.items():
@@ -120,9 +120,9 @@ def _ct_slice_dataset(study: dict[str, str], index: int, pixels: np.ndarray, pos
     return ds
 
 
-def _build_ct_head_dicom(folder: Path) -> None:
+def _build_ct_head_dicom(folder: Path, settings: Settings) -> None:
     """Write the canonical CT as LPS axial slices: columns run to the left, rows to posterior."""
-    image = nib.load(sample_path("ct-head"))
+    image = nib.load(sample_path("ct-head", settings))
     hu = np.asarray(image.dataobj, dtype=np.int32)
     spacing = image.header.get_zooms()[:3]
     nx, ny, nz = hu.shape
@@ -134,13 +134,13 @@ def _build_ct_head_dicom(folder: Path) -> None:
         ras = image.affine @ [nx - 1, ny - 1, k, 1]
         ds = _ct_slice_dataset(study, k, pixels, [-ras[0], -ras[1], ras[2]], spacing)
         ds.save_as(series / f"IM{k:04d}.dcm", enforce_file_format=True)
-    shutil.copytree(sample_path("ct-head").parent / "labels", folder / "labels")
+    shutil.copytree(sample_path("ct-head", settings).parent / "labels", folder / "labels")
 
 
 # --- MR and small DICOM samples ----------------------------------------------------------
 
 
-def _build_mni152(folder: Path) -> None:
+def _build_mni152(folder: Path, settings: Settings) -> None:
     from nilearn import datasets
 
     _save_canonical(datasets.load_mni152_template(resolution=1), folder / "scan.nii.gz")
@@ -152,7 +152,7 @@ def _build_mni152(folder: Path) -> None:
         _save_canonical(loader(resolution=1), folder / "labels" / f"{label}.nii.gz", np.uint8)
 
 
-def _build_colin27(folder: Path) -> None:
+def _build_colin27(folder: Path, settings: Settings) -> None:
     _save_canonical(nib.load(MRICRON_TEMPLATES / "ch2.nii.gz"), folder / "scan.nii.gz")
     _save_canonical(nib.load(MRICRON_TEMPLATES / "aal.nii.gz"), folder / "labels" / "aal.nii.gz", np.int16)
     brain = nib.load(MRICRON_TEMPLATES / "ch2bet.nii.gz")
@@ -160,14 +160,14 @@ def _build_colin27(folder: Path) -> None:
     _save_canonical(mask, folder / "labels" / "brain.nii.gz", np.uint8)
 
 
-def _build_itk_t1(folder: Path) -> None:
+def _build_itk_t1(folder: Path, settings: Settings) -> None:
     _save_canonical(nib.load(ITK_EXAMPLE_DATA / "KmeansTest_T1UCharRaw.nii.gz"), folder / "scan.nii.gz")
     for label, stem in {"tissue": "KmeansTest_T1KmeansPrelimSegmentation", "skull_strip": "KmeansTest_T1RawSkullStrip"}.items():
         _save_canonical(nib.load(ITK_EXAMPLE_DATA / f"{stem}.nii.gz"), folder / "labels" / f"{label}.nii.gz", np.uint8)
 
 
-def _copy_pydicom_file(filename: str) -> Callable[[Path], None]:
-    def build(folder: Path) -> None:
+def _copy_pydicom_file(filename: str) -> Callable[[Path, Settings], None]:
+    def build(folder: Path, settings: Settings) -> None:
         from pydicom.data import get_testdata_file
 
         source = get_testdata_file(filename)
@@ -209,12 +209,13 @@ def _sample(name: str) -> Sample:
 def sample_path(name: str, settings: Settings | None = None) -> Path:
     """The sample's scan file or DICOM folder, written into the cache on first use."""
     sample = _sample(name)
-    folder = (settings or get_settings()).samples_dir / name
+    settings = settings or get_settings()
+    folder = settings.samples_dir / name
     if not folder.exists():
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
         try:
-            sample.build(staging)
+            sample.build(staging, settings)
             staging.rename(folder)  # atomic: a half-built sample is never seen
         finally:
             shutil.rmtree(staging, ignore_errors=True)
