@@ -1,0 +1,93 @@
+"""One concept, one wording: finding terms normalised through the shared term index.
+
+A finding's term ("cerebral haemorrhage", "brain bleed") is mapped to a concept of the term
+index; the report then uses one wording per concept (the wording the department already signed
+off for that concept if there is one, else the concept's preferred term) and carries its codes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from pydantic import BaseModel
+
+from assistant.findings import Finding
+from assistant.terminology.models import Concept
+
+# Finding kinds whose `what` is a clinical term; technique and measurement names are the tools' own.
+CLINICAL_KINDS = {"structure", "anomaly", "term", "observation"}
+# Below this confidence a term is reported as unmapped rather than silently coded.
+MIN_MAPPING_SCORE = 0.85
+# Where a code system comes from, for FHIR codings and DICOM coded concepts.
+CODE_SYSTEMS = {
+    "SNOMED": ("http://snomed.info/sct", "SCT"),
+    "SCT": ("http://snomed.info/sct", "SCT"),
+    "ICD-10": ("http://hl7.org/fhir/sid/icd-10", "I10"),
+    "ICD-10-CM": ("http://hl7.org/fhir/sid/icd-10-cm", "I10C"),
+    "LOINC": ("http://loinc.org", "LN"),
+    "RadLex": ("http://radlex.org", "RADLEX"),
+    "HPO": ("http://human-phenotype-ontology.org", "HPO"),
+    "DCM": ("http://dicom.nema.org/resources/ontology/DCM", "DCM"),
+}
+
+
+class TermMapping(BaseModel):
+    """What the normaliser made of one finding term."""
+
+    term: str
+    concept: Concept | None = None
+    wording: str
+    score: float = 0.0
+
+    @property
+    def mapped(self) -> bool:
+        return self.concept is not None
+
+
+def map_term(term: str, index, wordings: Mapping[str, str] | None = None) -> TermMapping:
+    """The concept for `term` (or none below `MIN_MAPPING_SCORE`), and the wording to use for it."""
+    hits = index.search(term, k=1)
+    if not hits or hits[0].score < MIN_MAPPING_SCORE:
+        return TermMapping(term=term, wording=term)
+    concept = hits[0].concept
+    wording = (wordings or {}).get(concept.id) or _preferred_wording(term, hits[0].matched, concept)
+    return TermMapping(term=term, concept=concept, wording=wording, score=hits[0].score)
+
+
+def _preferred_wording(term: str, matched: str, concept: Concept) -> str:
+    """The concept's preferred term, in the case the finding used (sentence case stays sentence case)."""
+    preferred = concept.preferred
+    return preferred[0].lower() + preferred[1:] if term[:1].islower() and not preferred[:2].isupper() else preferred
+
+
+def normalise_findings(findings: list[Finding], index, wordings: Mapping[str, str] | None = None) -> tuple[list[Finding], list[TermMapping]]:
+    """Findings with clinical terms replaced by their concept's wording and codes, plus every mapping made.
+
+    The original term is kept in the finding's parameters (``term_as_found``) so nothing is lost.
+    """
+    cache: dict[str, TermMapping] = {}
+    normalised = []
+    for finding in findings:
+        if finding.kind not in CLINICAL_KINDS or finding.concept_id:
+            normalised.append(finding)
+            continue
+        mapping = cache.setdefault(finding.what.casefold(), map_term(finding.what, index, wordings))
+        if not mapping.mapped:
+            normalised.append(finding)
+            continue
+        normalised.append(finding.model_copy(update={
+            "what": mapping.wording,
+            "concept_id": mapping.concept.id,
+            "codes": {**mapping.concept.codes, **finding.codes},
+            "parameters": {**finding.parameters, "term_as_found": finding.what},
+        }))
+    return normalised, list(cache.values())
+
+
+def replace_span(text: str, start: int, end: int, replacement: str) -> str:
+    return text[:start] + replacement + text[end:]
+
+
+def word_pattern(term: str) -> re.Pattern[str]:
+    return re.compile(rf"(?<!\w){re.escape(term)}(?!\w)", re.IGNORECASE)
