@@ -16,6 +16,7 @@ CLI_MODULES: tuple[str, ...] = (
     "tools.measure_distance",
     "tools.translate_text",
     "evals.harness.cli",
+    "assistant.reports.cli",
 )
 
 

@@ -1,0 +1,88 @@
+"""`scanchat report SCAN [--ask ...] [--lang es] --out report.pdf [--md] [--fhir] [--sr]`: batch reports."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+def _progress_bar(description: str):
+    bar = tqdm(total=100, desc=description, file=sys.stderr, leave=False, bar_format="{desc}: {percentage:3.0f}% {postfix}")
+
+    def progress(fraction: float, message: str) -> None:
+        bar.n = round(100 * fraction)
+        bar.set_postfix_str(message)
+
+    return bar, progress
+
+
+def _run(args: argparse.Namespace) -> int:
+    from assistant.agent import Agent
+    from assistant.commands import _settings_from as settings_from  # one settings object for every command
+    from assistant.models.registry import load_chat_model
+    from assistant.reports.checks import check_report
+    from assistant.reports.draft import draft_report
+    from assistant.reports.export import ExportPaths, export_report
+    from assistant.reports.model import ReportError
+    from assistant.reports.store import ReportStore
+    from assistant.reports.translate import translate_report, with_translation
+    from assistant.scans.loading import load_scan
+    from assistant.session import ScanSession
+    from assistant.terminology import get_term_index
+    from assistant.terminology.glossary import load_glossary
+
+    if not (args.out or args.md or args.fhir or args.sr):
+        raise ReportError("Say where to write the report: --out report.pdf, --md, --fhir or --sr.")
+    settings = settings_from(args)
+    if args.db:
+        settings = settings.model_copy(update={"reports_db": Path(args.db)})
+    session = ScanSession()
+    session.load(load_scan(args.scan, settings))
+    model = None if args.no_llm and not args.ask else load_chat_model(settings)
+    if args.ask:
+        agent = Agent(model, session, settings)
+        for question in tqdm(args.ask, desc="tool calls", file=sys.stderr, leave=False):
+            agent.ask(question)
+    store = ReportStore(settings=settings)
+    bar, progress = _progress_bar("report")
+    with bar:
+        content = draft_report(session, model=None if args.no_llm else model, index=get_term_index(settings),
+                               wordings=store.wordings(), clinical_information=args.clinical or "", progress=progress)
+        version = store.create(content, args.author)
+        if args.lang:
+            glossary = load_glossary(args.glossary) if args.glossary else None
+            translation = translate_report(content, args.lang, glossary=glossary, settings=settings, progress=progress)
+            version = store.save(version.report_id, with_translation(content, translation), args.author,
+                                 f"translated to {args.lang}", based_on=version.number)
+    for flag in check_report(version.content.text, version.content.findings, get_term_index(settings)):
+        print(f"[{flag.kind}] {flag.section}: {flag.message}", file=sys.stderr)
+    paths = ExportPaths(pdf=args.out, markdown=args.md, fhir=args.fhir, dicom_sr=args.sr)
+    written = export_report(version, paths, volume=session.volume, segmentations=args.seg or ())
+    print(f"report {version.report_id} version {version.number} (drafted by {version.content.drafted_by}) "
+          f"in {store.path}")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("report", help="draft, check and export a report about a scan")
+    p.add_argument("scan", help="scan file or DICOM folder")
+    p.add_argument("--ask", action="append", help="a request for the agent before drafting (repeatable)")
+    p.add_argument("--lang", help="also translate the report into this language (es, pt, de, fr)")
+    p.add_argument("--glossary", help="CSV or TBX glossary of required translations")
+    p.add_argument("--out", type=Path, help="PDF file to write")
+    p.add_argument("--md", type=Path, help="Markdown file to write")
+    p.add_argument("--fhir", type=Path, help="FHIR R4 Bundle (DiagnosticReport + Observations) JSON to write")
+    p.add_argument("--sr", type=Path, help="DICOM SR (TID 1500) to write; DICOM inputs only")
+    p.add_argument("--seg", type=Path, action="append", help="DICOM SEG of this series to reference in the SR")
+    p.add_argument("--clinical", help="clinical information (the request's question)")
+    p.add_argument("--author", default="scanchat-cli", help="who the versions are saved as")
+    p.add_argument("--db", help="report database (default: Settings.reports_db)")
+    p.add_argument("--no-llm", action="store_true", help="template impression only, no model")
+    p.add_argument("--model", help="chat model (default: settings)")
+    p.add_argument("--runtime", choices=["auto", "transformers", "llamacpp", "openai"])
+    p.set_defaults(func=_run)
