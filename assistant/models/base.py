@@ -39,6 +39,26 @@ class Usage:
     first_token_seconds: float | None = None
 
 
+def template_has_tool_role(chat_template: str | None) -> bool:
+    """Templates that handle tool results test for the role by name (Qwen: message.role == "tool")."""
+    return bool(chat_template) and ('"tool"' in chat_template or "'tool'" in chat_template)
+
+
+def template_messages(messages: Sequence[Message], *, tool_role: bool) -> list[dict[str, str]]:
+    """Messages as chat-template dicts; without a native "tool" role, tool results become user turns.
+
+    Small models whose template lacks a tool role (SmolLM2, most OpenAI-compatible servers
+    without native tool calls) still see which tool produced a result.
+    """
+    rendered = []
+    for message in messages:
+        if message.role == "tool" and not tool_role:
+            rendered.append({"role": "user", "content": f"Tool result ({message.name or 'tool'}):\n{message.content}"})
+        else:
+            rendered.append({"role": message.role, "content": message.content})
+    return rendered
+
+
 class ModelError(RuntimeError):
     """A model could not be loaded or run; the message says what to do about it."""
 
