@@ -11,6 +11,8 @@ from importlib import import_module
 CLI_MODULES: tuple[str, ...] = (
     "assistant.commands",
     "assistant.scans.samples",
+    "assistant.models.registry",
+    "assistant.models.server",
     "tools.describe_scan",
     "tools.probe_intensity",
     "tools.measure_distance",
