@@ -1,0 +1,199 @@
+"""Fit, cache and apply normal models: `detect_anomalies(volume)` is the one entry point for tools and the CLI.
+
+Only brain T1 MR has a normal model (the offline normal scans are brain MRs); any other modality or
+body region is refused with a message instead of a guess. Fitted models live under
+``Settings.cache_dir/anomaly/`` and are fitted once (``scanchat anomaly fit``, or lazily on first use).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from assistant.anomaly.methods import METHODS, AnomalyMethod
+from assistant.anomaly.normal_data import NORMAL_MR_SCANS, WarpedScan, augment, warp_to_template, warped_normal_scan
+from assistant.anomaly.regions import top_regions
+from assistant.anomaly.result import AnomalyResult
+from assistant.anomaly.template import TemplateSpace, template_space
+from assistant.config import Settings, get_settings
+from assistant.imaging.progress import ProgressCallback, report
+from assistant.volume import Modality, Volume
+from tools.base import ToolError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_METHOD = "normative"  # chosen by evals/bench_anomaly.py (see the README of that script's results)
+BODY_MODEL = "brain T1 MR"
+MODEL_VERSION = 1
+MIN_TEMPLATE_CORRELATION = 0.5  # below this the scan does not look like a brain MR aligned to the template
+AUGMENTATIONS_PER_SCAN = 8
+CALIBRATION_AUGMENTATIONS = 6
+TOP_VOXELS = 50  # image score = mean of the 50 highest voxel scores (0.4 mL at 2 mm): small lesions still count
+MIN_SLICES = 8
+
+
+@dataclass
+class NormalModel:
+    """A fitted method and the thresholds calibrated on normal scans it was not fitted on."""
+
+    method: AnomalyMethod
+    training_scans: tuple[str, ...]
+    image_threshold: float
+    voxel_threshold: float
+    calibration_scores: tuple[float, ...]
+    version: int = MODEL_VERSION
+
+
+def image_score(score_map: np.ndarray, mask: np.ndarray) -> float:
+    """Mean of the highest voxel scores inside `mask`: one number per scan, driven by its most unusual area."""
+    values = score_map[mask]
+    return float(np.mean(np.partition(values, -TOP_VOXELS)[-TOP_VOXELS:]))
+
+
+def normalized_augmentations(scan: WarpedScan, space: TemplateSpace, count: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [space.normalize_intensity(augment(scan.image, rng)) for _ in range(count)]
+
+
+def fit_normal_model(method_name: str, scans: tuple[str, ...] = NORMAL_MR_SCANS,
+                     progress: ProgressCallback | None = None) -> NormalModel:
+    """Fit `method_name` on augmented normal scans, then calibrate thresholds on fresh augmentations."""
+    if method_name not in METHODS:
+        raise ValueError(f"Unknown anomaly method {method_name!r}; choose from {', '.join(METHODS)}.")
+    space = template_space()
+    report(progress, 0.0, "registering normal scans")
+    warped = [warped_normal_scan(name) for name in scans]
+    usable = [scan for scan in warped if scan.template_correlation >= MIN_TEMPLATE_CORRELATION]
+    for scan in warped:
+        if scan not in usable:
+            log.warning("normal scan %s left out: fits the template poorly (r=%.2f)", scan.name, scan.template_correlation)
+    if not usable:
+        raise ValueError("None of the normal scans could be aligned to the template.")
+    training = [space.normalize_intensity(scan.image) for scan in usable]
+    for index, scan in enumerate(usable):
+        training += normalized_augmentations(scan, space, AUGMENTATIONS_PER_SCAN, seed=index)
+    report(progress, 0.2, f"fitting {method_name} on {len(training)} normal images")
+    method = METHODS[method_name]()
+    method.fit(training, space.brain_mask, space.tissue, progress)
+    report(progress, 0.8, "calibrating thresholds")
+    calibration = [image for index, scan in enumerate(usable)
+                   for image in normalized_augmentations(scan, space, CALIBRATION_AUGMENTATIONS, seed=1000 + index)]
+    maps = [method.score(image, space.brain_mask) for image in calibration]
+    scores = tuple(image_score(score_map, space.brain_mask) for score_map in maps)
+    voxel_scores = np.concatenate([score_map[space.brain_mask] for score_map in maps])
+    report(progress, 1.0, "normal model ready")
+    return NormalModel(
+        method=method,
+        training_scans=tuple(scan.name for scan in usable),
+        image_threshold=float(max(scores)),
+        voxel_threshold=float(np.percentile(voxel_scores, 99.9)),
+        calibration_scores=scores,
+    )
+
+
+def model_path(method_name: str, settings: Settings | None = None) -> Path:
+    settings = settings or get_settings()
+    return settings.cache_dir / "anomaly" / f"brain-mr-{method_name}-v{MODEL_VERSION}.pkl"
+
+
+def save_normal_model(model: NormalModel, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_bytes(pickle.dumps(model))
+    temporary.replace(path)
+
+
+@cache
+def _load_normal_model(path: Path) -> NormalModel:
+    model = pickle.loads(path.read_bytes())  # our own cache file, written by save_normal_model
+    if getattr(model, "version", None) != MODEL_VERSION:
+        raise ValueError(f"Anomaly model {path} is from another version; run `scanchat anomaly fit`.")
+    return model
+
+
+def get_normal_model(method_name: str, settings: Settings | None = None,
+                     progress: ProgressCallback | None = None) -> NormalModel:
+    """The cached normal model for `method_name`, fitted and stored once if missing."""
+    path = model_path(method_name, settings)
+    if not path.exists():
+        save_normal_model(fit_normal_model(method_name, progress=progress), path)
+    return _load_normal_model(path)
+
+
+def check_scan(volume: Volume) -> None:
+    """Refuse inputs no normal model can judge, with a message the user can act on."""
+    data = volume.data
+    if min(volume.shape) < MIN_SLICES:
+        raise ToolError(f"The scan has shape {volume.shape}: anomaly screening needs a 3D volume "
+                        f"(at least {MIN_SLICES} slices in each direction), not a 2D image.")
+    if not np.all(np.isfinite(data)):
+        raise ToolError("The scan contains NaN or infinite voxel values; re-export it from the scanner or PACS.")
+    if float(data.max()) == float(data.min()):
+        raise ToolError("The scan is empty (every voxel has the same value); there is nothing to screen.")
+    if volume.modality not in (Modality.MR, Modality.OTHER):
+        raise ToolError(f"There is no normal model for {volume.modality.value} scans: anomaly screening only covers "
+                        f"{BODY_MODEL} (the normal scans available offline are brain MRs).")
+    if volume.modality is Modality.OTHER and float(data.min()) < -500:
+        raise ToolError("The scan looks like a CT (values below -500); there is no normal model for CT, "
+                        f"anomaly screening only covers {BODY_MODEL}.")
+
+
+def _atlas_labeller(warped: WarpedScan, space: TemplateSpace):
+    """World point on the scan (RAS mm) -> AAL label on the template, through the registration."""
+    lps = np.array([-1.0, -1.0, 1.0])
+    inverse_affine = np.linalg.inv(space.template.volume.affine)
+
+    def label(world_ras: np.ndarray) -> str | None:
+        template_lps = np.asarray(warped.registration.forward.TransformPoint(tuple(float(c) for c in world_ras * lps)))
+        template_voxel = inverse_affine[:3, :3] @ (template_lps * lps) + inverse_affine[:3, 3]
+        return space.label_at(template_voxel)
+
+    return label
+
+
+def detect_anomalies(volume: Volume, method: str | None = None, settings: Settings | None = None,
+                     progress: ProgressCallback | None = None, max_regions: int = 5) -> AnomalyResult:
+    """Screen `volume` against the normal model: image score vs threshold, voxel map on the scan grid, top regions."""
+    started = time.perf_counter()
+    method = method or DEFAULT_METHOD
+    if method not in METHODS:
+        raise ToolError(f"Unknown anomaly method {method!r}; choose from {', '.join(METHODS)}.")
+    check_scan(volume)
+    model = get_normal_model(method, settings, progress)
+    space = template_space()
+    report(progress, 0.1, "registering the scan to the brain template")
+    warped = warp_to_template(volume, space)
+    if warped.template_correlation < MIN_TEMPLATE_CORRELATION:
+        raise ToolError(
+            f"The scan does not match the brain template (correlation {warped.template_correlation:.2f} after "
+            f"registration), so it is probably not a {BODY_MODEL}, or it could not be aligned. "
+            "There is no normal model for it; no anomaly scores are given."
+        )
+    report(progress, 0.6, f"scoring with {method}")
+    template_map = model.method.score(space.normalize_intensity(warped.image), space.brain_mask)
+    score = image_score(template_map, space.brain_mask)
+    scan_map = np.clip(warped.registration.warp_from_template(template_map), 0.0, None).astype(np.float32)
+    regions = top_regions(scan_map, model.voxel_threshold, volume, max_regions, _atlas_labeller(warped, space))
+    notes = []
+    if volume.modality is Modality.OTHER:
+        notes.append("The scan's modality was not recorded; it was treated as a T1 brain MR.")
+    report(progress, 1.0, "anomaly screening done")
+    log.info("anomaly screening with %s took %.1f s", method, time.perf_counter() - started)
+    return AnomalyResult(
+        method=method,
+        body_model=f"{BODY_MODEL} ({', '.join(model.training_scans)})",
+        image_score=round(score, 3),
+        threshold=round(model.image_threshold, 3),
+        exceeds_threshold=score > model.image_threshold,
+        voxel_threshold=round(model.voxel_threshold, 3),
+        regions=regions,
+        cannot_detect=list(model.method.cannot_detect),
+        notes=notes,
+        anomaly_map=scan_map,
+    )

@@ -1,0 +1,64 @@
+"""Typed results of anomaly detection: what the tool, the CLI, the report writer and the UI read."""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from tools.base import ToolResult
+
+
+class AnomalyRegion(BaseModel):
+    """One connected area whose deviation from normal exceeds the calibrated voxel threshold."""
+
+    rank: int
+    centroid_mm: tuple[float, float, float] = Field(description="World position (RAS+, mm).")
+    centroid_voxel: tuple[int, int, int] = Field(description="Voxel index in the scan; usable as a segmentation point prompt.")
+    size_ml: float
+    peak_score: float
+    mean_score: float
+    label: str | None = Field(None, description="Atlas region (AAL) at the centroid, when an atlas applies.")
+
+
+class AnomalyResult(ToolResult):
+    """Image-level deviation score against a calibrated threshold, plus a voxel map and its top regions.
+
+    Scores are in units of the method's normal variation; they measure how unusual the scan is
+    compared with the normal scans the model was fitted on, not how likely a disease is.
+    """
+
+    method: str
+    body_model: str = Field(description="Normal model used, e.g. 'brain MR (T1)'.")
+    image_score: float
+    threshold: float = Field(description="Image-level threshold calibrated on normal scans.")
+    exceeds_threshold: bool
+    voxel_threshold: float
+    regions: list[AnomalyRegion] = []
+    cannot_detect: list[str] = []
+    notes: list[str] = []
+    anomaly_map: np.ndarray | None = Field(None, exclude=True, repr=False, description="Voxel scores on the scan's grid.")
+
+    def summary(self) -> str:
+        verdict = "ABOVE" if self.exceeds_threshold else "below"
+        lines = [
+            f"Anomaly screening ({self.method}, normal model: {self.body_model}): image score {self.image_score:.2f}, "
+            f"{verdict} the calibrated threshold {self.threshold:.2f}.",
+        ]
+        if self.regions:
+            lines.append("Areas deviating most from the normal model:")
+            for region in self.regions:
+                where = f" in/near {region.label}" if region.label else ""
+                x, y, z = region.centroid_mm
+                lines.append(
+                    f"  {region.rank}. {region.size_ml:.2f} mL{where}, centre ({x:.0f}, {y:.0f}, {z:.0f}) mm RAS, "
+                    f"voxel {list(region.centroid_voxel)}, peak score {region.peak_score:.1f}, mean {region.mean_score:.1f}"
+                )
+        else:
+            lines.append("No area exceeds the voxel threshold.")
+        lines.append(
+            "These are statistical deviations from normal scans, not a diagnosis; a clinician must review them."
+        )
+        if self.cannot_detect:
+            lines.append("Cannot detect: " + "; ".join(self.cannot_detect) + ".")
+        lines.extend(self.notes)
+        return "\n".join(lines)
