@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from importlib import import_module
+from typing import TYPE_CHECKING
 
-from assistant.session import ScanSession
 from tools.base import ScanTool
+
+if TYPE_CHECKING:
+    from assistant.session import ScanSession
 
 # "module:Class" of every tool the agent may call; a new tool adds one line here.
 TOOL_CLASSES: tuple[str, ...] = (
