@@ -23,15 +23,11 @@ def _run(args: argparse.Namespace) -> int:
     from assistant.agent import Agent
     from assistant.commands import _settings_from as settings_from  # one settings object for every command
     from assistant.models.registry import load_chat_model
-    from assistant.reports.checks import check_report
-    from assistant.reports.draft import draft_report
     from assistant.reports.export import ExportPaths, export_report
     from assistant.reports.model import ReportError
-    from assistant.reports.store import ReportStore
-    from assistant.reports.translate import translate_report, with_translation
+    from assistant.reports.workflow import ReportDesk
     from assistant.scans.loading import load_scan
     from assistant.session import ScanSession
-    from assistant.terminology import get_term_index
     from assistant.terminology.glossary import load_glossary
 
     if not (args.out or args.md or args.fhir or args.sr):
@@ -46,23 +42,21 @@ def _run(args: argparse.Namespace) -> int:
         agent = Agent(model, session, settings)
         for question in tqdm(args.ask, desc="tool calls", file=sys.stderr, leave=False):
             agent.ask(question)
-    store = ReportStore(settings=settings)
+    desk = ReportDesk(settings)
     bar, progress = _progress_bar("report")
     with bar:
-        content = draft_report(session, model=None if args.no_llm else model, index=get_term_index(settings),
-                               wordings=store.wordings(), clinical_information=args.clinical or "", progress=progress)
-        version = store.create(content, args.author)
+        version = desk.draft(session, args.author, model=None if args.no_llm else model,
+                             clinical_information=args.clinical or "", progress=progress)
         if args.lang:
             glossary = load_glossary(args.glossary) if args.glossary else None
-            translation = translate_report(content, args.lang, glossary=glossary, settings=settings, progress=progress)
-            version = store.save(version.report_id, with_translation(content, translation), args.author,
-                                 f"translated to {args.lang}", based_on=version.number)
-    for flag in check_report(version.content.text, version.content.findings, get_term_index(settings)):
+            version = desk.translate(version.report_id, args.lang, args.author, session.volume, glossary=glossary,
+                                     progress=progress)
+    for flag in desk.check(version):
         print(f"[{flag.kind}] {flag.section}: {flag.message}", file=sys.stderr)
     paths = ExportPaths(pdf=args.out, markdown=args.md, fhir=args.fhir, dicom_sr=args.sr)
     written = export_report(version, paths, volume=session.volume, segmentations=args.seg or ())
     print(f"report {version.report_id} version {version.number} (drafted by {version.content.drafted_by}) "
-          f"in {store.path}")
+          f"in {desk.store.path}")
     for path in written:
         print(f"wrote {path}")
     return 0
