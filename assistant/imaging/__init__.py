@@ -1,0 +1,1 @@
+"""Imaging helpers shared by several tools (template registration, atlases)."""
