@@ -1,0 +1,196 @@
+"""Reports: drafted from real tool results on the sample scans, checked, versioned, exported and read back."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+
+import highdicom as hd
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+
+import tools  # noqa: F401  (imports the tools package before assistant.session, which imports it back)
+from assistant.reports.checks import apply_all_fixes, check_report, term_flags
+from assistant.reports.collect import collect_findings
+from assistant.reports.draft import draft_report
+from assistant.reports.export import ExportPaths, export_report
+from assistant.reports.fhir import fhir_bundle
+from assistant.reports.model import ReportError
+from assistant.reports.store import ReportStore
+from assistant.reports.workflow import ReportDesk
+from assistant.scans.samples import load_sample
+from assistant.session import ScanSession, ToolRecord
+from assistant.terminology import get_term_index
+from tools.measure_distance import MeasureDistanceArgs, measure_distance
+from tools.probe_intensity import ProbeIntensityArgs, probe_intensity
+
+
+def _session_with_measurements(sample: str) -> ScanSession:
+    """A session on a sample scan with two real tool results: a distance and a mean intensity."""
+    session = ScanSession()
+    session.load(load_sample(sample))
+    volume = session.volume
+    distance_args = MeasureDistanceArgs(point_a=[20, 30, 20], point_b=[200, 210, 80])
+    probe_args = ProbeIntensityArgs(radius_mm=5.0)
+    session.records += [
+        ToolRecord("measure_distance", distance_args.model_dump(), measure_distance(volume, distance_args)),
+        ToolRecord("probe_intensity", probe_args.model_dump(), probe_intensity(volume, probe_args)),
+    ]
+    return session
+
+
+@pytest.fixture(scope="module")
+def index():
+    return get_term_index()
+
+
+@pytest.fixture(scope="module")
+def ct_session() -> ScanSession:
+    return _session_with_measurements("ct-head")
+
+
+@pytest.fixture(scope="module")
+def dicom_session() -> ScanSession:
+    return _session_with_measurements("ct-head-dicom")
+
+
+@pytest.fixture
+def desk(tmp_path, index) -> ReportDesk:
+    return ReportDesk(store=ReportStore(tmp_path / "reports.sqlite3"), index=index)
+
+
+def test_every_number_in_a_drafted_report_is_a_measured_finding(ct_session, index):
+    content = draft_report(ct_session, index=index)
+    distance = next(f for f in content.findings if f.source_tool == "measure_distance").quantities[0]
+    assert f"{distance.value:g} mm" in content.text.findings
+    assert "Slice thickness" in content.text.technique
+    assert [f for f in check_report(content.text, content.findings, index) if f.kind == "ungrounded_number"] == []
+
+
+def test_grounding_flags_an_edited_in_number_and_a_wrong_unit(ct_session, index):
+    content = draft_report(ct_session, index=index)
+    distance = next(f for f in content.findings if f.source_tool == "measure_distance").quantities[0]
+    edited = content.text.model_copy(update={
+        "impression": f"A 23 mm lesion. The distance is {distance.value / 10:g} cm, i.e. {distance.value:g} mm."})
+    flagged = [f.text for f in check_report(edited, content.findings) if f.kind == "ungrounded_number"]
+    assert flagged == ["23 mm", f"{distance.value / 10:g} cm"]
+
+
+def test_export_is_refused_while_a_number_is_ungrounded(desk, ct_session, tmp_path):
+    version = desk.draft(ct_session, "Dr A")
+    text = version.content.text.model_copy(update={"impression": "Haematoma of 31.5 mL."})
+    edited = desk.edit(version.report_id, text, "Dr A", version.number, ct_session.volume)
+    with pytest.raises(ReportError, match="31.5 mL"):
+        desk.export(version.report_id, tmp_path / "out", ["markdown"], ct_session.volume)
+    assert edited.number == 2
+
+
+def test_a_scan_without_findings_and_a_session_without_a_scan_get_clear_messages():
+    session = ScanSession()
+    with pytest.raises(ValueError, match="No scan is loaded"):
+        draft_report(session)
+    session.load(load_sample("ct-small-dicom"))
+    with pytest.raises(ReportError, match="no findings"):
+        collect_findings(session)
+
+
+def test_a_report_about_another_scan_is_refused(desk, ct_session, tmp_path):
+    version = desk.draft(ct_session, "Dr A")
+    other = load_sample("ct-small-dicom")
+    with pytest.raises(ReportError, match="another scan"):
+        desk.edit(version.report_id, version.content.text, "Dr A", version.number, other)
+    with pytest.raises(ReportError, match="another scan"):
+        desk.export(version.report_id, tmp_path, ["pdf"], other)
+
+
+def test_versions_and_sign_off_survive_reopening_the_database(desk, ct_session):
+    first = desk.draft(ct_session, "Dr A")
+    rid = first.report_id
+    second = desk.edit(rid, first.content.text.model_copy(update={"clinical_information": "Headache."}), "Dr A",
+                       first.number, ct_session.volume)
+    desk.sign(rid, "Dr B", ct_session.volume)
+    third = desk.edit(rid, second.content.text.model_copy(update={"clinical_information": "Headache, fall."}), "Dr C",
+                      second.number, ct_session.volume)
+    with pytest.raises(ReportError, match="after the version 2"):
+        desk.edit(rid, second.content.text, "Dr A", second.number, ct_session.volume)
+
+    reopened = ReportStore(desk.store.path).versions(rid)
+    assert [(v.number, v.author, v.signed_by) for v in reopened] == [(1, "Dr A", None), (2, "Dr A", "Dr B"), (3, "Dr C", None)]
+    assert reopened[1].changed_sections == ["clinical_information"]
+    assert reopened[2].change_note == "edited clinical_information after sign-off"
+    assert reopened[2].content.text.clinical_information == "Headache, fall." == third.content.text.clinical_information
+    with sqlite3.connect(desk.store.path) as db, pytest.raises(sqlite3.IntegrityError, match="signed versions are final"):
+        db.execute("UPDATE versions SET content = '{}' WHERE report_id = ? AND number = 2", (rid,))
+
+
+def test_fhir_bundle_validates_and_carries_the_measured_values(desk, ct_session):
+    version = desk.sign(desk.draft(ct_session, "Dr A").report_id, "Dr A", ct_session.volume)
+    bundle = Bundle.model_validate(fhir_bundle(version))
+    report, *observations = [entry.resource for entry in bundle.entry]
+    assert report.get_resource_type() == "DiagnosticReport" and report.status == "final"
+    values = {(o.valueQuantity.value, o.valueQuantity.code) for o in observations if o.valueQuantity}
+    distance = next(f for f in version.content.findings if f.source_tool == "measure_distance").quantities[0]
+    assert (distance.value, "mm") in values
+    assert len(report.result) == len(observations) == len(version.content.findings)
+
+
+def test_dicom_sr_references_the_source_series_and_reads_back(desk, dicom_session, tmp_path):
+    version = desk.draft(dicom_session, "Dr A")
+    [path] = desk.export(version.report_id, tmp_path, ["dicom_sr"], dicom_session.volume)
+    sr = hd.sr.srread(path)
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+    assert evidence.SeriesInstanceUID == version.content.scan.series_instance_uid
+    assert len(evidence.ReferencedSOPSequence) == len(dicom_session.volume.dicom_sources)
+    distance = next(f for f in version.content.findings if f.source_tool == "measure_distance").quantities[0]
+    numbers = [item for item in sr.content.ContentSequence if item.ValueType == "CONTAINER"]
+    assert numbers, "the SR holds the Imaging Measurements container"
+    if shutil.which("dsrdump"):
+        dump = subprocess.run(["dsrdump", str(path)], capture_output=True, text=True, check=True).stdout
+        assert f'"{distance.value:g}" (mm,UCUM' in dump
+
+
+def test_dicom_sr_for_a_nifti_scan_is_refused_with_a_reason(desk, ct_session, tmp_path):
+    version = desk.draft(ct_session, "Dr A")
+    with pytest.raises(ReportError, match="needs a DICOM input"):
+        export_report(version, ExportPaths(dicom_sr=tmp_path / "r.dcm"), volume=ct_session.volume)
+
+
+def test_checker_unifies_synonyms_of_one_concept(index):
+    from assistant.findings import Finding
+    from assistant.reports.model import ReportText
+
+    hits = [h for h in index.search("myocardial infarction", k=5) if len(h.concept.synonyms) >= 1]
+    concept = hits[0].concept
+    synonym = next(s for s in concept.synonyms if s.casefold() != concept.preferred.casefold())
+    finding = Finding(kind="term", what=concept.preferred, concept_id=concept.id, source_tool="lookup_term")
+    text = ReportText(impression=f"History of {concept.preferred}. No sign of new {synonym}.")
+    flags = [f for f in term_flags("impression", text.impression, [finding], index) if f.kind == "inconsistent_term"]
+    assert flags and flags[0].fix == concept.preferred
+    fixed = apply_all_fixes(text, flags)
+    assert fixed.impression.count(concept.preferred) == 2
+    assert not [f for f in term_flags("impression", fixed.impression, [finding], index) if f.kind == "inconsistent_term"]
+
+
+@pytest.mark.slow
+def test_small_model_phrases_only_grounded_impressions(ct_session, index):
+    from assistant.config import get_settings
+    from assistant.models.registry import load_chat_model
+
+    model = load_chat_model(get_settings(), name="smollm2-135m")
+    content = draft_report(ct_session, model=model, index=index)
+    assert content.text.impression.strip()
+    assert not [f for f in check_report(content.text, content.findings) if f.kind == "ungrounded_number"]
+
+
+@pytest.mark.slow
+def test_translation_keeps_the_report_and_is_exported_with_it(desk, ct_session, tmp_path):
+    if not shutil.which("apertium"):
+        pytest.skip("apertium (Debian package apertium-eng-spa) is not installed")
+    version = desk.draft(ct_session, "Dr A")
+    translated = desk.translate(version.report_id, "es", "Dr A", ct_session.volume)
+    [translation] = translated.content.translations
+    assert translation.language == "es" and translation.text.findings != version.content.text.findings
+    [markdown] = desk.export(version.report_id, tmp_path, ["markdown"], ct_session.volume)
+    text = markdown.read_text()
+    assert version.content.text.findings in text and translation.text.findings in text
