@@ -23,7 +23,7 @@ FlagKind = Literal["ungrounded_number", "inconsistent_term", "unmapped_term", "a
 # Units a number in a report can carry, as written -> the unit the findings use.
 UNIT_ALIASES = {"mm": "mm", "cm": "cm", "ml": "mL", "cc": "mL", "cm3": "mL", "hu": "HU", "a.u.": "a.u.",
                 "slices": "slices", "voxels": "voxels", "%": "%", "mm3": "mm3", "l": "L"}
-_UNIT_AFTER = re.compile(r"\s*(a\.u\.|cm3|mm3|slices|voxels|mm|cm|ml|cc|hu|%|l)(?![\w.])", re.IGNORECASE)
+_UNIT_AFTER = re.compile(r"\s*(a\.u\.|cm3|mm3|slices|voxels|mm|cm|ml|cc|hu|%|l)(?!\w)", re.IGNORECASE)
 # Capitalised tokens that are the report's own vocabulary (modalities, units, axes, formats), never ambiguous.
 REPORT_VOCABULARY = {"CT", "MR", "MRI", "PET", "HU", "RAS", "LPS", "DICOM", "NIFTI", "NRRD", "MHA", "SEG", "SR", "ICD",
                      "SNOMED", "LOINC", "HPO", "T1", "T2", "FOV", "XR", "US", "NM", "PT", "OT"}

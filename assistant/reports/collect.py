@@ -46,7 +46,8 @@ def ensure_scan_described(session: ScanSession) -> None:
     from assistant.session import ToolRecord  # see the TYPE_CHECKING import above
 
     if not any(record.name == "describe_scan" and record.ok for record in session.records):
-        session.records.append(ToolRecord(name="describe_scan", arguments={}, result=describe_scan(session.require_volume())))
+        description = describe_scan(session.require_volume())
+        session.records.insert(0, ToolRecord(name="describe_scan", arguments={}, result=description))
 
 
 def collect_findings(session: ScanSession) -> list[Finding]:
