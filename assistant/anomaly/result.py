@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, Field
 
+from assistant.findings import Finding, Quantity
 from tools.base import ToolResult
 
 
@@ -62,3 +63,19 @@ class AnomalyResult(ToolResult):
             lines.append("Cannot detect: " + "; ".join(self.cannot_detect) + ".")
         lines.extend(self.notes)
         return "\n".join(lines)
+
+    def findings(self, arguments: dict) -> list[Finding]:
+        """The screening score and each deviating area; statistical deviations, not diagnoses."""
+        parameters = {**arguments, "method": self.method, "normal_model": self.body_model}
+        verdict = "above" if self.exceeds_threshold else "below"
+        score = Finding(kind="measurement", what=f"anomaly screening score ({verdict} threshold {self.threshold:g})",
+                        quantities=[Quantity(value=self.image_score, unit="score")], source_tool="detect_anomalies",
+                        parameters=parameters)
+        areas = [
+            Finding(kind="anomaly", what="area deviating from normal",
+                    where=f"{region.label or 'unlabelled'}, voxel {list(region.centroid_voxel)}",
+                    quantities=[Quantity(value=region.size_ml, unit="mL"), Quantity(value=region.peak_score, unit="score")],
+                    source_tool="detect_anomalies", parameters={**parameters, "rank": region.rank})
+            for region in self.regions
+        ]
+        return [score, *areas]
