@@ -33,7 +33,6 @@ import zipfile
 from collections import Counter, defaultdict
 from pathlib import Path
 
-import tools  # noqa: F401  (the tools package before assistant.session, which imports it back)
 from assistant.config import get_settings
 from assistant.grounding import numbers_in
 from assistant.reports.checks import apply_all_fixes, check_report

@@ -10,7 +10,6 @@ import highdicom as hd
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
-import tools  # noqa: F401  (imports the tools package before assistant.session, which imports it back)
 from assistant.reports.checks import apply_all_fixes, check_report, term_flags
 from assistant.reports.collect import collect_findings
 from assistant.reports.draft import draft_report

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
 
 from assistant.findings import Finding
 from assistant.reports.model import ReportError, ScanReference
+from assistant.session import ScanSession, ToolRecord
 from assistant.volume import Volume
 from tools.describe_scan import describe_scan
-
-if TYPE_CHECKING:  # assistant.session imports the tools package, which imports it back
-    from assistant.session import ScanSession
 
 
 def scan_fingerprint(volume: Volume) -> str:
@@ -43,8 +40,6 @@ def scan_reference(volume: Volume) -> ScanReference:
 
 def ensure_scan_described(session: ScanSession) -> None:
     """The technique section needs the scan's geometry; describe it once if no tool did yet."""
-    from assistant.session import ToolRecord  # see the TYPE_CHECKING import above
-
     if not any(record.name == "describe_scan" and record.ok for record in session.records):
         description = describe_scan(session.require_volume())
         session.records.insert(0, ToolRecord(name="describe_scan", arguments={}, result=description))

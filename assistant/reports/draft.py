@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from string import Template
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError
@@ -26,10 +26,8 @@ from assistant.models.base import ChatModel, Message, ModelError
 from assistant.reports.collect import collect_findings, ensure_scan_described, scan_reference
 from assistant.reports.model import SECTIONS, ReportContent, ReportText, ScanReference
 from assistant.reports.terms import CLINICAL_KINDS, normalise_findings
+from assistant.session import ScanSession
 from prompts import load_prompt
-
-if TYPE_CHECKING:
-    from assistant.session import ScanSession
 
 log = logging.getLogger(__name__)
 

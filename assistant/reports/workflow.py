@@ -7,7 +7,6 @@ the report describes, and every change is saved as a new version in the `ReportS
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from assistant.config import Settings, get_settings
 from assistant.imaging.progress import ProgressCallback
@@ -19,11 +18,9 @@ from assistant.reports.export import ExportPaths, export_report
 from assistant.reports.model import ReportText, ReportVersion
 from assistant.reports.store import ReportStore
 from assistant.reports.translate import translate_report, with_translation
+from assistant.session import ScanSession
 from assistant.terminology.glossary import Glossary
 from assistant.volume import Volume
-
-if TYPE_CHECKING:
-    from assistant.session import ScanSession
 
 EXPORT_FORMATS = {"markdown": ".md", "pdf": ".pdf", "fhir": ".fhir.json", "dicom_sr": ".sr.dcm"}
 
