@@ -135,6 +135,7 @@ class Agent:
         self.tools: dict[str, ScanTool] = {t.name: t for t in build_tools(self.session)}
         self.history: list[Message] = []  # user messages, tool results and answers of past turns
         self.traces: list[TurnTrace] = []
+        self._turn = TurnTrace(user="")  # the turn in progress; token counts accumulate here
         self._graph = self._build_graph()
 
     # -- public --------------------------------------------------------------------------
@@ -143,6 +144,7 @@ class Agent:
         """Answer one user message, yielding each step as it happens."""
         text = self._validate(user_message)
         trace = TurnTrace(user=text)
+        self._turn = trace
         started = time.perf_counter()
         state: _State = {"messages": [Message(role="user", content=text)], "records": [], "pending": None, "steps": 0}
         limit = 3 * self.settings.max_agent_steps + 5
@@ -181,6 +183,7 @@ class Agent:
         messages = self._context(state) + [Message(role="user", content=load_prompt("agent/choose_tool.md"))]
         names = [*self.tools, NO_TOOL]
         decision = self.model.complete_json(messages, _choice_schema(names), max_new_tokens=24)
+        self._count_usage()
         name = decision.get("tool", NO_TOOL)
         if name not in self.tools:
             return {"pending": None}
@@ -200,6 +203,7 @@ class Agent:
             prompt = Template(load_prompt("agent/fill_arguments.md")).substitute(tool=tool.name, error=error)
             messages = self._context(state) + [Message(role="user", content=prompt)]
             arguments = self.model.complete_json(messages, schema, max_new_tokens=160)
+            self._count_usage()
             try:
                 tool.args_schema.model_validate(arguments)
                 return arguments
@@ -243,6 +247,7 @@ class Agent:
         for piece in self.model.stream(messages, volume=self.session.volume):
             pieces.append(piece)
             write(TokenEvent(piece))
+        self._count_usage()
         text = "".join(pieces).strip()
         sources = [m.content for m in state["messages"]] + [self._scan_context()]
         report = check_grounding(text, sources)
@@ -253,6 +258,11 @@ class Agent:
         write(AnswerEvent(text=text, grounding=report, replaced=replaced))
         self.history.extend(state["messages"] + [Message(role="assistant", content=text)])
         return {"messages": state["messages"] + [Message(role="assistant", content=text)]}
+
+    def _count_usage(self) -> None:
+        usage = self.model.last_usage
+        self._turn.prompt_tokens += usage.prompt_tokens
+        self._turn.completion_tokens += usage.completion_tokens
 
     # -- prompts -------------------------------------------------------------------------
 

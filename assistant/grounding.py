@@ -14,8 +14,10 @@ from pydantic import BaseModel
 
 # 1,234.5 | -12 | 0.75 | 3e-4; not parts of identifiers such as "T1" or "ICD-10" codes.
 _NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w])")
-# Small integers are how answers count and enumerate ("2 regions", "1."), not measurements.
-_TRIVIAL = {0.0, 1.0, 2.0, 3.0}
+# Small bare integers are how answers count and enumerate ("2 regions", "step 1"); followed by
+# a unit ("1 mm", "2.0 mL") they are measurements and must be grounded like any other number.
+_TRIVIAL = {"0", "1", "2", "3"}
+_UNIT_AFTER = re.compile(r"\s*(?:mm|cm|m|ml|mL|l|L|HU|%|voxels?|slices?|s|ms|cc|mm2|mm3|cm3|T|kV|kVp|a\.u\.)\b")
 
 
 class GroundingReport(BaseModel):
@@ -51,9 +53,14 @@ def _matches(token: str, source: float) -> bool:
 def check_grounding(answer: str, sources: Iterable[str]) -> GroundingReport:
     """Numbers in `answer` that no source text (tool results, the user's messages) supports."""
     source_values = [_value(t) for text in sources for t in numbers_in(text)]
-    found = numbers_in(answer)
+    matches = list(_NUMBER.finditer(answer))
     ungrounded = [
-        t for t in found
-        if _value(t) not in _TRIVIAL and not any(_matches(t, s) for s in source_values)
+        m.group(0)
+        for m in matches
+        if not _is_count(m, answer) and not any(_matches(m.group(0), s) for s in source_values)
     ]
-    return GroundingReport(numbers=found, ungrounded=ungrounded)
+    return GroundingReport(numbers=[m.group(0) for m in matches], ungrounded=ungrounded)
+
+
+def _is_count(match: re.Match[str], text: str) -> bool:
+    return match.group(0) in _TRIVIAL and not _UNIT_AFTER.match(text, match.end())

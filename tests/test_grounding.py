@@ -26,3 +26,9 @@ def test_unit_conversions_are_not_silently_accepted():
 def test_numbers_the_user_gave_are_grounded():
     report = check_grounding("Voxel 40, 50, 30 reads 35.2 HU.", ["voxel 40,50,30", "Intensity 35.2 HU"])
     assert report.ok
+
+
+def test_small_numbers_with_units_are_measurements():
+    assert check_grounding("The slice thickness is 1.0 mm.", ["thickness 1.50 mm"]).ungrounded == ["1.0"]
+    assert check_grounding("It is 3 mm thick.", ["thickness 1.50 mm"]).ungrounded == ["3"]
+    assert check_grounding("I found 2 regions.", ["score 0.91"]).ok

@@ -186,7 +186,7 @@ class ScanChatApp:
                         sample = gr.Dropdown(choices=list(SAMPLES), label="…or a sample scan", value=None)
                     with gr.Row():
                         load_button = gr.Button("Load scan", variant="primary")
-                        window = gr.Radio(list(display.WINDOW_PRESETS), value="auto", label="Window")
+                        window = gr.Radio(list(display.WINDOW_NAMES), value="auto", label="Window")
                         show_overlays = gr.Checkbox(True, label="Show overlays")
                     info = gr.Markdown()
                     views, sliders = [], []
