@@ -101,7 +101,7 @@ def build_report_panel(state_component: gr.State, settings: Settings | None = No
                     v.number) for v in get_desk().store.versions(version.report_id)]
         translation = "\n\n".join(f"**{LANGUAGE_NAMES.get(t.language, t.language)}** ({t.engine}; required terms "
                                   f"{'n/a' if t.term_success_rate is None else f'{t.term_success_rate:.0%}'})\n\n"
-                                  + "\n\n".join(t.highlighted.values())
+                                  + "\n\n".join([*t.highlighted.values(), *(f"> {n}" for n in t.notes)])
                                   for t in version.content.translations)
         return (version.report_id, status_line(version), text.title, *(text.section(s) for s in SECTIONS),
                 version.number, inline_flags(text, flags), flag_list(flags),

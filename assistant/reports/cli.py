@@ -53,6 +53,9 @@ def _run(args: argparse.Namespace) -> int:
                                      progress=progress)
     for flag in desk.check(version):
         print(f"[{flag.kind}] {flag.section}: {flag.message}", file=sys.stderr)
+    for translation in version.content.translations:
+        for note in [*translation.notes, *(f"check translated sentence: {s}" for s in translation.flagged_sentences)]:
+            print(f"[translation {translation.language}] {note}", file=sys.stderr)
     paths = ExportPaths(pdf=args.out, markdown=args.md, fhir=args.fhir, dicom_sr=args.sr)
     written = export_report(version, paths, volume=session.volume, segmentations=args.seg or ())
     print(f"report {version.report_id} version {version.number} (drafted by {version.content.drafted_by}) "

@@ -46,6 +46,8 @@ def report_markdown(version: ReportVersion) -> str:
         language = LANGUAGE_NAMES.get(translation.language, translation.language)
         parts.append(f"\n---\n\n*{language} translation ({translation.engine or 'no engine'}).*\n\n"
                      + text_markdown(translation.text, content.template))
+        if translation.notes:
+            parts.append("\n" + "\n".join(f"> {note}" for note in translation.notes) + "\n")
         if translation.flagged_sentences:
             parts.append("\n**Sentences to check (a required term is missing):**\n"
                          + "\n".join(f"- {s}" for s in translation.flagged_sentences) + "\n")

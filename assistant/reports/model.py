@@ -63,6 +63,7 @@ class ReportTranslation(BaseModel):
     term_success_rate: float | None = Field(None, description="Share of required terms rendered as required.")
     flagged_sentences: list[str] = Field(default_factory=list, description="Sentences missing a required term.")
     highlighted: dict[str, str] = Field(default_factory=dict, description="Section -> Markdown with required terms in bold.")
+    notes: list[str] = Field(default_factory=list, description="Problems to fix outside the text, e.g. glossary conflicts.")
 
 
 class ReportContent(BaseModel):

@@ -39,6 +39,7 @@ def translate_report(content: ReportContent, target_lang: str, *, glossary: Glos
         required += sum(len(s.required) for s in result.sentences)
         missing += sum(len(s.missing) for s in result.sentences)
     report(progress, 1.0, "Translated")
+    conflicts = [c for c in (glossary.conflicts if glossary else []) if c.lang == target_lang]
     return ReportTranslation(
         language=target_lang,
         text=ReportText(**{**content.text.model_dump(), **translated}),
@@ -46,6 +47,9 @@ def translate_report(content: ReportContent, target_lang: str, *, glossary: Glos
         term_success_rate=None if not required else 1.0 - missing / required,
         flagged_sentences=flagged,
         highlighted=highlighted,
+        notes=[f"Glossary conflict: '{c.source}' has several {c.lang} translations ({', '.join(c.targets)}, "
+               f"lines {', '.join(str(n) for n in c.lines if n)}); the first was used. Fix the glossary."
+               for c in conflicts],
     )
 
 
