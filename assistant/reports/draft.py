@@ -16,6 +16,7 @@ from functools import cache
 from string import Template
 from typing import Literal
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
@@ -72,11 +73,16 @@ def choose_template(scan: ScanReference, findings: list[Finding]) -> ReportTempl
 # --- sentences from findings --------------------------------------------------------------------
 
 
+def format_number(value: float) -> str:
+    """The value exactly as measured, never in exponent notation (which would not read back as the same number)."""
+    return np.format_float_positional(value, trim="-")
+
+
 def format_quantities(quantities: list[Quantity]) -> str:
     """'230 x 230 x 150 mm' for a triple in one unit, else '12.5 mm, 1180 mL'."""
     if len(quantities) > 1 and len({q.unit for q in quantities}) == 1:
-        return " x ".join(f"{q.value:g}" for q in quantities) + f" {quantities[0].unit}"
-    return ", ".join(str(q) for q in quantities)
+        return " x ".join(format_number(q.value) for q in quantities) + f" {quantities[0].unit}"
+    return ", ".join(f"{format_number(q.value)} {q.unit}" for q in quantities)
 
 
 def finding_sentence(finding: Finding) -> str:
