@@ -8,6 +8,7 @@ lm-format-enforcer. On a CUDA machine, Settings.device_map and bitsandbytes 4/8-
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -87,6 +88,7 @@ class TransformersChatModel(ChatModel):
             )
         streamer = _CountingStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         stop = threading.Event()
+        stopping = StoppingCriteriaList([_StopWhenSet(stop)])
         generate_kwargs: dict[str, Any] = dict(
             **inputs,
             streamer=streamer,
@@ -96,10 +98,11 @@ class TransformersChatModel(ChatModel):
             top_p=None,
             top_k=None,
             pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-            stopping_criteria=StoppingCriteriaList([_StopWhenSet(stop)]),
+            stopping_criteria=stopping,
         )
         if json_schema is not None:
             generate_kwargs["prefix_allowed_tokens_fn"] = self._json_constraint(json_schema)
+            stopping.append(_StopWhenJsonComplete(self.tokenizer, prompt_tokens))
         failures: list[BaseException] = []
 
         def generate() -> None:
@@ -159,6 +162,28 @@ class _StopWhenSet(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> bool:
         return self.event.is_set()
+
+
+class _StopWhenJsonComplete(StoppingCriteria):
+    """Stop once the output is one complete JSON document.
+
+    The schema parser still allows trailing whitespace after the closing brace, and small models
+    happily fill max_new_tokens with newlines; stopping here saves those tokens.
+    """
+
+    def __init__(self, tokenizer: Any, prompt_tokens: int) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_tokens = prompt_tokens
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> bool:
+        text = self.tokenizer.decode(input_ids[0, self.prompt_tokens :], skip_special_tokens=True).strip()
+        if not text.endswith(("}", "]")):
+            return False
+        try:
+            json.loads(text)
+        except json.JSONDecodeError:
+            return False
+        return True
 
 
 def _load_kwargs(settings: Settings) -> dict[str, Any]:
