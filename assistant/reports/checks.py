@@ -71,13 +71,12 @@ def ungrounded_numbers(section: Section, text: str, findings: list[Finding]) -> 
         unit_match = _UNIT_AFTER.match(text, end)
         unit = canonical_unit(unit_match.group(1)) if unit_match else None
         sources = by_unit.get(unit, []) if unit else everything
-        if check_grounding(token, sources).ok:
+        written = text[start:unit_match.end() if unit_match else end]
+        if check_grounding(written, sources).ok:  # with its unit, so "2 mm" is a measurement, not a count
             continue
-        shown_end = unit_match.end() if unit_match else end
-        written = text[start:shown_end]
         measured = ", ".join(sorted(set(by_unit.get(unit, [])))) if unit else ""
         hint = f" Measured values in {unit}: {measured}." if measured else ""
-        flags.append(ReportFlag(kind="ungrounded_number", section=section, start=start, end=shown_end, text=written,
+        flags.append(ReportFlag(kind="ungrounded_number", section=section, start=start, end=start + len(written), text=written,
                                 message=f"'{written}' matches no finding (value and unit).{hint} Correct it or remove it."))
     return flags
 
