@@ -16,6 +16,7 @@ CLI_MODULES: tuple[str, ...] = (
     "tools.describe_scan",
     "tools.probe_intensity",
     "tools.measure_distance",
+    "tools.segment",
     "tools.detect_anomalies",
     "tools.translate_text",
     "evals.harness.cli",

@@ -15,6 +15,7 @@ TOOL_CLASSES: tuple[str, ...] = (
     "tools.describe_scan:DescribeScanTool",
     "tools.probe_intensity:ProbeIntensityTool",
     "tools.measure_distance:MeasureDistanceTool",
+    "tools.segment:SegmentTool",
     "tools.detect_anomalies:DetectAnomaliesTool",
     "tools.translate_text:TranslateTextTool",
 )
