@@ -1,0 +1,170 @@
+"""segment: promptable 3D segmentation (points, boxes, structure names, follow-ups) with measured results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, model_validator
+from tqdm import tqdm
+
+from assistant.findings import Finding, Quantity
+from assistant.imaging.progress import ProgressCallback
+from assistant.segmentation import (
+    Backend,
+    Segmentation,
+    StructurePrompt,
+    box_prompt,
+    points_prompt,
+    refine_mask,
+    resolve_structure,
+    segment,
+)
+from assistant.segmentation.prompts import Prompt, Refinement, Units
+from assistant.segmentation.result import measure
+from assistant.session import Overlay
+from assistant.volume import Volume
+from tools.base import ScanTool, ToolError, ToolResult
+from tools.probe_intensity import parse_triple
+
+OVERLAY_NAME = "segmentation"
+
+
+class SegmentArgs(BaseModel):
+    structure: str | None = Field(
+        None, description="Name of what to segment, e.g. 'brain', 'skull', 'left hippocampus', 'right thalamus'."
+    )
+    points: list[list[float]] | None = Field(None, description="One or more x, y, z points inside the object.")
+    box: list[float] | None = Field(
+        None, description="x0, y0, z0, x1, y1, z1 around the object, or x0, y0, x1, y1 on axial slice `slice_z`."
+    )
+    slice_z: float | None = Field(None, description="The axial slice (z) a 4-number box was drawn on.")
+    units: Units = Field("voxel", description="'voxel' for array indices, 'mm' for world (RAS) coordinates.")
+    refine: Refinement | None = Field(
+        None, description="Follow-up on the previous mask: grow, shrink, remove_component or keep_largest."
+    )
+    amount_mm: float = Field(2.0, gt=0, le=50, description="Distance to grow or shrink by, in mm.")
+    component: int = Field(1, ge=1, description="Which component to remove, 1 = the largest.")
+    backend: Backend = Field("auto", description="Leave 'auto' unless the user asks for a specific method.")
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> "SegmentArgs":
+        given = [name for name in ("structure", "points", "box", "refine") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("Give exactly one of: structure, points, box, or refine (a follow-up on the last mask).")
+        return self
+
+
+class SegmentResult(ToolResult):
+    segmentation: Segmentation
+    overlay: str = OVERLAY_NAME
+
+    def summary(self) -> str:
+        return self.segmentation.summary()
+
+    def findings(self, arguments: dict[str, Any]) -> list[Finding]:
+        seg = self.segmentation
+        return [
+            Finding(
+                kind="measurement", what=f"{seg.target} volume", where=f"centroid {list(seg.centroid_mm)} mm (RAS)",
+                quantities=[Quantity(value=seg.volume_ml, unit="mL")], source_tool="segment", parameters=arguments,
+            )
+        ]
+
+
+def build_prompt(volume: Volume, args: SegmentArgs) -> Prompt:
+    """The typed prompt for the arguments, with user-facing errors as ToolError."""
+    try:
+        if args.structure is not None:
+            return StructurePrompt(resolve_structure(args.structure, volume.modality))
+        if args.points is not None:
+            return points_prompt(volume, args.points, args.units)
+        assert args.box is not None
+        return box_prompt(volume, args.box, args.units, args.slice_z)
+    except ValueError as exc:
+        raise ToolError(str(exc)) from exc
+
+
+def run_segmentation(
+    volume: Volume, args: SegmentArgs, previous: Segmentation | None = None, progress: ProgressCallback | None = None
+) -> Segmentation:
+    """Segment or refine; every input problem becomes a ToolError the model can relay."""
+    try:
+        if args.refine is not None:
+            if previous is None:
+                raise ToolError("There is no previous segmentation to refine; segment something first.")
+            return refine_mask(previous, volume, args.refine, amount_mm=args.amount_mm, component=args.component)
+        return segment(volume, build_prompt(volume, args), backend=args.backend, progress=progress)
+    except ToolError:
+        raise
+    except ValueError as exc:
+        raise ToolError(str(exc)) from exc
+
+
+class SegmentTool(ScanTool):
+    name: str = "segment"
+    args_schema: type[BaseModel] = SegmentArgs
+
+    def _previous(self, volume: Volume) -> Segmentation | None:
+        """The last mask shown, with its name when the segment tool made it."""
+        overlay = self.session.overlays.get(OVERLAY_NAME)
+        if overlay is None:
+            return None
+        last = next(
+            (r.result.segmentation for r in reversed(self.session.records) if isinstance(r.result, SegmentResult)), None
+        )
+        target = last.target if last is not None else "previous mask"
+        backend = last.backend if last is not None else "unknown"
+        return measure(overlay.data, volume, target=target, backend=backend)
+
+    def execute(self, args: SegmentArgs) -> SegmentResult:
+        volume = self.session.require_volume()
+        segmentation = run_segmentation(volume, args, self._previous(volume) if args.refine else None)
+        self.session.add_overlay(Overlay(name=OVERLAY_NAME, data=segmentation.mask, kind="mask"))
+        return SegmentResult(segmentation=segmentation)
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("segment", help="segment a structure, or the object at a point or in a box")
+    p.add_argument("scan")
+    prompt = p.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--point", type=parse_triple, action="append", help="x,y,z inside the object (repeatable)")
+    prompt.add_argument("--box", help="x0,y0,z0,x1,y1,z1 or x0,y0,x1,y1 with --slice")
+    prompt.add_argument("--structure", help="e.g. brain, skull, 'left hippocampus'")
+    p.add_argument("--slice", type=float, help="axial slice z of a 4-number box")
+    p.add_argument("--mm", action="store_true", help="coordinates are world millimetres (RAS)")
+    p.add_argument("--backend", default="auto", choices=["auto", "classical", "medsam", "atlas", "checkpoint"])
+    p.add_argument("--out", type=Path, required=True, help="mask file to write (NIfTI)")
+    p.add_argument("--seg", type=Path, help="also write a DICOM SEG (DICOM inputs only)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cli)
+
+
+def _cli(args: argparse.Namespace) -> int:
+    from assistant.scans.loading import load_scan
+    from assistant.segmentation.export import save_dicom_seg, save_nifti
+
+    box = [float(v) for v in args.box.split(",")] if args.box else None
+    seg_args = SegmentArgs(
+        structure=args.structure, points=args.point, box=box, slice_z=args.slice,
+        units="mm" if args.mm else "voxel", backend=args.backend,
+    )
+    volume = load_scan(args.scan)
+    with tqdm(total=100, unit="%", leave=False) as bar:
+
+        def progress(fraction: float, message: str) -> None:
+            bar.set_description(message)
+            bar.update(int(fraction * 100) - bar.n)
+
+        segmentation = run_segmentation(volume, seg_args, progress=progress)
+    files = {"mask": str(save_nifti(segmentation, volume, args.out))}
+    if args.seg:
+        files["dicom_seg"] = str(save_dicom_seg(segmentation, volume, args.seg))
+    if args.json:
+        print(json.dumps(segmentation.model_dump() | {"files": files}, indent=2))
+    else:
+        print(segmentation.summary())
+        print("wrote " + ", ".join(files.values()))
+    return 0
