@@ -193,3 +193,17 @@ def test_translation_keeps_the_report_and_is_exported_with_it(desk, ct_session, 
     [markdown] = desk.export(version.report_id, tmp_path, ["markdown"], ct_session.volume)
     text = markdown.read_text()
     assert version.content.text.findings in text and translation.text.findings in text
+
+
+def test_report_panel_mounts_and_shows_flags_inline(ct_session, tmp_path):
+    import gradio as gr
+
+    from ui.report_panel import build_report_panel, inline_flags
+
+    content = draft_report(ct_session)
+    text = content.text.model_copy(update={"impression": "A 23 mm lesion."})
+    segments = inline_flags(text, check_report(text, content.findings))
+    assert ("23 mm", "ungrounded number") in segments
+    with gr.Blocks():
+        components = build_report_panel(gr.State(None), desk=ReportDesk(store=ReportStore(tmp_path / "r.sqlite3")))
+    assert {"draft", "sign", "translate", "downloads"} <= set(components)
