@@ -10,38 +10,25 @@ import dataclasses
 from dataclasses import dataclass
 from functools import cache
 
-import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
-from nilearn import datasets
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from assistant.anomaly.template import TemplateSpace, template_space
 from assistant.imaging.progress import ProgressCallback
 from assistant.imaging.registration import Registration, register_to_template
-from assistant.volume import Modality, ScanMetadata, Volume
+from assistant.scans.samples import load_sample
+from assistant.volume import Volume
 
-ITK_T1 = "/usr/share/doc/insighttoolkit5-examples/examples/Data/KmeansTest_T1UCharRaw.nii.gz"
-COLIN27_T1 = "/usr/share/mricron/templates/ch2.nii.gz"
 NORMAL_MR_SCANS: tuple[str, ...] = ("mr-t1-mni152", "mr-t1-colin27", "mr-t1-itk")
 
 
-def _volume_from_nifti(image: nib.Nifti1Image, name: str) -> Volume:
-    canonical = nib.as_closest_canonical(image)
-    metadata = ScanMetadata(source_format="NIfTI", modality=Modality.MR)
-    return Volume(canonical.get_fdata(dtype=np.float32), canonical.affine, metadata, name=name)
-
-
 def load_normal_scan(name: str) -> Volume:
-    """One normal T1 head/brain MR by sample name."""
-    if name == "mr-t1-mni152":
-        return _volume_from_nifti(datasets.load_mni152_template(resolution=1), name)
-    if name == "mr-t1-colin27":
-        return _volume_from_nifti(nib.load(COLIN27_T1), name)
-    if name == "mr-t1-itk":
-        return _volume_from_nifti(nib.load(ITK_T1), name)
-    raise ValueError(f"Unknown normal scan {name!r}; choose from {', '.join(NORMAL_MR_SCANS)}.")
+    """One normal T1 head/brain MR from the packaged samples."""
+    if name not in NORMAL_MR_SCANS:
+        raise ValueError(f"Unknown normal scan {name!r}; choose from {', '.join(NORMAL_MR_SCANS)}.")
+    return load_sample(name)
 
 
 @dataclass(frozen=True)
