@@ -110,40 +110,34 @@ def build_report_panel(state_component: gr.State, settings: Settings | None = No
     outputs = [report_id, status, title, *sections.values(), version_number, highlighted, flags_md, versions,
                translation_view]
 
-    def guarded(action):
-        def handler(*args, progress=gr.Progress()):
-            try:
-                return show(action(*args, progress=progress))
-            except _USER_ERRORS as exc:
-                raise gr.Error(str(exc)) from exc
-        return handler
+    def shown(action) -> tuple:
+        """Run one report action and show the resulting version; user errors become a Gradio message."""
+        try:
+            return show(action())
+        except _USER_ERRORS as exc:
+            raise gr.Error(str(exc)) from exc
 
-    def draft(chat_state, who, clinical_text, with_model, progress=None):
+    def draft(chat_state, who, clinical_text, with_model, progress=gr.Progress()):
         if chat_state is None or chat_state.session.volume is None:
-            raise ReportError("Load a scan and ask the assistant to measure something first.")
+            raise gr.Error("Load a scan and ask the assistant to measure something first.")
         agent = getattr(chat_state, "agent", None)
         model = agent.model if with_model and agent is not None else None
-        return get_desk().draft(chat_state.session, who, model=model, clinical_information=clinical_text,
-                                progress=lambda f, m: progress(f, desc=m))
+        return shown(lambda: get_desk().draft(chat_state.session, who, model=model, clinical_information=clinical_text,
+                                              progress=lambda f, m: progress(f, desc=m)))
 
-    def edited_text(title_text, *bodies) -> ReportText:
-        return ReportText(title=title_text, **dict(zip(SECTIONS, bodies)))
+    def save(chat_state, rid, who, based_on, title_text, *bodies):
+        text = ReportText(title=title_text, **dict(zip(SECTIONS, bodies)))
+        return shown(lambda: get_desk().edit(_required(rid), text, who, int(based_on), volume_of(chat_state)))
 
-    def save(chat_state, rid, who, based_on, title_text, *bodies, progress=None):
-        _require_report(rid)
-        return get_desk().edit(rid, edited_text(title_text, *bodies), who, int(based_on), volume_of(chat_state))
+    def fix(chat_state, rid, who):
+        return shown(lambda: get_desk().fix_all(_required(rid), who, volume_of(chat_state)))
 
-    def fix(chat_state, rid, who, progress=None):
-        _require_report(rid)
-        return get_desk().fix_all(rid, who, volume_of(chat_state))
+    def sign(chat_state, rid, who):
+        return shown(lambda: get_desk().sign(_required(rid), who, volume_of(chat_state)))
 
-    def sign(chat_state, rid, who, progress=None):
-        _require_report(rid)
-        return get_desk().sign(rid, who, volume_of(chat_state))
-
-    def translate(chat_state, rid, who, lang, progress=None):
-        _require_report(rid)
-        return get_desk().translate(rid, lang, who, volume_of(chat_state), progress=lambda f, m: progress(f, desc=m))
+    def translate(chat_state, rid, who, lang, progress=gr.Progress()):
+        return shown(lambda: get_desk().translate(_required(rid), lang, who, volume_of(chat_state),
+                                                  progress=lambda f, m: progress(f, desc=m)))
 
     def view_version(rid, number):
         if not rid or number is None:
@@ -152,24 +146,23 @@ def build_report_panel(state_component: gr.State, settings: Settings | None = No
 
     def export(chat_state, rid, chosen):
         try:
-            _require_report(rid)
             folder = Path(tempfile.mkdtemp(prefix="scanchat-report-"))
-            return [str(p) for p in get_desk().export(rid, folder, list(chosen), volume_of(chat_state))]
+            return [str(p) for p in get_desk().export(_required(rid), folder, list(chosen), volume_of(chat_state))]
         except _USER_ERRORS as exc:
             raise gr.Error(str(exc)) from exc
 
-    draft_button.click(guarded(draft), [state_component, author, clinical, use_model], outputs)
-    save_button.click(guarded(save), [state_component, report_id, author, version_number, title, *sections.values()],
-                      outputs)
-    fix_button.click(guarded(fix), [state_component, report_id, author], outputs)
-    sign_button.click(guarded(sign), [state_component, report_id, author], outputs)
-    translate_button.click(guarded(translate), [state_component, report_id, author, language], outputs)
+    draft_button.click(draft, [state_component, author, clinical, use_model], outputs)
+    save_button.click(save, [state_component, report_id, author, version_number, title, *sections.values()], outputs)
+    fix_button.click(fix, [state_component, report_id, author], outputs)
+    sign_button.click(sign, [state_component, report_id, author], outputs)
+    translate_button.click(translate, [state_component, report_id, author, language], outputs)
     versions.change(view_version, [report_id, versions], version_view)
     export_button.click(export, [state_component, report_id, formats], downloads)
     return {"report_id": report_id, "status": status, "sections": sections, "flags": flags_md, "versions": versions,
             "downloads": downloads, "draft": draft_button, "sign": sign_button, "translate": translate_button}
 
 
-def _require_report(report_id: str | None) -> None:
+def _required(report_id: str | None) -> str:
     if not report_id:
         raise ReportError("Draft a report first.")
+    return report_id
