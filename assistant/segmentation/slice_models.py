@@ -169,7 +169,7 @@ def _image_box(mask: np.ndarray, margin: float, limit: np.ndarray) -> np.ndarray
     box = np.array([cols.min(), rows.min(), cols.max(), rows.max()], dtype=float)
     pad = np.maximum((box[2:] - box[:2]) * margin, 2.0)
     box = box + np.concatenate([-pad, pad])
-    return np.clip(box, limit[:2], limit[2:])
+    return np.clip(box, np.tile(limit[:2], 2), np.tile(limit[2:], 2))
 
 
 def propagate(
@@ -190,7 +190,7 @@ def propagate(
     start_box = np.array([nx - 1 - prompt.high[0], ny - 1 - prompt.high[1], nx - 1 - prompt.low[0], ny - 1 - prompt.low[1]], float)
     limit = start_box if not prompt.is_2d else np.array([0, 0, nx - 1, ny - 1], float)
     z_low, z_high = (int(prompt.low[2]), int(prompt.high[2])) if not prompt.is_2d else (0, nz - 1)
-    start = (z_low + z_high) // 2
+    start = int(prompt.low[2]) if prompt.is_2d else (z_low + z_high) // 2
     budget = min(z_high - z_low + 1, max_slices)
     mask = np.zeros(volume.shape, dtype=bool)
     scores: list[float] = []

@@ -1,0 +1,136 @@
+"""Segmentation: prompts, backends, measurements, follow-ups and exports on real sample scans."""
+
+from __future__ import annotations
+
+import highdicom as hd
+import nibabel as nib
+import numpy as np
+import pytest
+
+from assistant.imaging.progress import OperationCancelled
+from assistant.scans.samples import load_sample, sample_labels
+from assistant.segmentation import (
+    BoxPrompt,
+    StructurePrompt,
+    refine_mask,
+    resolve_structure,
+    segment,
+)
+from assistant.segmentation.atlas import aal_label_ids
+from assistant.segmentation.export import save_dicom_seg, save_nifti
+from assistant.segmentation.prompts import StructureError
+from assistant.session import ScanSession
+from assistant.volume import Modality, ScanMetadata, Volume
+from tools.base import ToolError
+from tools.segment import SegmentTool
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+def label(sample: str, name: str) -> np.ndarray:
+    return np.asarray(nib.load(sample_labels(sample)[name]).dataobj) > 0
+
+
+@pytest.fixture(scope="module")
+def ct() -> Volume:
+    return load_sample("ct-head")
+
+
+@pytest.fixture(scope="module")
+def itk_t1() -> Volume:
+    return load_sample("mr-t1-itk")
+
+
+def test_left_hippocampus_resolves_to_the_left_aal_label_only():
+    structure = resolve_structure("Left hippocampi", Modality.MR)
+    assert structure.name == "left hippocampus" and structure.side == "L"
+    assert aal_label_ids(structure) == [37]  # Hippocampus_L in aal.nii.txt
+
+
+def test_brain_structures_are_refused_on_ct_with_the_alternatives():
+    with pytest.raises(StructureError, match="On CT I can segment: .*bone"):
+        resolve_structure("left hippocampus", Modality.CT)
+    with pytest.raises(StructureError, match="ventricles"):
+        resolve_structure("ventricles", Modality.MR)
+
+
+def test_ct_bone_rule_matches_the_invesalius_bone_mask(ct):
+    seg = segment(ct, StructurePrompt(resolve_structure("skull", ct.modality)))
+    assert seg.backend == "classical"
+    assert dice(seg.mask, label("ct-head", "bone")) > 0.9
+    assert seg.volume_ml == pytest.approx(seg.mask.sum() * ct.voxel_volume_ml, rel=1e-3)
+    assert all(lo < hi for lo, hi in zip(seg.bbox_min_mm, seg.bbox_max_mm))
+
+
+def test_follow_ups_grow_shrink_and_keep_the_largest_component(ct):
+    bone = segment(ct, StructurePrompt(resolve_structure("bone", ct.modality)))
+    grown = refine_mask(bone, ct, "grow", amount_mm=2)
+    shrunk = refine_mask(bone, ct, "shrink", amount_mm=1)
+    largest = refine_mask(bone, ct, "keep_largest")
+    assert shrunk.volume_ml < bone.volume_ml < grown.volume_ml
+    assert largest.components == 1 and largest.volume_ml == bone.largest_component_ml
+    assert bone.components > 1
+    removed = refine_mask(bone, ct, "remove_component", component=1)
+    assert removed.volume_ml == pytest.approx(bone.volume_ml - bone.largest_component_ml, abs=0.05)
+
+
+def test_tool_stores_overlay_and_refuses_points_outside_the_scan(ct):
+    session = ScanSession()
+    session.load(ct)
+    tool = SegmentTool(session=session)
+    content, result = tool._run(structure="head")
+    assert "mL" in content and session.overlays["segmentation"].data.sum() == result.segmentation.voxel_count
+    _, refined = tool._run(refine="shrink", amount_mm=3)
+    assert refined.segmentation.volume_ml < result.segmentation.volume_ml
+    with pytest.raises(ToolError, match="outside the scan"):
+        tool._run(points=[[900, 10, 10]])
+    with pytest.raises(ValueError, match="exactly one"):
+        tool._run(structure="brain", points=[[1, 2, 3]])
+
+
+def test_a_2d_image_and_an_unconfigured_checkpoint_give_clear_errors(ct):
+    flat = Volume(np.zeros((64, 64, 1), np.float32), np.eye(4), ScanMetadata(source_format="NumPy", modality=Modality.CT))
+    with pytest.raises(ValueError, match="2D image"):
+        segment(flat, StructurePrompt(resolve_structure("bone", Modality.CT)))
+    box = BoxPrompt(np.array([100, 100, 50]), np.array([140, 140, 52]))
+    with pytest.raises(ValueError, match="SCANCHAT_SEG_CHECKPOINT"):
+        segment(ct, box, backend="checkpoint")
+
+
+def test_dicom_seg_export_reads_back_on_the_same_voxels(tmp_path):
+    volume = load_sample("ct-head-dicom")
+    seg = segment(volume, StructurePrompt(resolve_structure("bone", volume.modality)))
+    path = save_dicom_seg(seg, volume, tmp_path / "bone.dcm")
+    read = hd.seg.segread(path)
+    assert read.SegmentSequence[0].SegmentLabel == "bone"
+    assert int(read.get_volume().array.sum()) == seg.voxel_count
+    nifti = nib.load(save_nifti(seg, volume, tmp_path / "bone.nii.gz"))
+    assert np.allclose(nifti.affine, volume.affine) and int(np.asarray(nifti.dataobj).sum()) == seg.voxel_count
+
+
+def test_cancelling_stops_a_run(itk_t1):
+    with pytest.raises(OperationCancelled):
+        segment(itk_t1, StructurePrompt(resolve_structure("brain", itk_t1.modality)), progress=lambda f, m: False)
+
+
+@pytest.mark.slow
+def test_litemedsam_box_segments_the_brain_on_central_slices(itk_t1):
+    truth = label("mr-t1-itk", "skull_strip")
+    z = itk_t1.shape[2] // 2
+    xs, ys = np.nonzero(truth[:, :, z])
+    box = BoxPrompt(np.array([xs.min(), ys.min(), z - 1]), np.array([xs.max(), ys.max(), z + 1]))
+    seg = segment(itk_t1, box)
+    assert seg.backend == "medsam" and 0.5 < seg.confidence <= 1.0
+    # LiteMedSAM under-segments a whole brain (about 0.6 here; a box-shaped mask scores 0.9): see the benchmark
+    assert dice(seg.mask[:, :, z - 1 : z + 2], truth[:, :, z - 1 : z + 2]) > 0.5
+
+
+@pytest.mark.slow
+def test_atlas_brain_and_left_hippocampus_on_the_itk_t1(itk_t1):
+    brain = segment(itk_t1, StructurePrompt(resolve_structure("brain", itk_t1.modality)))
+    assert brain.backend == "atlas" and dice(brain.mask, label("mr-t1-itk", "skull_strip")) > 0.85
+    hippocampus = segment(itk_t1, StructurePrompt(resolve_structure("left hippocampus", itk_t1.modality)))
+    assert 2.0 < hippocampus.volume_ml < 8.0  # AAL Hippocampus_L is about 7 mL on Colin27
+    assert hippocampus.centroid_mm[0] < brain.centroid_mm[0]  # RAS: left is negative x
