@@ -77,7 +77,7 @@ def _same(value: Any, expected: Any) -> bool:
     return value == expected
 
 
-def _within(value: Any, target: float | list[float] | None, tolerance: float) -> bool:
+def _within(value: Any, target: Any, tolerance: float) -> bool:
     if isinstance(target, list):
         return (
             isinstance(value, (list, tuple))
@@ -176,8 +176,13 @@ def _concept_check(check: ConceptCheck, answer: str) -> CheckResult:
         return CheckResult(kind="answer", description=description, passed=None, detail="term index not available")
     mentions = index.normalize(answer, lang=ref.lang) if answer.strip() else []
     found = [m.concept for m in mentions]
-    ok = any(c.id == ref.id if ref.id else ref.code in c.codes.values() for c in found)
+    ok = any(c.id == ref.id if ref.id else any(_same_code(code, ref.code or "") for code in c.codes.values()) for c in found)
     return CheckResult(kind="answer", description=description, passed=ok, detail=f"found: {[c.id for c in found][:10]}")
+
+
+def _same_code(code: str, wanted: str) -> bool:
+    """I21.9 is an I21: a category matches its subcodes."""
+    return code == wanted or code.startswith(wanted + ".")
 
 
 def answer_check(check: AnswerCheck, answer: str, history: Sequence[TurnRecord]) -> CheckResult:

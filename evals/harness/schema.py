@@ -94,7 +94,9 @@ class ArgConstraint(_Strict):
 
     equals: Any = None
     one_of: list[Any] | None = None
-    within: float | list[float] | None = Field(None, description="number or list of numbers, each within tolerance")
+    within: float | list[float] | list[list[float]] | None = Field(
+        None, description="a number, a point or a list of points; each number within tolerance"
+    )
     tolerance: float = Field(0.0, ge=0)
     regex: str | None = None
     contains: str | None = Field(None, description="case-insensitive substring of a text argument")
