@@ -279,11 +279,12 @@ def _install_state(spec: ModelSpec, settings: Settings) -> str:
 
 def _cli_list(args: argparse.Namespace) -> int:
     settings = get_settings()
-    runtime = choose_runtime(None, settings.runtime, settings)
+    gguf_runtime = choose_runtime(ResolvedModel("any", "gguf", ""), settings.runtime, settings)
     for spec in MODEL_SPECS.values():
         marker = "*" if spec.name == settings.llm else " "
         print(f"{marker} {spec.name:<20} {spec.size_bytes / 1e6:7.0f} MB  {_install_state(spec, settings):<22} {spec.description}")
-    print(f"runtime: {settings.runtime} (llama.cpp {'installed' if llama_cpp_available() else 'not installed'}; non-GGUF -> {runtime})")
+    llama_cpp = "installed" if llama_cpp_available() else "not installed"
+    print(f"runtime for GGUF models: {gguf_runtime} (setting {settings.runtime!r}; llama.cpp {llama_cpp})")
     return 0
 
 

@@ -74,12 +74,15 @@ class TransformersChatModel(ChatModel):
             raise ModelError("no messages to answer")
         started = time.perf_counter()
         max_new_tokens = max_new_tokens or self.settings.max_new_tokens
-        inputs = self.tokenizer.apply_chat_template(
-            template_messages(messages, tool_role=self.tool_role),
-            add_generation_prompt=True,
-            return_tensors="pt",
-            return_dict=True,
-        ).to(self.model.device)
+        try:
+            inputs = self.tokenizer.apply_chat_template(
+                template_messages(messages, tool_role=self.tool_role),
+                add_generation_prompt=True,
+                return_tensors="pt",
+                return_dict=True,
+            ).to(self.model.device)
+        except ValueError as exc:  # e.g. a base model without a chat template
+            raise ModelError(f"{self.name} cannot format a chat: {exc}") from exc
         prompt_tokens = int(inputs["input_ids"].shape[1])
         if prompt_tokens + max_new_tokens > self.settings.llm_context:
             raise ModelError(
@@ -97,7 +100,7 @@ class TransformersChatModel(ChatModel):
             temperature=None,
             top_p=None,
             top_k=None,
-            pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.eos_token_id if self.tokenizer.pad_token_id is None else self.tokenizer.pad_token_id,
             stopping_criteria=stopping,
         )
         if json_schema is not None:
@@ -131,6 +134,7 @@ class TransformersChatModel(ChatModel):
         )
 
     def _json_constraint(self, schema: dict[str, Any]) -> Any:
+        _let_lm_format_enforcer_import_on_transformers_5()
         from lmformatenforcer import JsonSchemaParser
         from lmformatenforcer.integrations.transformers import build_transformers_prefix_allowed_tokens_fn
 
@@ -139,6 +143,19 @@ class TransformersChatModel(ChatModel):
         except Exception as exc:
             raise ModelError(f"the JSON schema cannot be enforced: {exc}") from exc
         return build_transformers_prefix_allowed_tokens_fn(self._enforcer_tokenizer_data, parser)
+
+
+def _let_lm_format_enforcer_import_on_transformers_5() -> None:
+    """lm-format-enforcer 0.11.3 imports PreTrainedTokenizerBase from where transformers 4 kept it.
+
+    Seen on the GPU machine (transformers 5.17): the import fails as "transformers is not
+    installed". Fixed upstream in noamgat/lm-format-enforcer#175; drop this once a release has it.
+    """
+    import transformers
+    import transformers.tokenization_utils as legacy_location
+
+    if not hasattr(legacy_location, "PreTrainedTokenizerBase"):
+        legacy_location.PreTrainedTokenizerBase = transformers.PreTrainedTokenizerBase
 
 
 class _CountingStreamer(TextIteratorStreamer):
