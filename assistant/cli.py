@@ -19,6 +19,7 @@ CLI_MODULES: tuple[str, ...] = (
     "tools.segment",
     "tools.detect_anomalies",
     "tools.translate_text",
+    "assistant.terminology.cli",
     "evals.harness.cli",
     "assistant.reports.cli",
 )

@@ -18,6 +18,8 @@ TOOL_CLASSES: tuple[str, ...] = (
     "tools.segment:SegmentTool",
     "tools.detect_anomalies:DetectAnomaliesTool",
     "tools.translate_text:TranslateTextTool",
+    "tools.lookup_term:LookupTermTool",
+    "tools.normalize_terms:NormalizeTermsTool",
 )
 
 

@@ -24,7 +24,7 @@ EmbedderName = Literal["minilm-onnx", "minilm", "e5-small"]
 Pooling = Literal["mean", "cls", "max"]
 EMBEDDERS: tuple[str, ...] = ("minilm-onnx", "minilm", "e5-small")
 DEFAULT_EMBEDDER: EmbedderName = "minilm-onnx"
-MAX_TOKENS = 64  # terms are short; longer inputs are truncated rather than slowing every batch
+MAX_TOKENS = 48  # terms are short; longer inputs are truncated rather than slowing every batch
 BATCH_SIZE = 128
 
 Progress = Callable[[int, int], None]
@@ -46,12 +46,14 @@ def _l2_normalize(vectors: np.ndarray) -> np.ndarray:
 
 def _batched(texts: Sequence[str], encode_batch: Callable[[list[str]], np.ndarray], dim: int,
              progress: Progress | None) -> np.ndarray:
+    """Encode in batches of similar length (little padding), returning rows in the input order."""
     out = np.empty((len(texts), dim), dtype=np.float32)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     for start in range(0, len(texts), BATCH_SIZE):
-        batch = list(texts[start:start + BATCH_SIZE])
-        out[start:start + len(batch)] = encode_batch(batch)
+        rows = order[start:start + BATCH_SIZE]
+        out[rows] = encode_batch([texts[i] for i in rows])
         if progress:
-            progress(min(start + BATCH_SIZE, len(texts)), len(texts))
+            progress(start + len(rows), len(texts))
     return out
 
 

@@ -14,6 +14,7 @@ import logging
 import pickle
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Literal
 
 import faiss
 import numpy as np
+from filelock import FileLock
 from pydantic import BaseModel, Field
 
 from assistant.config import Settings, get_settings
@@ -54,8 +56,13 @@ class IndexOptions(BaseModel):
     sources: list[str] | None = None
     embedder: str = DEFAULT_EMBEDDER
     index_type: IndexType = "flat"
-    embedded_synonyms: int = Field(2, ge=0, description="Synonyms embedded per concept besides the preferred term.")
+    embedded_synonyms: int = Field(1, ge=0, description="Synonyms embedded per concept besides the preferred term.")
+    embedded_icd10cm_length: int = Field(
+        4, ge=3, description="ICD-10-CM codes longer than this (without the dot) are matched by string only; "
+                             "their parents carry the meaning, and embedding all 47k would take CI many minutes.")
     limit: int | None = Field(None, ge=1, description="Concepts per source (small test and benchmark indexes).")
+    code_prefixes: list[str] | None = Field(
+        None, description="Keep only concepts with a code starting with one of these (small test indexes).")
 
     def key(self) -> str:
         return "default" if self == IndexOptions() else hashlib.sha1(self.model_dump_json().encode()).hexdigest()[:12]
@@ -130,12 +137,15 @@ class TermIndex:
         infos = source_infos(names)
         embedder = get_embedder(options.embedder)
         concepts = read_concepts(names)
+        if options.code_prefixes:
+            prefixes = tuple(options.code_prefixes)
+            concepts = [c for c in concepts if any(code.startswith(prefixes) for code in c.codes.values())]
         if options.limit:
             concepts = _first_per_source(concepts, options.limit)
         for info in infos:
             info.concepts = sum(1 for c in concepts if c.source == info.name)
         entries = [entry for i, concept in enumerate(concepts) for entry in _entries_for(concept, i)]
-        embedded_rows = _rows_to_embed(concepts, entries, options.embedded_synonyms)
+        embedded_rows = _rows_to_embed(concepts, entries, options)
         texts = [entries[row].text for row in embedded_rows]
         unique_texts = list(dict.fromkeys(texts))
         vectors_of = dict(zip(unique_texts, embedder.encode(
@@ -179,10 +189,7 @@ class TermIndex:
 
     def search(self, query: str, k: int = 10, lang: str = "en", sources: list[str] | None = None) -> list[TermHit]:
         """Concepts for a term, code or abbreviation, best first, with labels in `lang`."""
-        query = _check_query(query)
-        lang = _check_lang(lang)
-        if not 1 <= k <= MAX_K:
-            raise ValueError(f"k must be between 1 and {MAX_K}.")
+        query, lang = check_search(query, k, lang, sources)
         allowed_sources = self._check_sources(sources)
         allowed = None if allowed_sources is None else np.isin(self._sources, allowed_sources)
         return self._search(query, k, lang, allowed, self._embed_queries([query])[0])
@@ -250,11 +257,7 @@ class TermIndex:
         Candidate spans are word n-grams; a span counts when it matches a term exactly
         (abbreviations only in their capitalised form) or its embedding is within `threshold`
         cosine of an indexed term."""
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError("The text to normalise is empty.")
-        if len(text) > MAX_TEXT_CHARS:
-            raise ValueError(f"The text is {len(text)} characters long; normalise at most {MAX_TEXT_CHARS} at a time.")
-        _check_lang(lang)
+        check_text(text, lang)
         words = [m for m in re.finditer(r"[\w][\w'\-/]*", text)]
         spans = [(words[i].start(), words[j].end()) for i in range(len(words))
                  for j in range(i, min(i + max_words, len(words)))]
@@ -287,6 +290,25 @@ _STOPWORDS = {"with", "without", "from", "this", "that", "there", "were", "have"
               "right", "small", "large", "signs", "showed", "shows", "scan", "the", "and", "was", "normal", "no"}
 
 
+def check_search(query: str, k: int, lang: str, sources: list[str] | None) -> tuple[str, str]:
+    """The stripped query and language code, or a ValueError saying what is wrong; cheap, so callers
+    can refuse bad input before the index is loaded."""
+    if not 1 <= k <= MAX_K:
+        raise ValueError(f"k must be between 1 and {MAX_K}.")
+    if sources is not None:
+        check_sources(sources)
+    return _check_query(query), _check_lang(lang)
+
+
+def check_text(text: str, lang: str) -> None:
+    """ValueError unless `text` is a non-empty text of acceptable length and `lang` has labels."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("The text to normalise is empty.")
+    if len(text) > MAX_TEXT_CHARS:
+        raise ValueError(f"The text is {len(text)} characters long; normalise at most {MAX_TEXT_CHARS} at a time.")
+    _check_lang(lang)
+
+
 def _check_query(query: str) -> str:
     if not isinstance(query, str) or not query.strip():
         raise ValueError("The search query is empty; give a term, abbreviation or code.")
@@ -314,16 +336,24 @@ def _first_per_source(concepts: list[Concept], limit: int) -> list[Concept]:
     return chosen
 
 
-def _rows_to_embed(concepts: list[Concept], entries: list[Entry], synonyms_per_concept: int) -> np.ndarray:
-    """Entry ids of preferred terms plus the first few synonyms of concepts from semantic sources."""
+def _is_embedded(concept: Concept, options: IndexOptions) -> bool:
+    if concept.source not in SEMANTIC_SOURCES:
+        return False
+    cm_code = concept.codes.get("ICD-10-CM", "") if concept.source == "icd10cm" else ""
+    return len(cm_code.replace(".", "")) <= options.embedded_icd10cm_length
+
+
+def _rows_to_embed(concepts: list[Concept], entries: list[Entry], options: IndexOptions) -> np.ndarray:
+    """Entry ids of preferred terms plus the first few synonyms of the concepts worth embedding."""
     taken: dict[int, int] = {}
     rows = []
+    embedded = [_is_embedded(concept, options) for concept in concepts]
     for entry_id, entry in enumerate(entries):
-        if concepts[entry.concept].source not in SEMANTIC_SOURCES:
+        if not embedded[entry.concept]:
             continue
         if entry.kind == "preferred":
             rows.append(entry_id)
-        elif entry.kind == "synonym" and taken.get(entry.concept, 0) < synonyms_per_concept:
+        elif entry.kind == "synonym" and taken.get(entry.concept, 0) < options.embedded_synonyms:
             taken[entry.concept] = taken.get(entry.concept, 0) + 1
             rows.append(entry_id)
     return np.array(rows, dtype=np.int64)
@@ -359,10 +389,9 @@ def _to_gpu(index: faiss.Index) -> faiss.Index:
 
 def _save(folder: Path, metadata: IndexMetadata, records: list[dict], entries: list[Entry],
           embedded_rows: np.ndarray, vectors: faiss.Index, ngrams: CharNgramIndex) -> None:
-    """Write into a sibling temporary folder, then swap it in, so a crash never leaves half an index."""
-    staging = folder.with_name(folder.name + ".building")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    """Write into a temporary sibling folder, then swap it in, so a crash never leaves half an index."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", suffix=".building", dir=folder.parent))
     (staging / "concepts.json").write_text(json.dumps(records, ensure_ascii=False))
     (staging / "entries.json").write_text(json.dumps([[e.text, e.concept, e.kind] for e in entries], ensure_ascii=False))
     np.save(staging / "embedded_rows.npy", embedded_rows)
@@ -380,15 +409,25 @@ def index_folder(options: IndexOptions, settings: Settings | None = None) -> Pat
 
 def open_term_index(options: IndexOptions | None = None, settings: Settings | None = None,
                     progress: Progress | None = None, rebuild: bool = False) -> TermIndex:
-    """Load the saved index for `options`, rebuilding it when missing, stale or corrupt."""
+    """Load the saved index for `options`, rebuilding it when missing, stale or corrupt.
+
+    A file lock makes concurrent processes wait for one build instead of each building."""
     options = options or IndexOptions()
     folder = index_folder(options, settings)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        return _load_or_build(folder, options, progress, rebuild)
+
+
+def _load_or_build(folder: Path, options: IndexOptions, progress: Progress | None, rebuild: bool) -> TermIndex:
     if not rebuild:
         try:
             index = TermIndex.load(folder)
             infos = source_infos(check_sources(options.sources))
             expected = fingerprint(options, infos, get_embedder(options.embedder).version)
-            if index.metadata.fingerprint == expected:
+            recorded = index.metadata
+            if recorded.fingerprint == expected == fingerprint(recorded.options, recorded.sources,
+                                                               recorded.embedder_version):
                 return index
             log.warning("term index in %s is stale (a source or option changed); rebuilding", folder)
         except FileNotFoundError:

@@ -38,9 +38,10 @@ def is_abbreviation(text: str) -> bool:
 
 class CharNgramIndex:
     """TF-IDF over character 3-grams within word boundaries; rows are L2-normalised, so a sparse
-    product gives cosine similarities."""
+    product gives cosine similarities. Kept column-major (an inverted index): a query touches only
+    the columns of its own few n-grams."""
 
-    def __init__(self, vectorizer: TfidfVectorizer, matrix: sparse.csr_matrix) -> None:
+    def __init__(self, vectorizer: TfidfVectorizer, matrix: sparse.csc_matrix) -> None:
         self.vectorizer = vectorizer
         self.matrix = matrix
 
@@ -48,11 +49,12 @@ class CharNgramIndex:
     def build(cls, texts: list[str]) -> CharNgramIndex:
         vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 3), preprocessor=normalize_text,
                                      dtype=np.float32, sublinear_tf=True)
-        return cls(vectorizer, vectorizer.fit_transform(texts).tocsr())
+        return cls(vectorizer, vectorizer.fit_transform(texts).tocsc())
 
     def search(self, query: str, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Row ids and cosine similarities of the `k` best rows (among `allowed` rows if given)."""
-        scores = (self.matrix @ self.vectorizer.transform([query]).T).toarray().ravel()
+        query_vector = self.vectorizer.transform([query])
+        scores = np.asarray(self.matrix[:, query_vector.indices] @ query_vector.data).ravel()
         if allowed is not None:
             scores = np.where(allowed, scores, 0.0)
         k = min(k, int(np.count_nonzero(scores)))

@@ -1,0 +1,199 @@
+"""The medical term index: sources, glossary, search, normalisation and its on-disk cache.
+
+The index built here is small (concepts filtered by code prefix) but real: real source files,
+the default ONNX embedder, FAISS and the lexical layer, so that it builds in well under a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from assistant.config import Settings
+from assistant.terminology.glossary import GlossaryError, load_glossary
+from assistant.terminology.index import IndexOptions, TermIndex, index_folder, open_term_index
+from assistant.terminology.sources import icd10_labels
+from tools.base import ToolError
+from tools.lookup_term import TermLookup, lookup_term
+from tools.normalize_terms import NormalizedTerms, normalize_terms
+
+# ICD-10 I2x (MI, PE), N20 (kidney stone), HPO myocardial infarction / seizure / pleural effusion,
+# SNOMED brain, skull, hippocampus, lung, lateral ventricle, pleural effusion, DICOM CT/MR, apixaban.
+TEST_PREFIXES = ["I2", "N20", "HP:0001658", "HP:0001250", "HP:0002202", "12738006", "89546000", "5366008",
+                 "39607008", "66720007", "60046008", "CT", "MR", "DB06605"]
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory) -> Settings:
+    return Settings(cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module")
+def options() -> IndexOptions:
+    return IndexOptions(code_prefixes=TEST_PREFIXES)
+
+
+@pytest.fixture(scope="module")
+def index(settings, options) -> TermIndex:
+    return open_term_index(options, settings)
+
+
+# --- glossary --------------------------------------------------------------------------------
+
+def test_csv_glossary_reports_conflicts_and_matches_case_insensitively(tmp_path):
+    path = tmp_path / "g.csv"
+    path.write_text("source,target,lang,note\npulmonary embolism,embolia pulmonar,es,\n"
+                    "Myocardial infarction,infarto de miocardio,es,\nmyocardial infarction,infarto agudo,es,\n"
+                    "pulmonary embolism,Lungenembolie,de-DE,\n", encoding="utf-8")
+    glossary = load_glossary(path)
+    assert glossary.lookup("PULMONARY EMBOLISM", "de") == "Lungenembolie"
+    assert glossary.lookup("myocardial infarction", "es") == "infarto de miocardio"
+    [conflict] = glossary.conflicts
+    assert conflict.targets == ["infarto de miocardio", "infarto agudo"] and conflict.lines == [3, 4]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("source,target\nfoo,bar\n", "line 1"),
+    ("source,target,lang\nfoo,bar,es\nbaz,,es\n", "line 3"),
+    ("source,target,lang\nfoo,bar,es,extra\n", "line 2"),
+    ("source,target,lang\nfoo,bar,123\n", "line 2"),
+    ("", "empty"),
+])
+def test_malformed_csv_glossary_names_the_line(tmp_path, content, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(GlossaryError, match=message):
+        load_glossary(path)
+
+
+def test_tbx_glossary_and_malformed_tbx(tmp_path):
+    good = tmp_path / "g.tbx"
+    good.write_text('<?xml version="1.0"?><martif type="TBX"><text><body><termEntry id="c1">'
+                    '<langSet xml:lang="en"><tig><term>pleural effusion</term></tig></langSet>'
+                    '<langSet xml:lang="fr"><tig><term>épanchement pleural</term></tig></langSet>'
+                    '</termEntry></body></text></martif>', encoding="utf-8")
+    assert load_glossary(good).lookup("Pleural effusion", "fr") == "épanchement pleural"
+    bad = tmp_path / "bad.tbx"
+    bad.write_text("<martif><text><body><termEntry>\n<langSet>\n</body></martif>", encoding="utf-8")
+    with pytest.raises(GlossaryError, match="line 3"):
+        load_glossary(bad)
+
+
+# --- sources ----------------------------------------------------------------------------------
+
+def test_icd10_labels_drop_broken_entries():
+    labels = icd10_labels()
+    assert labels["I63.9"]["de"].startswith("Hirninfarkt")
+    assert not any(label.casefold() == "nan" for by_lang in labels.values() for label in by_lang.values())
+    assert {"de", "es", "fr", "pt"} <= {lang for by_lang in labels.values() for lang in by_lang}
+
+
+def test_sources_link_by_code_and_keep_inclusion_terms_and_xrefs(index):
+    assert "icd10cm:I21" in index.concept("icd10:I21").related
+    assert "Myocardial infarction (acute)" in index.concept("icd10cm:I21.9").synonyms
+    mi = index.concept("hpo:HP:0001658")
+    assert mi.codes["SNOMED"] == "22298006" and "UMLS" in mi.codes
+
+
+# --- search -------------------------------------------------------------------------------------
+
+def test_lay_term_finds_the_icd10_code(index):
+    hits = index.search("heart attack", k=5)
+    assert any(hit.concept.codes.get("ICD-10", "").startswith("I21") for hit in hits[:3])
+
+
+def test_code_query_returns_that_code_with_a_spanish_label(index):
+    top = index.search("I21.9", k=3, lang="es")[0]
+    assert top.concept.codes["ICD-10"] == "I21.9" and top.score == 1.0
+    assert top.label and "infarto" in top.label.lower()
+
+
+def test_label_in_another_language_finds_the_english_concept(index):
+    german = index.concept("icd10:I26").labels["de"]
+    top = index.search(german, k=3, lang="de")[0]
+    assert top.concept.codes["ICD-10"] == "I26" and top.label == german
+
+
+def test_misspelt_term_is_still_found(index):
+    hits = index.search("pulmonry embolsm", k=5)
+    assert hits[0].concept.codes.get("ICD-10", "").startswith("I26")
+
+
+def test_source_filter_keeps_only_that_source(index):
+    hits = index.search("brain", k=5, sources=["dicom"])
+    assert hits and all(hit.concept.source == "dicom" for hit in hits)
+    assert hits[0].concept.codes["SNOMED"] == "12738006"
+
+
+@pytest.mark.parametrize("query, kwargs, message", [
+    ("   ", {}, "empty"),
+    ("x" * 600, {}, "characters long"),
+    ("brain", {"lang": "xx"}, "no labels"),
+    ("brain", {"lang": "not a language!"}, "not a language code"),
+    ("brain", {"sources": ["umls"]}, "Unknown term source"),
+    ("brain", {"k": 0}, "between 1"),
+])
+def test_bad_search_input_is_refused(index, query, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        index.search(query, **kwargs)
+
+
+def test_tools_refuse_bad_input_before_loading_any_index():
+    with pytest.raises(ToolError, match="empty"):
+        lookup_term("")
+    with pytest.raises(ToolError, match="empty"):
+        normalize_terms("  ")
+
+
+def test_lookup_summary_quotes_codes_and_labels(index):
+    result = TermLookup(query="pulmonary embolism", language="es", hits=index.search("pulmonary embolism", 3, "es"))
+    summary = result.summary()
+    assert "ICD-10 I26" in summary and "es label" in summary
+
+
+# --- normalize ----------------------------------------------------------------------------------
+
+def test_normalize_finds_terms_abbreviations_and_spans(index):
+    text = "CT showed a pulmonary embolism and a small pleural effusion; history of MI. Mild changes."
+    mentions = index.normalize(text)
+    found = {m.text: m for m in mentions}
+    assert {"CT", "pulmonary embolism", "pleural effusion", "MI"} <= set(found)
+    assert all(text[m.start:m.end] == m.text for m in mentions)
+    assert found["MI"].concept.codes.get("ICD-10", "I21").startswith("I21") or "HPO" in found["MI"].concept.codes
+    assert not any(m.text.lower() == "mi" and m.text != "MI" for m in mentions)
+    assert NormalizedTerms(language="en", mentions=mentions).summary().count("->") == len(mentions)
+
+
+def test_lower_case_abbreviation_is_not_a_mention(index):
+    assert not [m for m in index.normalize("pe and mi in lower case are ordinary words") if m.text in {"pe", "mi"}]
+
+
+# --- cache on disk ----------------------------------------------------------------------------
+
+def test_saved_index_is_loaded_not_rebuilt(index, settings, options):
+    metadata = index_folder(options, settings) / "metadata.json"
+    before = metadata.stat().st_mtime_ns
+    started = time.perf_counter()
+    again = open_term_index(options, settings)
+    assert metadata.stat().st_mtime_ns == before
+    assert again.metadata.fingerprint == index.metadata.fingerprint
+    assert time.perf_counter() - started < 30
+    assert {s.name for s in again.metadata.sources} == {"icd10", "icd10cm", "hpo", "dicom", "drugs"}
+    assert all(s.version and s.licence for s in again.metadata.sources)
+
+
+def test_corrupt_or_stale_index_is_rebuilt(settings):
+    options = IndexOptions(sources=["dicom"], code_prefixes=["12738006", "89546000"])
+    folder = index_folder(options, settings)
+    open_term_index(options, settings)
+    (folder / "vectors.faiss").write_bytes(b"not a faiss index")
+    rebuilt = open_term_index(options, settings)
+    assert rebuilt.search("skull", k=1)[0].concept.codes["SNOMED"] == "89546000"
+
+    metadata = json.loads((folder / "metadata.json").read_text())
+    metadata["sources"][0]["version"] = "0.0.0 (older)"
+    (folder / "metadata.json").write_text(json.dumps(metadata))
+    refreshed = open_term_index(options, settings)
+    assert refreshed.metadata.sources[0].version != "0.0.0 (older)"

@@ -1,0 +1,62 @@
+"""lookup_term: a medical term, abbreviation or code -> concepts with codes and translated labels."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import BaseModel, Field
+
+from assistant.config import Settings
+from assistant.terminology import TermHit, get_term_index
+from assistant.terminology.index import check_search
+from assistant.terminology.sources import SOURCE_NAMES
+from tools.base import ScanTool, ToolError, ToolResult
+
+
+class LookupTermArgs(BaseModel):
+    query: str = Field(description="The term, abbreviation or code to look up, e.g. 'heart attack', 'PE', 'I21.9'.")
+    k: int = Field(5, ge=1, le=20, description="How many concepts to return.")
+    language: str = Field("en", description="Language for the labels: 'en', 'de', 'es', 'fr' or 'pt'.")
+    sources: list[str] | None = Field(
+        None, description=f"Restrict to these terminologies: {', '.join(SOURCE_NAMES)}. Leave empty for all.")
+
+
+class TermLookup(ToolResult):
+    """The concepts found for one query, best first."""
+
+    query: str
+    language: str
+    hits: list[TermHit]
+
+    def summary(self) -> str:
+        if not self.hits:
+            return f"No concept found for '{self.query}'."
+        lines = [f"Concepts for '{self.query}' (best first):"]
+        for rank, hit in enumerate(self.hits, start=1):
+            codes = ", ".join(f"{system} {code}" for system, code in hit.concept.codes.items())
+            label = f"; {self.language} label: '{hit.label}'" if self.language != "en" else ""
+            if self.language != "en" and hit.label is None:
+                label = f"; no {self.language} label"
+            lines.append(f"{rank}. {hit.concept.preferred} [{codes}] (source {hit.concept.source}, "
+                         f"matched '{hit.matched}', score {hit.score:.2f}{label})")
+        return "\n".join(lines)
+
+
+def lookup_term(query: str, k: int = 5, language: str = "en", sources: list[str] | None = None,
+                settings: Settings | None = None) -> TermLookup:
+    """Search the shared term index; bad queries, languages or sources become ToolErrors."""
+    try:
+        check_search(query, k, language, sources or None)
+        hits = get_term_index(settings).search(query, k=k, lang=language, sources=sources or None)
+    except ValueError as exc:
+        raise ToolError(str(exc)) from exc
+    return TermLookup(query=query.strip(), language=language, hits=hits)
+
+
+class LookupTermTool(ScanTool):
+    name: str = "lookup_term"
+    args_schema: type[BaseModel] = LookupTermArgs
+    needs_scan: ClassVar[bool] = False
+
+    def execute(self, args: LookupTermArgs) -> TermLookup:
+        return lookup_term(args.query, args.k, args.language, args.sources)

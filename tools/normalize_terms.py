@@ -1,0 +1,55 @@
+"""normalize_terms: a sentence or report -> the medical concepts it mentions, with character spans."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import BaseModel, Field
+
+from assistant.config import Settings
+from assistant.terminology import TermMention, get_term_index
+from assistant.terminology.index import check_text
+from tools.base import ScanTool, ToolError, ToolResult
+
+
+class NormalizeTermsArgs(BaseModel):
+    text: str = Field(description="The sentence, finding or report whose medical terms should be identified.")
+    language: str = Field("en", description="Language of the labels to report: 'en', 'de', 'es', 'fr' or 'pt'.")
+
+
+class NormalizedTerms(ToolResult):
+    """Each concept mention with its span in the text."""
+
+    language: str
+    mentions: list[TermMention]
+
+    def summary(self) -> str:
+        if not self.mentions:
+            return "No medical concept recognised in the text."
+        lines = []
+        for mention in self.mentions:
+            codes = ", ".join(f"{system} {code}" for system, code in mention.concept.codes.items())
+            label = mention.concept.label(self.language)
+            translated = f", {self.language}: '{label}'" if self.language != "en" and label else ""
+            lines.append(f"'{mention.text}' [{mention.start}:{mention.end}] -> {mention.concept.preferred} "
+                         f"[{codes}] (source {mention.concept.source}, score {mention.score:.2f}{translated})")
+        return "\n".join(lines)
+
+
+def normalize_terms(text: str, language: str = "en", settings: Settings | None = None) -> NormalizedTerms:
+    """Find the concepts in `text`; empty, huge or badly labelled input becomes a ToolError."""
+    try:
+        check_text(text, language)
+        mentions = get_term_index(settings).normalize(text, lang=language)
+    except ValueError as exc:
+        raise ToolError(str(exc)) from exc
+    return NormalizedTerms(language=language, mentions=mentions)
+
+
+class NormalizeTermsTool(ScanTool):
+    name: str = "normalize_terms"
+    args_schema: type[BaseModel] = NormalizeTermsArgs
+    needs_scan: ClassVar[bool] = False
+
+    def execute(self, args: NormalizeTermsArgs) -> NormalizedTerms:
+        return normalize_terms(args.text, args.language)
