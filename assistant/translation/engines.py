@@ -190,10 +190,15 @@ class Seq2SeqEngine(TranslationEngine):
         banned_ids = self._token_sequences(tokenizer, banned_phrases)
         if banned_ids:
             generate_options["bad_words_ids"] = banned_ids
+        positions = getattr(model.config, "max_position_embeddings", None) or 1024
+        generate_options["max_new_tokens"] = min(self.max_new_tokens, positions - 1)
         outputs = []
         for start in range(0, len(sentences), self.batch_size):
             batch = list(sentences[start:start + self.batch_size])
-            encoded = tokenizer(batch, return_tensors="pt", padding=True, truncation=True)
+            encoded = tokenizer(batch, return_tensors="pt", padding=True, return_token_type_ids=False)
+            if encoded.input_ids.shape[1] > positions:
+                raise EngineError(f"A sentence is longer than the {positions} tokens {self.name} can read; "
+                                  "split it and retry (nothing was translated).")
             with torch.inference_mode():
                 generated = model.generate(**encoded, **generate_options)
             outputs += [EngineOutput(text.strip()) for text in tokenizer.batch_decode(generated, skip_special_tokens=True)]

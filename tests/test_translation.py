@@ -1,0 +1,199 @@
+"""Terminology-aware translation: real engines (Apertium, Bergamot, a tiny local Marian model)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from assistant.terminology.glossary import load_glossary
+from assistant.translation import EngineError, TranslationError, translate_text
+from assistant.translation.agreement import agree, guess_gender
+from assistant.translation.engines import ApertiumEngine, Seq2SeqEngine
+from assistant.translation.icd10 import icd10_titles
+from assistant.translation.pipeline import sentence_bounds
+from assistant.translation.terms import GlossaryTermSource, Icd10TitleSource, term_present
+
+needs_apertium = pytest.mark.skipif(shutil.which("apertium") is None, reason="Debian apertium not installed")
+
+REPORT = ("The patient has a pulmonary embolism. A CT scan showed a small pleural effusion and no signs of pneumonia.\n"
+          "The patient was started on anticoagulation therapy with apixaban 5 mg twice daily.\n\n"
+          "Impression: pulmonary embolism. Dr. Smith was informed.")
+
+
+@pytest.fixture
+def glossary(tmp_path: Path):
+    path = tmp_path / "terms.csv"
+    path.write_text("source,target,lang\n"
+                    "pleural effusion,derrame pleural,es\n"
+                    "anticoagulation therapy,tratamiento anticoagulante,es\n"
+                    "CT scan,TC,es\n"
+                    "pleural effusion,derrame pleural,pt\n"
+                    "anticoagulation therapy,terapia anticoagulante,pt\n", encoding="utf-8")
+    return load_glossary(path)
+
+
+@needs_apertium
+def test_apertium_enforces_every_glossary_and_icd10_term(glossary):
+    result = translate_text(REPORT, "es", glossary=glossary, term_sources=[GlossaryTermSource(glossary), Icd10TitleSource()])
+    assert result.engine == "apertium"
+    assert result.term_success_rate == 1.0 and not result.flagged_sentences
+    assert {"derrame pleural", "tratamiento anticoagulante", "TC", "embolia pulmonar"} <= {t.target for t in result.terms}
+    assert "una embolia pulmonar" in result.translation  # feminine article restored around the placeholder
+    assert "ZXTERM" not in result.translation and "*" not in result.translation
+    assert result.translation.count("\n") == REPORT.count("\n")  # line structure kept
+
+
+@needs_apertium
+def test_unconstrained_apertium_misses_terms_that_the_pipeline_enforces(glossary):
+    sources = [GlossaryTermSource(glossary)]
+    plain = translate_text(REPORT, "es", term_sources=sources, protect_terms=False)
+    assert plain.flagged_sentences, "without placeholders Apertium leaves 'pleural effusion' untranslated"
+    assert any("derrame pleural" in sentence.missing for sentence in plain.flagged_sentences)
+
+
+@needs_apertium
+def test_one_source_term_gets_one_target_term_throughout():
+    text = "Pulmonary embolism was suspected. The scan confirmed a pulmonary embolism. No new pulmonary embolism."
+    result = translate_text(text, "es", term_sources=[Icd10TitleSource()])
+    term = next(t for t in result.terms if t.source.casefold() == "pulmonary embolism")
+    assert term.found and term.sentences == [0, 1, 2]
+    assert all("embolia pulmonar" in s.text.casefold() for s in result.sentences)
+    assert result.sentences[0].text.startswith("Embolia pulmonar")  # capitalised at the sentence start
+
+
+def test_bergamot_translates_to_portuguese_with_glossary_terms(glossary):
+    result = translate_text(REPORT, "pt-BR", glossary=glossary, term_sources=[GlossaryTermSource(glossary), Icd10TitleSource()])
+    assert result.engine == "bergamot" and result.target_lang == "pt"
+    assert result.term_success_rate == 1.0
+    assert "terapia anticoagulante" in result.translation and "apixaban" in result.translation
+
+
+def test_pair_without_engine_says_so_and_gives_term_renderings():
+    result = translate_text("The patient has a pulmonary embolism.", "de", term_sources=[Icd10TitleSource()])
+    assert result.translation is None and result.engine is None
+    assert "No offline engine translates en→de" in result.message
+    assert [(t.source, t.target) for t in result.terms] == [("pulmonary embolism", "Lungenembolie")]
+
+
+@pytest.mark.parametrize("text, target, message", [
+    ("", "es", "no text"),
+    ("   \n ", "es", "no text"),
+    ("x" * 100_001, "es", "at most"),
+    ("Hello.", "en", "already in English"),
+    ("Hello.", "not a language!", "not a language code"),
+])
+def test_bad_input_is_refused_with_a_message(text, target, message):
+    with pytest.raises(ValueError, match=message):
+        translate_text(text, target, term_sources=[])
+
+
+def test_conflicting_glossary_entries_for_a_term_in_the_text_are_refused(tmp_path):
+    path = tmp_path / "conflict.csv"
+    path.write_text("source,target,lang\nembolism,embolia,es\nembolism,embolismo,es\n", encoding="utf-8")
+    glossary = load_glossary(path)
+    with pytest.raises(TranslationError, match="embolia / embolismo"):
+        translate_text("A pulmonary embolism.", "es", glossary=glossary, term_sources=[GlossaryTermSource(glossary)])
+    # the conflict does not matter for a text that does not use the term
+    assert translate_text("No findings.", "es", term_sources=[GlossaryTermSource(glossary)]).translation
+
+
+@pytest.mark.parametrize("command, message", [
+    (("sh", "-c", "sleep 30", "sh"), "did not finish"),
+    (("sh", "-c", "exit 3", "sh"), "exit code 3"),
+    (("sh", "-c", "head -n 1", "sh"), "refusing a partial translation"),
+])
+def test_engine_process_that_hangs_dies_or_truncates_raises(command, message):
+    engine = ApertiumEngine(command=command, timeout_s=1.0)
+    with pytest.raises(EngineError, match=message):
+        translate_text("First sentence.\nSecond sentence.", "es", engine=engine, term_sources=[])
+
+
+def test_agreement_makes_article_and_adjectives_feminine():
+    assert agree("Vi un pequeño ZXTERM0 ayer.", "ZXTERM0", "f", "es") == "Vi una pequeña ZXTERM0 ayer."
+    assert agree("Sin signos del ZXTERM0 agudo.", "ZXTERM0", "f", "es") == "Sin signos de la ZXTERM0 aguda."
+    assert agree("Um ZXTERM1 pequeno.", "ZXTERM1", "f", "pt") == "Uma ZXTERM1 pequeno."  # "pequeno" is not -ado/-ico...
+    assert agree("uma ZXTERM0 foi vista", "ZXTERM0", "m", "pt") == "um ZXTERM0 foi vista"
+    assert guess_gender("embolia pulmonar", "es") == "f" and guess_gender("derrame pleural", "es") == "m"
+    assert guess_gender("trombose venosa", "pt") == "f" and guess_gender("problema renal", "es") == "m"
+
+
+def test_term_check_accepts_inflection_but_not_another_word():
+    assert term_present("embolia pulmonar", "Dos embolias pulmonares agudas.")
+    assert term_present("derrame pleural", "DERRAME PLEURAL")
+    assert not term_present("embolia pulmonar", "un embolismo pulmonar")
+    assert not term_present("TC", "La TCE fue normal.")
+
+
+def test_sentences_split_at_full_stops_but_not_after_abbreviations():
+    text = "Dr. Smith saw it. A 5.2 mm nodule, e.g. in the lung. Next!\nImpression: none"
+    assert [text[a:b] for a, b in sentence_bounds(text)] == [
+        "Dr. Smith saw it.", "A 5.2 mm nodule, e.g. in the lung.", "Next!", "Impression: none"]
+
+
+def test_icd10_titles_are_clean():
+    spanish, portuguese = icd10_titles("es"), icd10_titles("pt")
+    assert len(spanish) > 14_000 and len(portuguese) > 10_000
+    assert not any(t.translated.casefold() == "nan" for t in spanish)
+    assert not any(c in t.translated for t in portuguese for c in "ăęő")  # cp1250 mojibake repaired
+    assert next(t for t in spanish if t.code == "I26.9").translated.startswith("Embolia pulmonar")
+
+
+def _tiny_marian(path: Path) -> Path:
+    """A random 1-layer Marian model with a word-level tokenizer, saved like a downloaded one."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import MarianConfig, MarianMTModel, PreTrainedTokenizerFast
+
+    words = "the patient has a pulmonary embolism el paciente tiene una embolia pulmonar embolismo de".split()
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    config = MarianConfig(vocab_size=len(vocab), d_model=16, encoder_layers=1, decoder_layers=1,
+                          encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+                          max_position_embeddings=64, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+                          forced_eos_token_id=1)
+    import torch
+
+    torch.manual_seed(0)
+    MarianMTModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.mark.slow
+def test_local_seq2seq_engine_bans_the_words_it_is_told_to(tmp_path):
+    engine = Seq2SeqEngine(model_dir=_tiny_marian(tmp_path / "tiny-marian"), pairs=frozenset({("en", "es")}),
+                           num_beams=2, max_new_tokens=8)
+    source = "the patient has a pulmonary embolism"
+    first = engine.translate_batch([source], "en", "es")[0].text
+    assert first.split(), "the random model should emit some words"
+    banned = first.split()[0]
+    second = engine.translate_batch([source], "en", "es", banned_phrases=[banned])[0].text
+    assert banned not in second.split()
+    result = translate_text(source, "es", engine=str(engine.model_dir), term_sources=[Icd10TitleSource()])
+    assert result.engine == "seq2seq:tiny-marian"
+    assert result.sentences[0].required == ["embolia pulmonar"]
+    assert "redecode" in result.sentences[0].steps or not result.sentences[0].missing
+
+
+@needs_apertium
+def test_tool_and_cli_report_engine_terms_and_flags(glossary, capsys):
+    from tools.translate_text import TranslateTextTool  # before assistant.session: tools/__init__ imports it
+    from assistant.cli import main
+    from assistant.session import ScanSession
+
+    tool = TranslateTextTool(session=ScanSession())
+    message = tool.invoke({"type": "tool_call", "id": "1", "name": "translate_text",
+                           "args": {"text": "A small pleural effusion.", "target_language": "es",
+                                    "glossary_path": glossary.path}})
+    assert json.loads(message.content)["required_terms"]["pleural effusion"] == {"target": "derrame pleural", "found": True}
+    assert message.artifact.engine == "apertium"
+
+    assert main(["translate", "A small pleural effusion.", "--to", "es", "--glossary", glossary.path, "--json"]) == 0
+    output = json.loads(capsys.readouterr().out)
+    assert output["engine"] == "apertium" and output["flagged_sentences"] == []
+    assert output["terms"][0]["found"] is True and "derrame pleural" in output["translation"]
+    assert main(["translate", "Pulmonary embolism.", "--to", "fr"]) == 1
