@@ -29,6 +29,7 @@ from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from pydantic import ValidationError
 
+from assistant.choosers import NO_TOOL, make_chooser
 from assistant.config import Settings, get_settings
 from assistant.grounding import GroundingReport, check_grounding
 from assistant.models.base import ChatModel, Message
@@ -38,8 +39,6 @@ from tools import build_tools
 from tools.base import ScanTool, ToolError
 
 log = logging.getLogger(__name__)
-
-NO_TOOL = "none"
 
 
 class InputError(ValueError):
@@ -133,9 +132,11 @@ class Agent:
         self.session = session or ScanSession()
         self.settings = settings or get_settings()
         self.tools: dict[str, ScanTool] = {t.name: t for t in build_tools(self.session)}
+        self.chooser = make_chooser(self.settings.tool_chooser, model)
         self.history: list[Message] = []  # user messages, tool results and answers of past turns
         self.traces: list[TurnTrace] = []
         self._turn = TurnTrace(user="")  # the turn in progress; token counts accumulate here
+        self._counted = model.last_usage
         self._graph = self._build_graph()
 
     # -- public --------------------------------------------------------------------------
@@ -180,17 +181,21 @@ class Agent:
     def _choose(self, state: _State) -> dict[str, Any]:
         if state["steps"] >= self.settings.max_agent_steps:
             return {"pending": None}
-        messages = self._context(state) + [Message(role="user", content=load_prompt("agent/choose_tool.md"))]
-        names = [*self.tools, NO_TOOL]
-        decision = self.model.complete_json(messages, _choice_schema(names), max_new_tokens=24)
+        return {"pending": self.decide(state["messages"], state["records"])}
+
+    def decide(self, messages: list[Message], records: list[ToolRecord] = ()) -> tuple[str, dict[str, Any]] | None:
+        """The next tool call (name, arguments) for the turn so far, or None to answer now.
+
+        `messages` starts with the user's message and holds this turn's tool results; `records`
+        are this turn's calls. Public so the tool-choice benchmark measures the same path.
+        """
+        state: _State = {"messages": list(messages), "records": list(records), "pending": None, "steps": len(records)}
+        called = [r.name for r in records]
+        name = self.chooser.choose(self._context(state), messages[0].content, list(self.tools), called)
         self._count_usage()
-        name = decision.get("tool", NO_TOOL)
-        if name not in self.tools:
-            return {"pending": None}
-        arguments = self._fill_arguments(state, self.tools[name])
-        if any(r.name == name and r.arguments == arguments for r in state["records"]):
-            return {"pending": None}  # the model is repeating itself: answer with what we have
-        return {"pending": (name, arguments)}
+        if name not in self.tools or name in called:
+            return None
+        return name, self._fill_arguments(state, self.tools[name])
 
     def _fill_arguments(self, state: _State, tool: ScanTool) -> dict[str, Any]:
         """Constrained argument generation, with one repair round when validation fails."""
@@ -260,7 +265,11 @@ class Agent:
         return {"messages": state["messages"] + [Message(role="assistant", content=text)]}
 
     def _count_usage(self) -> None:
+        """Add the model's last generation to the turn (backends make a new `Usage` per generation)."""
         usage = self.model.last_usage
+        if usage is self._counted:
+            return
+        self._counted = usage
         self._turn.prompt_tokens += usage.prompt_tokens
         self._turn.completion_tokens += usage.completion_tokens
 
@@ -290,15 +299,6 @@ class Agent:
                 "Shorten it, or ask about one part at a time."
             )
         return text
-
-
-def _choice_schema(names: list[str]) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "properties": {"tool": {"type": "string", "enum": names}},
-        "required": ["tool"],
-        "additionalProperties": False,
-    }
 
 
 def _brief(exc: ValidationError | Exception) -> str:

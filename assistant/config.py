@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     quantization: Literal["none", "4bit", "8bit"] = Field("none", description="bitsandbytes loading on a GPU.")
     device_map: str | None = Field(None, description="accelerate device map, e.g. 'auto' on a GPU machine.")
     max_agent_steps: int = Field(4, ge=1, le=16, description="Tool calls per user turn before the agent must answer.")
+    tool_chooser: Literal["llm-zero-shot", "llm-fixed", "llm-dynamic", "router", "hybrid"] = Field(
+        "hybrid", description="Who picks the tool; chosen by evals/bench_tool_choice.py."
+    )
 
     # --- input limits (checked before allocating) ----------------------------------------
     max_voxels: int = Field(512 * 512 * 1024, description="Largest volume accepted, in voxels.")

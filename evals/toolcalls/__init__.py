@@ -1,0 +1,1 @@
+"""The tool-calling dataset (generated training split, hand-written held-out split) and its loader."""

@@ -1,0 +1,68 @@
+"""The agent loop end to end with real models: tool choice, tool results in the answer, bounds."""
+
+import pytest
+
+from assistant.agent import Agent, AnswerEvent, InputError, TokenEvent, ToolCallEvent, ToolResultEvent
+from assistant.config import get_settings
+from assistant.models.registry import load_chat_model
+from assistant.scans.samples import load_sample
+from assistant.session import ScanSession
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ct():
+    return load_sample("ct-head")
+
+
+def _agent(volume=None, model_name=None, **overrides) -> Agent:
+    settings = get_settings().model_copy(update=overrides)
+    session = ScanSession()
+    if volume is not None:
+        session.load(volume)
+    return Agent(load_chat_model(settings, name=model_name), session, settings)
+
+
+def test_default_model_answers_slice_thickness_with_the_tools_number(ct):
+    agent = _agent(ct)
+    events = list(agent.run("What is the slice thickness of this scan?"))
+    calls = [e for e in events if isinstance(e, ToolCallEvent)]
+    results = [e for e in events if isinstance(e, ToolResultEvent)]
+    answer = [e for e in events if isinstance(e, AnswerEvent)][-1]
+    assert [c.name for c in calls] == ["describe_scan"]
+    assert results[0].record.result.slice_thickness_mm == pytest.approx(1.5)
+    assert "1.5" in answer.text
+    assert answer.grounding.ok or answer.replaced
+    assert any(isinstance(e, TokenEvent) for e in events)  # the answer streamed
+
+
+def test_default_model_reads_the_centre_intensity(ct):
+    trace = _agent(ct).ask("What is the intensity at the centre of the volume?")
+    assert [r.name for r in trace.tool_calls] == ["probe_intensity"]
+    value = trace.tool_calls[0].result.value
+    assert value == pytest.approx(float(ct.data[ct.center_voxel]), abs=0.01)
+    assert f"{value:.0f}" in trace.answer.replace(",", "") or f"{value:.1f}" in trace.answer
+
+
+def test_step_bound_is_never_exceeded(ct):
+    trace = _agent(ct, model_name="smollm2-135m", max_agent_steps=1).ask(
+        "Describe the scan, then measure from 0,0,0 to 10,10,10, then probe the centre."
+    )
+    assert len(trace.tool_calls) <= 1
+    assert trace.answer
+
+
+def test_question_without_a_scan_does_not_invent_facts():
+    trace = _agent(None).ask("What is the slice thickness?")
+    assert all(r.error for r in trace.tool_calls)  # any tool call failed with 'no scan'
+    assert trace.grounding.ok or trace.replaced
+    assert "1.5" not in trace.answer
+
+
+@pytest.mark.parametrize("message", ["", "   ", "x" * 50_000])
+def test_empty_and_huge_messages_are_refused_before_the_model(message):
+    agent = _agent(None, model_name="smollm2-135m")
+    with pytest.raises(InputError):
+        list(agent.run(message))
+    assert agent.traces == []
