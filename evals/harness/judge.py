@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import threading
 from contextlib import nullcontext
-from pathlib import Path
 from string import Template
 
 from assistant.models.base import ChatModel, Message
 from evals.harness.trace import CheckResult, TurnRecord
+from prompts import load_prompt
 
-_PROMPT = Template((Path(__file__).with_name("judge.md")).read_text(encoding="utf-8"))
 _VERDICT_SCHEMA = {
     "type": "object",
     "properties": {"verdict": {"type": "string", "enum": ["pass", "fail"]}, "reason": {"type": "string", "maxLength": 200}},
@@ -31,7 +30,7 @@ class Judge:
         return [self._verdict(item, turn, tools) for item in rubric]
 
     def _verdict(self, item: str, turn: TurnRecord, tools: str) -> CheckResult:
-        prompt = _PROMPT.substitute(question=turn.user, tools=tools, answer=turn.answer, rubric=item)
+        prompt = Template(load_prompt("evals/judge.md")).substitute(question=turn.user, tools=tools, answer=turn.answer, rubric=item)
         with self.lock or nullcontext():
             decision = self.model.complete_json([Message(role="user", content=prompt)], _VERDICT_SCHEMA, max_new_tokens=96)
         return CheckResult(kind="rubric", description=item, passed=decision.get("verdict") == "pass", detail=str(decision.get("reason", "")))
