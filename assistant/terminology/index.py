@@ -47,6 +47,7 @@ CANDIDATES = 50
 # says nothing a string match would not).
 SEMANTIC_SOURCES = {"icd10", "icd10cm", "hpo", "dicom"}
 IndexType = Literal["flat", "hnsw"]
+SearchMethod = Literal["fused", "lexical", "semantic"]
 Progress = Callable[[str, int, int], None]
 
 
@@ -130,13 +131,15 @@ class TermIndex:
     # --- building and loading --------------------------------------------------------------
 
     @classmethod
-    def build(cls, folder: Path, options: IndexOptions, progress: Progress | None = None) -> TermIndex:
-        """Read the sources, embed and index them, and save everything under `folder`."""
+    def build(cls, folder: Path, options: IndexOptions, progress: Progress | None = None,
+              concepts: list[Concept] | None = None) -> TermIndex:
+        """Read the sources (or take `concepts`, e.g. a benchmark's with held-out synonyms), embed
+        and index them, and save everything under `folder`."""
         started = time.perf_counter()
         names = check_sources(options.sources)
         infos = source_infos(names)
         embedder = get_embedder(options.embedder)
-        concepts = read_concepts(names)
+        concepts = read_concepts(names) if concepts is None else concepts
         if options.code_prefixes:
             prefixes = tuple(options.code_prefixes)
             concepts = [c for c in concepts if any(code.startswith(prefixes) for code in c.codes.values())]
@@ -180,6 +183,10 @@ class TermIndex:
 
     # --- look-ups ----------------------------------------------------------------------------
 
+    def knows(self, term: str) -> bool:
+        """Whether `term` is a preferred term, synonym or label of some concept (exact, normalised)."""
+        return normalize_text(term) in self._by_text
+
     def concept(self, concept_id: str) -> Concept | None:
         index = self._concept_ids.get(concept_id)
         return None if index is None else self._concept(index)
@@ -187,22 +194,30 @@ class TermIndex:
     def _concept(self, index: int) -> Concept:
         return Concept.model_validate(self._concept_records[index])
 
-    def search(self, query: str, k: int = 10, lang: str = "en", sources: list[str] | None = None) -> list[TermHit]:
-        """Concepts for a term, code or abbreviation, best first, with labels in `lang`."""
+    def search(self, query: str, k: int = 10, lang: str = "en", sources: list[str] | None = None,
+               method: SearchMethod = "fused") -> list[TermHit]:
+        """Concepts for a term, code or abbreviation, best first, with labels in `lang`.
+
+        `method` "lexical" or "semantic" uses one retriever alone (benchmarks compare them)."""
         query, lang = check_search(query, k, lang, sources)
         allowed_sources = self._check_sources(sources)
         allowed = None if allowed_sources is None else np.isin(self._sources, allowed_sources)
-        return self._search(query, k, lang, allowed, self._embed_queries([query])[0])
+        query_vector = self._embed_queries([query])[0] if method != "lexical" else None
+        return self._search(query, k, lang, allowed, query_vector, method)
 
-    def _search(self, query: str, k: int, lang: str, allowed: np.ndarray | None, query_vector: np.ndarray) -> list[TermHit]:
+    def _search(self, query: str, k: int, lang: str, allowed: np.ndarray | None, query_vector: np.ndarray | None,
+                method: SearchMethod = "fused") -> list[TermHit]:
         def keep(entry_ids: list[int]) -> list[int]:
             return [e for e in entry_ids if allowed is None or allowed[self._entries[e].concept]]
 
-        exact = keep(self._by_code.get(normalize_code(query), []) if looks_like_code(query) else [])
-        exact += keep(self._by_text.get(normalize_text(query), []))
-        entry_allowed = None if allowed is None else allowed[self._entry_concepts]
-        ngram_rows, ngram_scores = self._ngrams.search(query, CANDIDATES, entry_allowed)
-        semantic_entries, semantic_scores = self._semantic(query_vector, CANDIDATES, allowed)
+        exact, ngram_rows, ngram_scores, semantic_entries, semantic_scores = [], [], [], [], []
+        if method != "semantic":
+            exact = keep(self._by_code.get(normalize_code(query), []) if looks_like_code(query) else [])
+            exact += keep(self._by_text.get(normalize_text(query), []))
+            entry_allowed = None if allowed is None else allowed[self._entry_concepts]
+            ngram_rows, ngram_scores = self._ngrams.search(query, CANDIDATES, entry_allowed)
+        if method != "lexical" and query_vector is not None:
+            semantic_entries, semantic_scores = self._semantic(query_vector, CANDIDATES, allowed)
 
         best_entry: dict[int, tuple[float, int]] = {}  # concept -> (confidence, entry id)
 
