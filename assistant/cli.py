@@ -22,6 +22,7 @@ CLI_MODULES: tuple[str, ...] = (
     "assistant.terminology.cli",
     "evals.harness.cli",
     "assistant.reports.cli",
+    "assistant.vlm.cli",
 )
 
 

@@ -239,6 +239,10 @@ def load_chat_model(
 
 
 def _load_uncached(settings: Settings, name: str, requested: Runtime, progress: ProgressCallback | None) -> ChatModel:
+    from assistant.vlm.backends import is_vision_model_name, load_vision_model
+
+    if is_vision_model_name(name):  # 3D vision-language backends: scanchat-vlm-0.5b, m3d:<folder>, hf-multimodal:<folder>
+        return load_vision_model(name, settings)
     if requested == "openai" or (requested == "auto" and settings.openai_base_url):
         from assistant.models.openai_backend import OpenAIChatModel
 

@@ -1,0 +1,273 @@
+"""The 3D vision-language backends behind ScanChat's one `ChatModel` interface.
+
+* `ScanChatVLMChatModel`: the project's own VLM (`assistant.vlm.model`), trained by `scanchat vlm train`.
+* `M3DChatModel`: an M3D-LaMed checkpoint folder (Phi-3-4B or Llama-2-7B) loaded into `assistant.vlm.m3d`.
+* `MultimodalChatModel`: any `AutoModelForImageTextToText` folder (MedGemma, Qwen2.5-VL, ...) fed windowed axial slices.
+
+Each looks at the volume when one is given and usable. When it is not (no scan, a 2D image, NaNs),
+the backend answers from the text alone and says so in `last_volume_note`; `last_looked_at_volume`
+tells the UI whether the answer came from looking at the scan. `load_vision_model_or_text` turns a
+load failure (missing weights, a GPU option on a CPU machine) into a fallback to the text model.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from assistant.config import Settings, get_settings
+from assistant.findings import Finding
+from assistant.models.base import ChatModel, Message, ModelError, Usage
+from assistant.vlm.preprocess import SliceSelection, VolumeNotSupported, axial_slices, m3d_input
+from assistant.volume import Volume
+
+log = logging.getLogger(__name__)
+
+
+def last_user_question(messages: Sequence[Message]) -> str:
+    """The question the vision model answers; earlier turns are the agent's business."""
+    for message in reversed(messages):
+        if message.role == "user" and message.content.strip():
+            return message.content
+    raise ModelError("no user question to answer")
+
+
+def model_observation(text: str, model_name: str, question: str) -> Finding:
+    """A VLM statement, labelled as something a model saw, never as a measurement."""
+    return Finding(kind="observation", what=text.strip(), source_tool=f"vlm:{model_name}",
+                   parameters={"question": question}, model_observation=True)
+
+
+class VisionChatModel(ChatModel):
+    """Common bookkeeping: which volume was looked at, and the text-only path when it cannot be."""
+
+    sees_volumes = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last_looked_at_volume = False
+        self.last_volume_note: str | None = None
+        self._generating = threading.Lock()
+
+    def _usable(self, volume: Volume | None, prepare) -> Any | None:
+        """The prepared input, or None (with the reason in last_volume_note) when the text path must answer."""
+        self.last_looked_at_volume, self.last_volume_note = False, None
+        if volume is None:
+            self.last_volume_note = "no scan is loaded; answered from the text only"
+            return None
+        try:
+            prepared = prepare(volume)
+        except VolumeNotSupported as exc:
+            self.last_volume_note = f"{exc}"
+            log.info("%s did not look at the volume: %s", self.name, exc)
+            return None
+        self.last_looked_at_volume = True
+        return prepared
+
+    def _stream_generation(self, generate, tokenizer, started: float, prompt_tokens: int,
+                           skip_prompt: bool = False) -> Iterator[str]:
+        """`skip_prompt` for models generating from input ids; from embeddings only new tokens arrive."""
+        from transformers import TextIteratorStreamer
+
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=skip_prompt, skip_special_tokens=True)
+        failures: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                generate(streamer)
+            except Exception as exc:  # re-raised in the consumer's thread
+                failures.append(exc)
+                streamer.end()
+
+        pieces = []
+        with self._generating:
+            worker = threading.Thread(target=run, name=f"generate-{self.name}", daemon=True)
+            worker.start()
+            for piece in streamer:
+                if piece:
+                    pieces.append(piece)
+                    yield piece
+            worker.join()
+        if failures:
+            raise ModelError(f"{self.name} failed while generating: {failures[0]}") from failures[0]
+        completion = len(tokenizer("".join(pieces)).input_ids)
+        self.last_usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion, seconds=time.perf_counter() - started)
+
+
+class ScanChatVLMChatModel(VisionChatModel):
+    runtime = "scanchat-vlm"
+
+    def __init__(self, folder: Path, settings: Settings) -> None:
+        super().__init__()
+        from assistant.vlm.encoder import get_encoder
+        from assistant.vlm.model import load_vlm
+
+        self.name = folder.name
+        self.settings = settings
+        self.vlm = load_vlm(folder, settings.quantization)
+        self.encoder = get_encoder(self.vlm.config.encoder)
+
+    def features(self, volume: Volume) -> torch.Tensor:
+        return self.encoder.features(volume)
+
+    def stream(self, messages: Sequence[Message], *, json_schema: dict[str, Any] | None = None,
+               max_new_tokens: int | None = None, volume: Volume | None = None) -> Iterator[str]:
+        if json_schema is not None:
+            raise ModelError(f"{self.name} answers questions about the scan; use the agent's text model for tool decisions")
+        question = last_user_question(messages)
+        started = time.perf_counter()
+        grid = self._usable(volume, self.features)
+        tokens = max_new_tokens or min(self.settings.max_new_tokens, 64)
+        yield from self._stream_generation(lambda streamer: self.vlm.generate_ids(grid, question, tokens, streamer),
+                                           self.vlm.tokenizer, started, 0)
+
+
+class M3DChatModel(VisionChatModel):
+    """A published M3D-LaMed folder (config.json, tokenizer, safetensors) mapped into `M3DLaMed`."""
+
+    runtime = "m3d"
+
+    def __init__(self, folder: Path, settings: Settings) -> None:
+        super().__init__()
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        from assistant.vlm.m3d import IMAGE_PLACEHOLDER, M3DLaMed, M3DVisionConfig, load_m3d_checkpoint, read_state_dict
+
+        if settings.quantization != "none" and not torch.cuda.is_available():
+            raise ModelError(f"{settings.quantization} loading needs a CUDA GPU; this machine has none")
+        self.name, self.settings = folder.name, settings
+        llm_config = AutoConfig.for_model(**_llm_config_values(folder))
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
+        if image_token_id is None or image_token_id == self.tokenizer.unk_token_id:
+            raise ModelError(f"the tokenizer in {folder} has no {IMAGE_PLACEHOLDER} token; is this an M3D-LaMed folder?")
+        self.model = M3DLaMed(M3DVisionConfig(), AutoModelForCausalLM.from_config(llm_config), image_token_id)
+        load_m3d_checkpoint(self.model, read_state_dict(folder))
+        self.model.eval()
+        if torch.cuda.is_available():
+            self.model.to("cuda", dtype=torch.bfloat16)
+
+    def stream(self, messages: Sequence[Message], *, json_schema: dict[str, Any] | None = None,
+               max_new_tokens: int | None = None, volume: Volume | None = None) -> Iterator[str]:
+        from assistant.vlm.m3d import IMAGE_PLACEHOLDER
+
+        question = last_user_question(messages)
+        started = time.perf_counter()
+        image = self._usable(volume, m3d_input)
+        visual = IMAGE_PLACEHOLDER * self.model.mm_projector.config.visual_tokens if image is not None else ""
+        ids = self.tokenizer(visual + question, return_tensors="pt").input_ids.to(self.model.llm.device)
+        images = None if image is None else torch.from_numpy(image)[None].to(self.model.llm.device, self.model.llm.dtype)
+        tokens = max_new_tokens or self.settings.max_new_tokens
+        yield from self._stream_generation(lambda streamer: self.model.generate(ids, images, tokens, streamer=streamer),
+                                           self.tokenizer, started, int(ids.shape[1]))
+
+
+def _llm_config_values(folder: Path) -> dict[str, Any]:
+    """M3D's config.json names its own model type (lamed_phi3 / lamed_llama); the LLM part is plain Phi-3 or Llama."""
+    import json
+
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ModelError(f"{folder} has no config.json; it is not an M3D-LaMed checkpoint folder")
+    values = json.loads(path.read_text())
+    kind = values.get("model_type", "")
+    values["model_type"] = "phi3" if "phi" in kind else "llama" if "llama" in kind else kind
+    return values
+
+
+class MultimodalChatModel(VisionChatModel):
+    """`AutoModelForImageTextToText` + its processor; the volume goes in as windowed axial slices."""
+
+    runtime = "hf-multimodal"
+
+    def __init__(self, folder: str, settings: Settings, selection: SliceSelection = SliceSelection()) -> None:
+        super().__init__()
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        if settings.quantization != "none" and not torch.cuda.is_available():
+            raise ModelError(f"{settings.quantization} loading needs a CUDA GPU; this machine has none")
+        self.name, self.settings, self.selection = Path(folder).name, settings, selection
+        kwargs: dict[str, Any] = {"dtype": torch.float32}
+        if torch.cuda.is_available():
+            kwargs = {"device_map": settings.device_map or "auto", "dtype": torch.bfloat16}
+            if settings.quantization != "none":
+                from transformers import BitsAndBytesConfig
+
+                kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=settings.quantization == "4bit",
+                                                                   load_in_8bit=settings.quantization == "8bit")
+        try:
+            self.processor = AutoProcessor.from_pretrained(folder)
+            self.model = AutoModelForImageTextToText.from_pretrained(folder, **kwargs).eval()
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"could not load {folder!r} as an image-text-to-text model: {exc}") from exc
+
+    def chat_inputs(self, question: str, volume: Volume | None) -> dict[str, torch.Tensor]:
+        """Processor inputs: one image entry per selected slice, labelled with its index, then the question."""
+        from PIL import Image
+
+        prepared = self._usable(volume, lambda v: axial_slices(v, self.selection))
+        content: list[dict[str, Any]] = []
+        if prepared is not None:
+            images, indices = prepared
+            for image, index in zip(images, indices):
+                content += [{"type": "text", "text": f"Axial slice {index}:"}, {"type": "image", "image": Image.fromarray(image)}]
+        content.append({"type": "text", "text": question})
+        return self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                                  tokenize=True, return_dict=True, return_tensors="pt").to(self.model.device)
+
+    def stream(self, messages: Sequence[Message], *, json_schema: dict[str, Any] | None = None,
+               max_new_tokens: int | None = None, volume: Volume | None = None) -> Iterator[str]:
+        question = last_user_question(messages)
+        started = time.perf_counter()
+        inputs = self.chat_inputs(question, volume)
+        tokens = max_new_tokens or self.settings.max_new_tokens
+        prompt_tokens = int(inputs["input_ids"].shape[1])
+
+        def generate(streamer) -> None:
+            with torch.inference_mode():
+                self.model.generate(**inputs, max_new_tokens=tokens, do_sample=False, streamer=streamer)
+
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        yield from self._stream_generation(generate, tokenizer, started, prompt_tokens, skip_prompt=True)
+
+
+VISION_PREFIXES = ("scanchat-vlm", "m3d:", "hf-multimodal:")
+
+
+def is_vision_model_name(name: str) -> bool:
+    return name.startswith(VISION_PREFIXES)
+
+
+def load_vision_model(name: str, settings: Settings | None = None) -> VisionChatModel:
+    """'scanchat-vlm-0.5b' (or 'scanchat-vlm:<folder>'), 'm3d:<folder>', 'hf-multimodal:<folder>'."""
+    settings = settings or get_settings()
+    if name.startswith("scanchat-vlm"):
+        folder = Path(name.split(":", 1)[1]) if ":" in name else settings.models_dir / name
+        return ScanChatVLMChatModel(folder, settings)
+    kind, _, location = name.partition(":")
+    if not location:
+        raise ModelError(f"{name!r} needs a local folder after '{kind}:'")
+    if kind == "m3d":
+        return M3DChatModel(Path(location), settings)
+    if kind == "hf-multimodal":
+        return MultimodalChatModel(location, settings)
+    raise ModelError(f"unknown vision model {name!r}; use one of {', '.join(VISION_PREFIXES)}")
+
+
+def load_vision_model_or_text(name: str, settings: Settings | None = None) -> tuple[ChatModel, str | None]:
+    """The vision model, or the configured text model with the reason, so a bad VLM never stops the chat."""
+    from assistant.models.registry import load_chat_model
+
+    settings = settings or get_settings()
+    try:
+        return load_vision_model(name, settings), None
+    except (ModelError, OSError, ValueError) as exc:
+        note = f"vision model {name!r} unavailable ({exc}); answering with the text model {settings.llm!r}"
+        log.warning(note)
+        return load_chat_model(settings), note

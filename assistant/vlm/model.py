@@ -1,0 +1,186 @@
+"""ScanChat's own small 3D VLM: frozen 3D encoder -> spatial pooling -> MLP projector -> Qwen2.5-0.5B + LoRA.
+
+The encoder's feature grid keeps its spatial layout (one visual token per cell, plus a learned
+position embedding), because "which side?" is a question about where, not what. Visual tokens are
+spliced in at the `<|image_pad|>` placeholders that the Qwen tokenizer already has, the same
+mechanism M3D-LaMed uses with its own image token.
+
+Trained weights (projector, position embedding, LoRA adapter, config) live in one folder,
+by default ``models_dir/scanchat-vlm-0.5b``; the LLM is the transformers backend's cached
+dequantised Qwen2.5-Coder-0.5B folder.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from assistant.models.base import ModelError
+
+IMAGE_TOKEN = "<|image_pad|>"
+SYSTEM_PROMPT = "You are ScanChat's scan reader. Answer briefly from the scan."
+
+
+@dataclass
+class VLMConfig:
+    encoder: str = "merlin"
+    feature_dim: int = 2048
+    grid: tuple[int, int, int] = (3, 2, 2)  # (z, x, y) cells of the encoder output
+    llm_folder: str = ""
+    lora_rank: int = 8
+    lora_alpha: int = 16
+
+    @property
+    def visual_tokens(self) -> int:
+        return self.grid[0] * self.grid[1] * self.grid[2]
+
+    def save(self, folder: Path) -> None:
+        (folder / "vlm_config.json").write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, folder: Path) -> VLMConfig:
+        path = folder / "vlm_config.json"
+        if not path.is_file():
+            raise ModelError(f"{folder} is not a trained ScanChat VLM (no vlm_config.json); train one with `scanchat vlm train`")
+        values = json.loads(path.read_text())
+        values["grid"] = tuple(values["grid"])
+        return cls(**values)
+
+
+class VisualProjector(nn.Module):
+    """Feature grid [B, C, z, x, y] -> visual tokens [B, z*x*y, hidden]: normalise, 2-layer MLP, add position."""
+
+    def __init__(self, feature_dim: int, hidden: int, tokens: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(feature_dim)
+        self.mlp = nn.Sequential(nn.Linear(feature_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+        self.position = nn.Parameter(torch.zeros(tokens, hidden))
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        cells = grid.flatten(2).transpose(1, 2)
+        return self.mlp(self.norm(cells)) + self.position
+
+
+def splice_visual_tokens(embeddings: torch.Tensor, input_ids: torch.Tensor, image_token_id: int,
+                         visual: torch.Tensor) -> torch.Tensor:
+    """Replace the embeddings at the placeholder positions (row by row) with the visual tokens."""
+    placeholder = input_ids == image_token_id
+    counts = placeholder.sum(dim=1)
+    if not torch.all(counts == visual.shape[1]):
+        raise ModelError(f"each prompt needs {visual.shape[1]} image placeholders; found {counts.tolist()}")
+    spliced = embeddings.clone()
+    spliced[placeholder] = visual.reshape(-1, visual.shape[-1]).to(embeddings.dtype)
+    return spliced
+
+
+def prompt_text(tokenizer, question: str, visual_tokens: int) -> str:
+    """The chat prompt with the placeholders where the scan goes (none when the model is not shown a volume)."""
+    image = f"<|vision_start|>{IMAGE_TOKEN * visual_tokens}<|vision_end|>\n" if visual_tokens else ""
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": image + question}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def load_llm(folder: str, quantization: str = "none") -> tuple[nn.Module, object]:
+    """The causal LLM and tokenizer; 4-bit/8-bit (bitsandbytes) only on a CUDA machine, else a clear error."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict = {"dtype": torch.float32}
+    if quantization != "none":
+        if not torch.cuda.is_available():
+            raise ModelError(f"{quantization} loading needs a CUDA GPU with bitsandbytes; this machine has none (use quantization 'none')")
+        from transformers import BitsAndBytesConfig
+
+        kwargs = {"quantization_config": BitsAndBytesConfig(load_in_4bit=quantization == "4bit", load_in_8bit=quantization == "8bit",
+                                                            bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_type="nf4"),
+                  "device_map": {"": 0}, "dtype": torch.bfloat16}
+    elif torch.cuda.is_available():
+        kwargs = {"device_map": {"": 0}, "dtype": torch.bfloat16}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        llm = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    except OSError as exc:
+        raise ModelError(f"could not load the VLM's language model from {folder!r}: {exc}") from exc
+    return llm, tokenizer
+
+
+class ScanChatVLM(nn.Module):
+    """LLM (optionally with a LoRA adapter) + projector; works on cached feature grids or on volumes."""
+
+    def __init__(self, config: VLMConfig, llm: nn.Module, tokenizer) -> None:
+        super().__init__()
+        self.config = config
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        self.projector = VisualProjector(config.feature_dim, llm.config.hidden_size, config.visual_tokens).to(llm.device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.llm.device
+
+    def input_embeddings(self, input_ids: torch.Tensor, grids: torch.Tensor | None) -> torch.Tensor:
+        embeddings = self.llm.get_input_embeddings()(input_ids)
+        if grids is None:
+            return embeddings
+        visual = self.projector(grids.to(self.device, dtype=self.projector.position.dtype))
+        return splice_visual_tokens(embeddings, input_ids, self.image_token_id, visual)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, grids: torch.Tensor | None,
+                labels: torch.Tensor | None = None):
+        return self.llm(inputs_embeds=self.input_embeddings(input_ids, grids), attention_mask=attention_mask, labels=labels)
+
+    def _prompt_ids(self, question: str, with_volume: bool) -> torch.Tensor:
+        text = prompt_text(self.tokenizer, question, self.config.visual_tokens if with_volume else 0)
+        return self.tokenizer(text, return_tensors="pt").input_ids.to(self.device)
+
+    @torch.inference_mode()
+    def option_log_likelihoods(self, grid: torch.Tensor | None, question: str, options: list[str]) -> list[float]:
+        """Summed log-probability of each option as the answer (closed questions, M3D-Bench style)."""
+        prompt = self._prompt_ids(question, grid is not None)[0]
+        scores = []
+        for option in options:
+            answer = self.tokenizer(option, return_tensors="pt").input_ids[0].to(self.device)
+            ids = torch.cat([prompt, answer])[None]
+            grids = None if grid is None else grid[None]
+            logits = self(ids, torch.ones_like(ids), grids).logits[0, len(prompt) - 1 : -1].float()
+            scores.append(float(logits.log_softmax(-1).gather(1, answer[:, None]).sum()))
+        return scores
+
+    def generate_ids(self, grid: torch.Tensor | None, question: str, max_new_tokens: int, streamer=None) -> torch.Tensor:
+        ids = self._prompt_ids(question, grid is not None)
+        with torch.inference_mode():
+            embeddings = self.input_embeddings(ids, None if grid is None else grid[None])
+            return self.llm.generate(inputs_embeds=embeddings, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                     do_sample=False, temperature=None, top_p=None, top_k=None, streamer=streamer,
+                                     pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.config.save(folder)
+        torch.save(self.projector.state_dict(), folder / "projector.pt")
+        if hasattr(self.llm, "peft_config"):
+            self.llm.save_pretrained(folder / "adapter")
+
+
+def load_vlm(folder: Path, quantization: str = "none") -> ScanChatVLM:
+    """A trained VLM folder -> model in eval mode; missing or mismatched files are named in the error."""
+    from peft import PeftModel
+
+    config = VLMConfig.load(folder)
+    projector_file, adapter = folder / "projector.pt", folder / "adapter"
+    missing = [str(path.name) for path in (projector_file, adapter / "adapter_config.json") if not path.exists()]
+    if missing:
+        raise ModelError(f"the VLM folder {folder} lacks {', '.join(missing)}; retrain with `scanchat vlm train`")
+    llm, tokenizer = load_llm(config.llm_folder, quantization)
+    llm = PeftModel.from_pretrained(llm, adapter)
+    model = ScanChatVLM(config, llm, tokenizer)
+    state = torch.load(projector_file, map_location=model.device)
+    try:
+        model.projector.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelError(f"projector weights in {projector_file} do not fit the config ({exc})") from exc
+    return model.eval()

@@ -1,0 +1,175 @@
+"""Train ScanChat's VLM: alignment (projector only), then instruction tuning (projector + LoRA).
+
+    python -m assistant.vlm.train --data ~/.cache/scanchat/vlm/data --out ~/.cache/scanchat/models/scanchat-vlm-0.5b
+    scanchat vlm train ...        (the same)
+
+Reads the in-silico JSONL (`assistant.vlm.data`); encoder features are computed once and cached
+next to it, so each step costs only the LLM. The same script runs on a GPU through accelerate;
+with `--qlora` on CUDA the LLM is loaded in 4-bit (bitsandbytes) and prepared for k-bit training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from assistant.config import Settings, get_settings
+from assistant.models.base import ModelError
+from assistant.vlm.data import Case, default_data_dir, load_case_volume, read_cases
+from assistant.vlm.encoder import cached_features, get_encoder
+from assistant.vlm.model import ScanChatVLM, VLMConfig, load_llm, prompt_text
+
+log = logging.getLogger(__name__)
+DEFAULT_VLM_NAME = "scanchat-vlm-0.5b"
+
+
+@dataclass(frozen=True)
+class Example:
+    case_id: str
+    prompt: str
+    answer: str
+
+
+def default_llm_folder(settings: Settings) -> str:
+    """The transformers backend's dequantised Qwen2.5-Coder-0.5B (built once from the packaged GGUF)."""
+    from assistant.models.registry import resolve_model
+    from assistant.models.transformers_backend import _pretrained_source
+
+    return _pretrained_source(resolve_model("qwen2.5-coder-0.5b", settings), settings, None)
+
+
+def default_output(settings: Settings) -> Path:
+    return settings.models_dir / DEFAULT_VLM_NAME
+
+
+def case_features(data_dir: Path, cases: list[Case], encoder: str) -> dict[str, torch.Tensor]:
+    items = [(case.case_id, lambda case=case: load_case_volume(data_dir, case)) for case in cases]
+    return cached_features(data_dir / f"features-{encoder}.pt", items, encoder)
+
+
+def examples_for(cases: list[Case], tokenizer, visual_tokens: int) -> list[Example]:
+    return [Example(case.case_id, prompt_text(tokenizer, pair.question, visual_tokens), pair.answer)
+            for case in cases for pair in case.qa]
+
+
+def collate(examples: list[Example], tokenizer, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Right-padded ids; the loss sees only the answer and its end-of-turn token."""
+    rows, labels = [], []
+    for example in examples:
+        prompt = tokenizer(example.prompt).input_ids
+        answer = tokenizer(example.answer + "<|im_end|>").input_ids
+        rows.append(prompt + answer)
+        labels.append([-100] * len(prompt) + answer)
+    width = max(len(row) for row in rows)
+    pad = tokenizer.pad_token_id or tokenizer.eos_token_id
+    return {
+        "input_ids": torch.tensor([row + [pad] * (width - len(row)) for row in rows]),
+        "attention_mask": torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows]),
+        "labels": torch.tensor([label + [-100] * (width - len(label)) for label in labels]),
+        "grids": torch.stack([features[example.case_id].float() for example in examples]),
+    }
+
+
+def _run_stage(model: ScanChatVLM, accelerator, examples: list[Example], features: dict[str, torch.Tensor], steps: int,
+               batch_size: int, learning_rate: float, name: str, rng: random.Random) -> list[float]:
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=0.0)
+    optimizer = accelerator.prepare(optimizer)
+    losses = []
+    model.train()
+    with tqdm(range(steps), desc=name, unit="step") as bar:
+        for _ in bar:
+            batch = collate(rng.sample(examples, min(batch_size, len(examples))), model.tokenizer, features)
+            batch = {key: value.to(accelerator.device) for key, value in batch.items()}
+            with accelerator.autocast():
+                loss = model(**batch).loss
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+            losses.append(float(loss))
+            bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
+    model.eval()
+    return losses
+
+
+def train(data_dir: Path, out: Path, *, encoder: str = "merlin", align_steps: int = 60, tune_steps: int = 120,
+          batch_size: int = 8, learning_rate: float = 1e-3, lora_learning_rate: float = 2e-4, qlora: bool = False,
+          seed: int = 0, settings: Settings | None = None) -> dict:
+    """Train and save the VLM into `out`; returns a summary (losses, seconds) also written as train_log.json."""
+    from accelerate import Accelerator
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    settings = settings or get_settings()
+    if qlora and not torch.cuda.is_available():
+        raise ModelError("--qlora needs a CUDA GPU with bitsandbytes; this machine has none (drop --qlora to train in float32)")
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    started = time.perf_counter()
+    cases = [case for case in read_cases(data_dir / "cases.jsonl") if case.split == "train"]
+    if not cases:
+        raise ValueError(f"{data_dir / 'cases.jsonl'} has no training cases")
+    features = case_features(data_dir, cases, encoder)
+    sample_grid = next(iter(features.values()))
+    config = VLMConfig(encoder=encoder, feature_dim=int(sample_grid.shape[0]), grid=tuple(sample_grid.shape[1:]),
+                       llm_folder=default_llm_folder(settings))
+    llm, tokenizer = load_llm(config.llm_folder, "4bit" if qlora else "none")
+    if qlora:
+        llm = prepare_model_for_kbit_training(llm)
+    llm.requires_grad_(False)
+    model = ScanChatVLM(config, llm, tokenizer)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    model = accelerator.prepare(model)
+    examples = examples_for(cases, tokenizer, config.visual_tokens)
+
+    align = _run_stage(model, accelerator, examples, features, align_steps, batch_size, learning_rate, "alignment (projector)", rng)
+    model.llm = get_peft_model(model.llm, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.05,
+                                                     target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    tune = _run_stage(model, accelerator, examples, features, tune_steps, batch_size, lora_learning_rate,
+                      "instruction tuning (projector + LoRA)", rng)
+    accelerator.unwrap_model(model).save(out)
+    summary = {"encoder": get_encoder(encoder).info.name, "train_cases": len(cases), "examples": len(examples),
+               "align_loss_first_last": [align[0], sum(align[-10:]) / len(align[-10:])] if align else [],
+               "tune_loss_first_last": [tune[0], sum(tune[-10:]) / len(tune[-10:])] if tune else [],
+               "seconds": round(time.perf_counter() - started, 1), "device": str(accelerator.device), "qlora": qlora}
+    (out / "train_log.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, default=None, help="dataset folder with cases.jsonl (default: cache_dir/vlm/data)")
+    parser.add_argument("--out", type=Path, default=None, help=f"output folder (default: models_dir/{DEFAULT_VLM_NAME})")
+    parser.add_argument("--encoder", default="merlin", choices=["merlin", "intensity-grid"])
+    parser.add_argument("--align-steps", type=int, default=60)
+    parser.add_argument("--tune-steps", type=int, default=120)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--qlora", action="store_true", help="4-bit LLM + LoRA (CUDA and bitsandbytes only)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    summary = train(args.data or default_data_dir(settings), args.out or default_output(settings), encoder=args.encoder,
+                    align_steps=args.align_steps, tune_steps=args.tune_steps, batch_size=args.batch_size, qlora=args.qlora,
+                    seed=args.seed, settings=settings)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m assistant.vlm.train", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    torch.set_num_threads(get_settings().llm_threads)
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
