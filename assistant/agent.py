@@ -40,6 +40,8 @@ from tools.base import ScanTool, ToolError
 
 log = logging.getLogger(__name__)
 
+ANSWER_TOKENS = 200  # answers are one to three sentences; a cap keeps a rambling model from stalling the CPU
+
 
 class InputError(ValueError):
     """The user's message cannot be processed (empty, too long); the text says what to do."""
@@ -191,7 +193,7 @@ class Agent:
         """
         state: _State = {"messages": list(messages), "records": list(records), "pending": None, "steps": len(records)}
         called = [r.name for r in records]
-        name = self.chooser.choose(self._context(state), messages[0].content, list(self.tools), called)
+        name = self.chooser.choose(self._context(state, self._tool_menu()), messages[0].content, list(self.tools), called)
         self._count_usage()
         if name not in self.tools or name in called:
             return None
@@ -206,7 +208,8 @@ class Agent:
         arguments: dict[str, Any] = {}
         for _ in range(2):
             prompt = Template(load_prompt("agent/fill_arguments.md")).substitute(tool=tool.name, error=error)
-            messages = self._context(state) + [Message(role="user", content=prompt)]
+            card = f"The tool {tool.name}:\n{tool.description}"
+            messages = self._context(state, card) + [Message(role="user", content=prompt)]
             arguments = self.model.complete_json(messages, schema, max_new_tokens=160)
             self._count_usage()
             try:
@@ -249,7 +252,7 @@ class Agent:
         write = get_stream_writer()
         messages = self._context(state) + [Message(role="user", content=load_prompt("agent/answer.md"))]
         pieces: list[str] = []
-        for piece in self.model.stream(messages, volume=self.session.volume):
+        for piece in self.model.stream(messages, volume=self.session.volume, max_new_tokens=ANSWER_TOKENS):
             pieces.append(piece)
             write(TokenEvent(piece))
         self._count_usage()
@@ -275,11 +278,17 @@ class Agent:
 
     # -- prompts -------------------------------------------------------------------------
 
-    def _context(self, state: _State) -> list[Message]:
-        system = Template(load_prompt("agent/system.md")).substitute(
-            scan=self._scan_context(), tools="\n".join(f"- {t.name}: {t.description}" for t in self.tools.values())
+    def _context(self, state: _State, tools: str = "") -> list[Message]:
+        """System prompt + recent history + this turn. Each step gets only the tool text it needs
+        (a line per tool to choose, one full model card to fill arguments, none to answer), which
+        keeps prompts short: prefill dominates latency on a CPU."""
+        system = Template(load_prompt("agent/system.md")).substitute(scan=self._scan_context(), tools=tools)
+        return [Message(role="system", content=system.strip()), *self.history[-12:], *state["messages"]]
+
+    def _tool_menu(self) -> str:
+        return "Tools you can call:\n" + "\n".join(
+            f"- {t.name}: {t.description.split(chr(10))[0]}" for t in self.tools.values()
         )
-        return [Message(role="system", content=system), *self.history[-12:], *state["messages"]]
 
     def _scan_context(self) -> str:
         if self.session.volume is None:
