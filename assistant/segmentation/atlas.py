@@ -14,6 +14,7 @@ import numpy as np
 
 from assistant.imaging.progress import ProgressCallback, report
 from assistant.imaging.registration import Registration, load_template, register_to_template
+from assistant.segmentation.classical import head_mask
 from assistant.segmentation.prompts import Structure
 from assistant.volume import Volume
 
@@ -44,8 +45,9 @@ def segment_structure(volume: Volume, structure: Structure, progress: ProgressCa
     registration = registration_for(volume, progress)
     report(progress, 0.97, "mapping atlas labels onto the scan")
     if structure.rule == "brain_mr":
-        mask = registration.warp_labels(template.brain_mask) > 0
-        source = "Colin27 brain mask (ch2bet)"
+        # the brain lies inside the head: trims template brain that lands on background (skull-stripped scans)
+        mask = (registration.warp_labels(template.brain_mask) > 0) & head_mask(volume)
+        source = "Colin27 brain mask (ch2bet) within the head"
     else:
         ids = aal_label_ids(structure)
         if not ids:

@@ -97,13 +97,18 @@ def _lite_medsam(checkpoint: Path | None = None) -> torch.nn.Module:
 
 
 def _lite_medsam_segmenter(net: torch.nn.Module) -> SliceSegmenter:
+    """LiteMedSAM as trained: longest side scaled to 256, zero padding, box in the same frame."""
+
     def segment(image: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, float]:
         rows, cols = image.shape
+        scale = 256 / max(rows, cols)
+        new_rows, new_cols = max(1, round(rows * scale)), max(1, round(cols * scale))
         tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].repeat(1, 3, 1, 1)
-        tensor = F.interpolate(tensor, size=(256, 256), mode="bilinear", align_corners=False)
-        scale = np.array([256 / cols, 256 / rows, 256 / cols, 256 / rows])
+        tensor = F.interpolate(tensor, size=(new_rows, new_cols), mode="bilinear", align_corners=False)
+        tensor = F.pad(tensor, (0, 256 - new_cols, 0, 256 - new_rows))
         with torch.no_grad():
             logits = net(tensor, torch.as_tensor(box * scale, dtype=torch.float32).reshape(1, 4))
+            logits = logits[..., :new_rows, :new_cols]
             probability = torch.sigmoid(F.interpolate(logits, size=(rows, cols), mode="bilinear", align_corners=False))[0, 0]
         mask = (probability > 0.5).numpy()
         return mask, float(probability[probability > 0.5].mean()) if mask.any() else 0.0
