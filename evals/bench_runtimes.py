@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -130,13 +131,14 @@ def print_table(results: list[Measurement]) -> None:
         base = baseline.get((r.model, r.start))
         ratio = (
             f"load x{base.load_s / r.load_s:.1f} faster, tok/s x{r.tokens_per_s / base.tokens_per_s:.1f}"
-            if base and base is not r and r.load_s and base.tokens_per_s
+            if base and r.runtime != "transformers" and r.load_s and base.tokens_per_s
             else ""
         )
         print(
             f"{r.runtime:<13}{r.model:<20}{r.start:<6}{load:>14}{first:>13}{speed:>12}{r.json_s:>8g}{r.json_first_s:>9g}"
             f"{'yes' if r.json_valid else 'no':>6}{r.peak_rss_gb:>7g}  {ratio}"
         )
+    print(f"load average during the run: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores (timings scale with it)")
     print(f"targets for {DEFAULT_MODEL}: warm load <= {TARGETS['warm_load_s']} s, first token <= {TARGETS['first_token_s']} s, >= {TARGETS['tokens_per_s']} tok/s")
 
 
@@ -165,7 +167,7 @@ def main() -> int:
                         results.append(measured)
     print_table(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "targets": TARGETS, "results": [asdict(r) for r in results]}, indent=2))
+    args.out.write_text(json.dumps({"measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "load_average": os.getloadavg(), "targets": TARGETS, "results": [asdict(r) for r in results]}, indent=2))
     print(f"wrote {args.out}")
     return 0
 
