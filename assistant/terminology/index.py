@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import pickle
 import re
 import shutil
@@ -24,6 +25,7 @@ from typing import Literal
 import faiss
 import numpy as np
 from filelock import FileLock
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 from pydantic import BaseModel, Field
 
 from assistant.config import Settings, get_settings
@@ -38,7 +40,7 @@ from assistant.terminology.sources import check_sources, read_concepts, source_i
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAX_QUERY_CHARS = 500
 MAX_TEXT_CHARS = 20_000
 MAX_K = 100
@@ -56,7 +58,7 @@ class IndexOptions(BaseModel):
 
     sources: list[str] | None = None
     embedder: str = DEFAULT_EMBEDDER
-    index_type: IndexType = "flat"
+    index_type: IndexType = "hnsw"
     embedded_synonyms: int = Field(1, ge=0, description="Synonyms embedded per concept besides the preferred term.")
     embedded_icd10cm_length: int = Field(
         4, ge=3, description="ICD-10-CM codes longer than this (without the dot) are matched by string only; "
@@ -91,6 +93,57 @@ class Entry:
     kind: str
 
 
+@dataclass
+class EntryTable:
+    """The entries column by column (loading 450k small objects would take seconds); `keys` are
+    the exact-match forms, computed once at build time."""
+
+    texts: list[str]
+    concepts: np.ndarray
+    kinds: list[str]
+    keys: list[str]
+
+    @classmethod
+    def from_entries(cls, entries: list[Entry]) -> EntryTable:
+        return cls(texts=[e.text for e in entries], concepts=np.array([e.concept for e in entries], dtype=np.int64),
+                   kinds=[e.kind for e in entries],
+                   keys=[normalize_code(e.text) if e.kind == "code" else normalize_text(e.text) for e in entries])
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+class ConceptStore:
+    """Concepts as JSON lines read on demand through a memory map: only hits are ever parsed."""
+
+    def __init__(self, path: Path, offsets: np.ndarray, ids: list[str], sources: list[str]) -> None:
+        self._file = path.open("rb")
+        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if offsets[-1] else None
+        self._offsets = offsets
+        self.ids = ids
+        self.sources = np.array(sources)
+
+    @staticmethod
+    def write(folder: Path, concepts: list[Concept]) -> None:
+        lines = [concept.model_dump_json().encode() + b"\n" for concept in concepts]
+        (folder / "concepts.jsonl").write_bytes(b"".join(lines))
+        np.save(folder / "concept_offsets.npy", np.cumsum([0] + [len(line) for line in lines], dtype=np.int64))
+        (folder / "concept_keys.json").write_text(json.dumps({"ids": [c.id for c in concepts],
+                                                              "sources": [c.source for c in concepts]}))
+
+    @classmethod
+    def open(cls, folder: Path) -> ConceptStore:
+        keys = json.loads((folder / "concept_keys.json").read_text())
+        return cls(folder / "concepts.jsonl", np.load(folder / "concept_offsets.npy"), keys["ids"], keys["sources"])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def get(self, index: int) -> Concept:
+        start, end = int(self._offsets[index]), int(self._offsets[index + 1])
+        return Concept.model_validate_json(self._map[start:end])
+
+
 def fingerprint(options: IndexOptions, sources: list[SourceInfo], embedder_version: str) -> str:
     payload = json.dumps([FORMAT_VERSION, options.model_dump(), [s.model_dump(exclude={"concepts"}) for s in sources],
                           embedder_version], sort_keys=True)
@@ -108,25 +161,22 @@ def _entries_for(concept: Concept, index: int) -> list[Entry]:
 class TermIndex:
     """Search and normalise medical terms; obtain one with `get_term_index()` or `TermIndex.build`."""
 
-    def __init__(self, folder: Path, metadata: IndexMetadata, concepts: list[dict], entries: list[Entry],
+    def __init__(self, folder: Path, metadata: IndexMetadata, concepts: ConceptStore, entries: EntryTable,
                  embedded_rows: np.ndarray, vectors: faiss.Index, ngrams: CharNgramIndex) -> None:
         self.folder = folder
         self.metadata = metadata
-        self._concept_records = concepts
-        self._entries = entries
+        self._concepts = concepts
+        self._texts = entries.texts
+        self._entry_concepts = entries.concepts
         self._embedded_rows = embedded_rows  # FAISS row -> entry id
         self._vectors = vectors
         self._ngrams = ngrams
-        self._sources = np.array([record["source"] for record in concepts])
-        self._entry_concepts = np.array([entry.concept for entry in entries], dtype=np.int64)
+        self._sources = concepts.sources
         self._by_text: dict[str, list[int]] = {}
         self._by_code: dict[str, list[int]] = {}
-        for entry_id, entry in enumerate(entries):
-            if entry.kind == "code":
-                self._by_code.setdefault(normalize_code(entry.text), []).append(entry_id)
-            else:
-                self._by_text.setdefault(normalize_text(entry.text), []).append(entry_id)
-        self._concept_ids = {record["id"]: i for i, record in enumerate(concepts)}
+        for entry_id, (kind, key) in enumerate(zip(entries.kinds, entries.keys)):
+            (self._by_code if kind == "code" else self._by_text).setdefault(key, []).append(entry_id)
+        self._concept_ids = {concept_id: i for i, concept_id in enumerate(concepts.ids)}
 
     # --- building and loading --------------------------------------------------------------
 
@@ -160,28 +210,30 @@ class TermIndex:
             format_version=FORMAT_VERSION, fingerprint=fingerprint(options, infos, embedder.version), options=options,
             sources=infos, embedder=embedder.name, embedder_version=embedder.version, concepts=len(concepts),
             entries=len(entries), embedded=len(embedded_rows), build_seconds=round(time.perf_counter() - started, 1))
-        records = [concept.model_dump() for concept in concepts]
-        _save(folder, metadata, records, entries, embedded_rows, vectors, ngrams)
-        return cls(folder, metadata, records, entries, embedded_rows, vectors, ngrams)
+        _save(folder, metadata, concepts, EntryTable.from_entries(entries), embedded_rows, vectors, ngrams)
+        return cls.load(folder)
 
     @classmethod
     def load(cls, folder: Path) -> TermIndex:
         """Open a saved index (FAISS file memory-mapped); raises on any missing or corrupt file."""
         metadata = IndexMetadata.model_validate_json((folder / "metadata.json").read_text())
-        with (folder / "concepts.json").open() as handle:
-            records = json.load(handle)
+        concepts = ConceptStore.open(folder)
         with (folder / "entries.json").open() as handle:
-            entries = [Entry(*row) for row in json.load(handle)]
+            columns = json.load(handle)
+        entries = EntryTable(columns["texts"], np.load(folder / "entry_concepts.npy"), columns["kinds"], columns["keys"])
         embedded_rows = np.load(folder / "embedded_rows.npy")
         vectors = _read_faiss(folder / "vectors.faiss")
         with (folder / "ngrams.pkl").open("rb") as handle:
             ngrams = pickle.load(handle)  # written by `_save` into our own cache folder
-        if (len(records), len(entries), vectors.ntotal) != (metadata.concepts, metadata.entries, metadata.embedded) \
+        if (len(concepts), len(entries), vectors.ntotal) != (metadata.concepts, metadata.entries, metadata.embedded) \
                 or len(embedded_rows) != vectors.ntotal or ngrams.matrix.shape[0] != len(entries):
             raise ValueError(f"term index in {folder} is inconsistent with its metadata")
-        return cls(folder, metadata, records, entries, embedded_rows, _to_gpu(vectors), ngrams)
+        return cls(folder, metadata, concepts, entries, embedded_rows, _to_gpu(vectors), ngrams)
 
     # --- look-ups ----------------------------------------------------------------------------
+
+    def entry_text(self, entry_id: int) -> str:
+        return self._texts[entry_id]
 
     def knows(self, term: str) -> bool:
         """Whether `term` is a preferred term, synonym or label of some concept (exact, normalised)."""
@@ -192,7 +244,7 @@ class TermIndex:
         return None if index is None else self._concept(index)
 
     def _concept(self, index: int) -> Concept:
-        return Concept.model_validate(self._concept_records[index])
+        return self._concepts.get(index)
 
     def search(self, query: str, k: int = 10, lang: str = "en", sources: list[str] | None = None,
                method: SearchMethod = "fused") -> list[TermHit]:
@@ -208,7 +260,7 @@ class TermIndex:
     def _search(self, query: str, k: int, lang: str, allowed: np.ndarray | None, query_vector: np.ndarray | None,
                 method: SearchMethod = "fused") -> list[TermHit]:
         def keep(entry_ids: list[int]) -> list[int]:
-            return [e for e in entry_ids if allowed is None or allowed[self._entries[e].concept]]
+            return [e for e in entry_ids if allowed is None or allowed[self._entry_concepts[e]]]
 
         exact, ngram_rows, ngram_scores, semantic_entries, semantic_scores = [], [], [], [], []
         if method != "semantic":
@@ -222,7 +274,7 @@ class TermIndex:
         best_entry: dict[int, tuple[float, int]] = {}  # concept -> (confidence, entry id)
 
         def note(entry_id: int, confidence: float) -> int:
-            concept = self._entries[entry_id].concept
+            concept = self._entry_concepts[entry_id]
             if confidence > best_entry.get(concept, (-1.0, -1))[0]:
                 best_entry[concept] = (confidence, entry_id)
             return concept
@@ -237,7 +289,7 @@ class TermIndex:
         for concept_index in ranked:
             confidence, entry_id = best_entry[concept_index]
             concept = self._concept(concept_index)
-            hits.append(TermHit(concept=concept, matched=self._entries[entry_id].text,
+            hits.append(TermHit(concept=concept, matched=self._texts[entry_id],
                                 score=round(min(max(confidence, 0.0), 1.0), 4), label=concept.label(lang)))
         return hits
 
@@ -248,7 +300,7 @@ class TermIndex:
         scores, rows = self._vectors.search(query_vector[None, :].astype(np.float32), want)
         pairs = [(int(self._embedded_rows[r]), float(s)) for r, s in zip(rows[0], scores[0]) if r >= 0]
         if allowed is not None:
-            pairs = [(e, s) for e, s in pairs if allowed[self._entries[e].concept]]
+            pairs = [(e, s) for e, s in pairs if allowed[self._entry_concepts[e]]]
         pairs = pairs[:k]
         return [e for e, _ in pairs], [s for _, s in pairs]
 
@@ -273,26 +325,28 @@ class TermIndex:
         (abbreviations only in their capitalised form) or its embedding is within `threshold`
         cosine of an indexed term."""
         check_text(text, lang)
-        words = [m for m in re.finditer(r"[\w][\w'\-/]*", text)]
-        spans = [(words[i].start(), words[j].end()) for i in range(len(words))
-                 for j in range(i, min(i + max_words, len(words)))]
+        words = list(re.finditer(r"\w[\w'\-/]*", text))
         candidates: list[tuple[float, int, int, int, int]] = []  # (score, length, start, end, concept)
         semantic_spans = []
-        for start, end in spans:
-            surface = text[start:end]
-            exact = [e for e in self._by_text.get(normalize_text(surface), [])
-                     if not is_abbreviation(self._entries[e].text) or self._entries[e].text == surface]
-            if exact:
-                if len(surface) >= 3 or is_abbreviation(surface):
-                    candidates.append((1.0, end - start, start, end, self._entries[exact[0]].concept))
-            elif len(surface) >= 4 and not normalize_text(surface) in _STOPWORDS:
-                semantic_spans.append((start, end))
+        for i, first in enumerate(words):
+            if first.group().casefold() in FILLER_WORDS:
+                continue
+            for j in range(i, min(i + max_words, len(words))):
+                start, end = first.start(), words[j].end()
+                surface = text[start:end]
+                exact = [e for e in self._by_text.get(normalize_text(surface), [])
+                         if not is_abbreviation(self._texts[e]) or self._texts[e] == surface]
+                if exact and (len(surface) >= 3 or is_abbreviation(surface)):
+                    candidates.append((1.0, end - start, start, end, self._entry_concepts[exact[0]]))
+                elif (not exact and j - i < SEMANTIC_SPAN_WORDS and len(surface) >= 4
+                      and words[j].group().casefold() not in FILLER_WORDS):
+                    semantic_spans.append((start, end))
         if semantic_spans and self._vectors.ntotal:
             vectors = self._embed_queries([text[s:e] for s, e in semantic_spans])
             scores, rows = self._vectors.search(vectors, 1)
             for (start, end), score, row in zip(semantic_spans, scores[:, 0], rows[:, 0]):
                 if row >= 0 and score >= threshold:
-                    candidates.append((float(score), end - start, start, end, self._entries[self._embedded_rows[row]].concept))
+                    candidates.append((float(score), end - start, start, end, self._entry_concepts[self._embedded_rows[row]]))
         chosen: list[TermMention] = []
         for score, _, start, end, concept in sorted(candidates, key=lambda c: (-c[0], -c[1])):
             if all(end <= m.start or start >= m.end for m in chosen):
@@ -301,8 +355,10 @@ class TermIndex:
         return sorted(chosen, key=lambda m: m.start)
 
 
-_STOPWORDS = {"with", "without", "from", "this", "that", "there", "were", "have", "been", "which", "patient", "left",
-              "right", "small", "large", "signs", "showed", "shows", "scan", "the", "and", "was", "normal", "no"}
+# Words that never start or end a term mention (they may sit inside one: "fracture of the femur").
+FILLER_WORDS = frozenset(ENGLISH_STOP_WORDS | {"patient", "showed", "shows", "scan", "history", "signs", "normal",
+                                              "left", "right", "small", "large", "mild", "seen", "noted"})
+SEMANTIC_SPAN_WORDS = 4  # longer spans are matched exactly only: embedding every 6-gram is slow
 
 
 def check_search(query: str, k: int, lang: str, sources: list[str] | None) -> tuple[str, str]:
@@ -402,13 +458,15 @@ def _to_gpu(index: faiss.Index) -> faiss.Index:
     return index
 
 
-def _save(folder: Path, metadata: IndexMetadata, records: list[dict], entries: list[Entry],
+def _save(folder: Path, metadata: IndexMetadata, concepts: list[Concept], entries: EntryTable,
           embedded_rows: np.ndarray, vectors: faiss.Index, ngrams: CharNgramIndex) -> None:
     """Write into a temporary sibling folder, then swap it in, so a crash never leaves half an index."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", suffix=".building", dir=folder.parent))
-    (staging / "concepts.json").write_text(json.dumps(records, ensure_ascii=False))
-    (staging / "entries.json").write_text(json.dumps([[e.text, e.concept, e.kind] for e in entries], ensure_ascii=False))
+    ConceptStore.write(staging, concepts)
+    (staging / "entries.json").write_text(json.dumps({"texts": entries.texts, "kinds": entries.kinds,
+                                                      "keys": entries.keys}, ensure_ascii=False))
+    np.save(staging / "entry_concepts.npy", entries.concepts)
     np.save(staging / "embedded_rows.npy", embedded_rows)
     faiss.write_index(vectors, str(staging / "vectors.faiss"))
     with (staging / "ngrams.pkl").open("wb") as handle:

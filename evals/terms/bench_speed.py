@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, f"Vector search over {len(vectors)} vectors, k={K}, {args.queries} queries, 1 thread")
 
     terms = [entry for entry in rng(args.seed).sample(range(meta.entries), args.queries)]
-    texts = [index._entries[i].text[:200] for i in terms]
+    texts = [index.entry_text(i)[:200] for i in terms]
     end_to_end = []
     for method in ("lexical", "semantic", "fused"):
         timings = []
