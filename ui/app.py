@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ class ChatState:
     session: ScanSession = field(default_factory=ScanSession)
     cursor: dict[str, int] = field(default_factory=dict)  # plane -> slice index
     clicked: tuple[int, int, int] | None = None
+    export_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # this session's export folder
 
 
 class ScanChatApp:
@@ -51,6 +53,26 @@ class ScanChatApp:
                 progress(0.1, desc=f"Starting the model {self.settings.llm} (first start takes a while)")
             state.agent = Agent(load_chat_model(self.settings), state.session, self.settings)
         return state.agent
+
+    def _downloads(self, state: ChatState) -> list[str] | None:
+        """The last segmentation as NIfTI (and DICOM SEG for a DICOM scan), ready to download."""
+        from assistant.segmentation.export import save_dicom_seg, save_nifti
+        from tools.segment import SegmentResult
+
+        volume = state.session.volume
+        last = next((r.result for r in reversed(state.session.records) if isinstance(r.result, SegmentResult)), None)
+        if volume is None or last is None:
+            return None
+        folder = self.settings.cache_dir / "exports" / state.export_id
+        name = "".join(c if c.isalnum() else "_" for c in last.segmentation.target)[:40] or "mask"
+        files = [str(save_nifti(last.segmentation, volume, folder / f"{name}.nii.gz"))]
+        if volume.dicom_sources:
+            files.append(str(save_dicom_seg(last.segmentation, volume, folder / f"{name}-seg.dcm")))
+        return files
+
+    def _model_info(self, agent: Agent) -> str:
+        sees = "looks at the volume itself" if agent.model.sees_volumes else "reads the tools' results (it does not see the image)"
+        return f"Model: **{agent.model.name}** ({agent.model.runtime}) — {sees}."
 
     def _views(self, state: ChatState, window: str, show_overlays: bool):
         volume = state.session.volume
@@ -122,8 +144,9 @@ class ScanChatApp:
         except Exception as exc:  # model missing or broken: say so in the chat
             log.exception("model failed to start")
             history.append(gr.ChatMessage(role="assistant", content=f"The model could not start: {exc}"))
-            yield state, history, "", *self._views(state, window, show_overlays)
+            yield state, history, "", *self._views(state, window, show_overlays), gr.update(), gr.update()
             return
+        info = self._model_info(agent)
         history.append(gr.ChatMessage(role="user", content=message or ""))
         try:
             events = agent.run(message)
@@ -166,11 +189,18 @@ class ScanChatApp:
                         history.append(final)
                     else:
                         history[answer_index] = final
-                yield state, history, "", *self._views(state, window, show_overlays)
+                yield state, history, "", *self._views(state, window, show_overlays), gr.update(), info
         except InputError as exc:
             history.pop()
             gr.Warning(str(exc))
-            yield state, history, message, *self._views(state, window, show_overlays)
+            yield state, history, message, *self._views(state, window, show_overlays), gr.update(), info
+            return
+        try:
+            downloads = self._downloads(state)
+        except (OSError, ValueError) as exc:
+            log.warning("export failed: %s", exc)
+            downloads = None
+        yield state, history, "", *self._views(state, window, show_overlays), downloads, info
 
     # -- layout --------------------------------------------------------------------------
 
@@ -199,6 +229,8 @@ class ScanChatApp:
                     chatbot = gr.Chatbot(label="Chat", height=560, elem_id="chat")
                     message = gr.Textbox(placeholder="Ask about the scan…", show_label=False, elem_id="message")
                     send = gr.Button("Send", elem_id="send")
+                    model_info = gr.Markdown(elem_id="model-info")
+                    downloads = gr.File(label="Last mask (NIfTI; DICOM SEG for DICOM scans)", file_count="multiple", interactive=False)
 
             load_button.click(
                 self.load, [state, upload, sample, window], [state, window, *views, *sliders, info]
@@ -213,7 +245,11 @@ class ScanChatApp:
             for control in (window, show_overlays):
                 control.change(lambda s, w, o: self._views(s or ChatState(), w, o), refresh_inputs, views)
             for trigger in (send.click, message.submit):
-                trigger(self.respond, [state, message, chatbot, window, show_overlays], [state, chatbot, message, *views])
+                trigger(
+                    self.respond,
+                    [state, message, chatbot, window, show_overlays],
+                    [state, chatbot, message, *views, downloads, model_info],
+                )
         return demo
 
 
