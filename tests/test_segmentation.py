@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from assistant.imaging.progress import OperationCancelled
+from assistant.imaging.registration import load_template, register_to_template
 from assistant.scans.samples import load_sample, sample_labels
 from assistant.segmentation import (
     BoxPrompt,
@@ -134,3 +135,12 @@ def test_atlas_brain_and_left_hippocampus_on_the_itk_t1(itk_t1):
     hippocampus = segment(itk_t1, StructurePrompt(resolve_structure("left hippocampus", itk_t1.modality)))
     assert 2.0 < hippocampus.volume_ml < 8.0  # AAL Hippocampus_L is about 7 mL on Colin27
     assert hippocampus.centroid_mm[0] < brain.centroid_mm[0]  # RAS: left is negative x
+
+
+@pytest.mark.slow
+def test_registration_maps_the_scan_brain_onto_the_template_brain(itk_t1):
+    template = load_template("colin27")
+    registration = register_to_template(itk_t1, template, kind="affine+bspline")
+    on_template = registration.warp_to_template(label("mr-t1-itk", "skull_strip").astype(np.uint8), nearest=True) > 0
+    assert on_template.shape == template.volume.shape
+    assert dice(on_template, template.brain_mask) > 0.8
