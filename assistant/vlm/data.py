@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from assistant.anomaly.lesions import LesionSpec, insert_lesion
 from assistant.config import Settings, get_settings
-from assistant.imaging.registration import load_template
+from assistant.imaging.registration import TemplateUnavailableError, load_template
 from assistant.scans.loading import load_scan
 from assistant.scans.samples import load_sample, sample_labels
 from assistant.volume import Modality, ScanMetadata, Volume
@@ -137,21 +137,28 @@ def base_volume(name: str) -> BaseVolume:
     """A base volume at 2 mm with its brain mask and (MNI-space bases only) AAL labels."""
     volume = load_sample(name)
     data, affine = _resampled(volume, CASE_SPACING_MM)
-    colin = load_template("colin27")
-    aal_image = nib.Nifti1Image(colin.labels, colin.volume.affine)
     labels = sample_labels(name)
-    aal = None
+    aal, aal_names = None, {}
     if name == "ct-head":
         brain = _ct_brain(data)
     else:
         mask_label = {"mr-t1-mni152": "brain_mask", "mr-t1-colin27": "brain", "mr-t1-itk": "skull_strip"}[name]
         brain = _on_grid(nib.load(labels[mask_label]), data.shape, affine) > 0
         if name in ("mr-t1-mni152", "mr-t1-colin27"):  # both in MNI space: AAL applies directly
-            aal = _on_grid(aal_image, data.shape, affine)
+            aal, aal_names = _aal_on(data.shape, affine)
     centre_x = float(volume_world_x(affine, np.argwhere(brain)).mean())
     midline = 0.0 if aal is not None else centre_x
     resampled = Volume(data, affine, volume.metadata, name=name)
-    return BaseVolume(name, resampled, brain, midline, aal, colin.label_names)
+    return BaseVolume(name, resampled, brain, midline, aal, aal_names)
+
+
+def _aal_on(shape: tuple[int, ...], affine: np.ndarray) -> tuple[np.ndarray | None, dict[int, str]]:
+    """AAL (from mricron's Colin27) on a 2 mm MNI-space grid; without mricron-data, no region facts."""
+    try:
+        colin = load_template("colin27")
+    except TemplateUnavailableError:
+        return None, {}
+    return _on_grid(nib.Nifti1Image(colin.labels, colin.volume.affine), shape, affine), colin.label_names
 
 
 def volume_world_x(affine: np.ndarray, ijk: np.ndarray) -> np.ndarray:

@@ -1,0 +1,157 @@
+"""Benchmark ScanChat's 3D VLM on held-out in-silico cases, against a text-only LLM and chance, in one run.
+
+    python evals/bench_vlm.py [--data DIR] [--model DIR] [--limit N]
+
+M3D-Bench-style metrics on the evaluation base volumes (never seen in training): closed-question
+accuracy by topic (modality, presence, side, lobe, coverage; options scored by log-likelihood),
+lesion size error from the open answer, caption BLEU (sacrebleu) and ROUGE-L (rouge-score).
+Baselines: (a) the same Qwen2.5-0.5B without adapter or visual tokens, given the scan description
+that `describe_scan` would give (modality, grid, spacing, field of view; no image content), and
+(b) chance (uniform over the options; for size, the training-set mean diameter). Latency per answer
+and peak memory are measured here. Writes evals/results/bench_vlm.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import resource
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import sacrebleu
+import torch
+from rouge_score import rouge_scorer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from assistant.config import get_settings  # noqa: E402
+from assistant.vlm.data import Case, default_data_dir, load_case_volume, read_cases  # noqa: E402
+from assistant.vlm.model import load_vlm  # noqa: E402
+from assistant.vlm.train import case_features, default_output  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results" / "bench_vlm.json"
+_NUMBER = re.compile(r"(\d+(?:\.\d+)?)\s*mm")
+
+
+def scan_description(case: Case, data_dir: Path) -> str:
+    """What a text-only model knows without looking: the describe_scan facts, no image content."""
+    volume = load_case_volume(data_dir, case)
+    fov = " x ".join(f"{v:.0f}" for v in volume.field_of_view_mm)
+    spacing = " x ".join(f"{v:.1f}" for v in volume.spacing)
+    return (f"Scan facts from the describe_scan tool: modality {case.modality}, {volume.shape[0]}x{volume.shape[1]}x{volume.shape[2]} voxels, "
+            f"spacing {spacing} mm, field of view {fov} mm, orientation {volume.axcodes}. No other tool was run.\n")
+
+
+def parse_size(text: str) -> float | None:
+    found = _NUMBER.search(text) or re.search(r"(\d+(?:\.\d+)?)", text)
+    return float(found.group(1)) if found else None
+
+
+def evaluate(data_dir: Path, model_dir: Path, limit: int | None) -> dict:
+    torch.set_num_threads(get_settings().llm_threads)
+    cases = read_cases(data_dir / "cases.jsonl")
+    train_cases = [c for c in cases if c.split == "train"]
+    eval_cases = [c for c in cases if c.split == "eval"][:limit]
+    started = time.perf_counter()
+    vlm = load_vlm(model_dir)
+    load_seconds = time.perf_counter() - started
+    features = case_features(data_dir, eval_cases, vlm.config.encoder)
+    mean_train_size = statistics.mean(c.lesion.diameter_mm for c in train_cases if c.lesion)
+    correct: dict[str, dict[str, list[bool]]] = {arm: defaultdict(list) for arm in ("vlm", "text", "chance")}
+    size_error: dict[str, list[float]] = defaultdict(list)
+    captions: dict[str, list[str]] = defaultdict(list)
+    references: list[str] = []
+    closed_latency, open_latency = [], []
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    for case in eval_cases:
+        grid = features[case.case_id].float()
+        description = scan_description(case, data_dir)
+        for pair in case.qa:
+            if pair.kind == "closed":
+                tick = time.perf_counter()
+                vlm_scores = vlm.option_log_likelihoods(grid, pair.question, pair.options)
+                closed_latency.append(time.perf_counter() - tick)
+                with vlm.llm.disable_adapter():
+                    text_scores = vlm.option_log_likelihoods(None, description + pair.question, pair.options)
+                answer_index = pair.options.index(pair.answer)
+                correct["vlm"][pair.topic].append(max(range(len(vlm_scores)), key=vlm_scores.__getitem__) == answer_index)
+                correct["text"][pair.topic].append(max(range(len(text_scores)), key=text_scores.__getitem__) == answer_index)
+                correct["chance"][pair.topic].append(1 / len(pair.options))  # expected accuracy
+                continue
+            tick = time.perf_counter()
+            vlm_answer = _generate(vlm, grid, pair.question, 40)
+            open_latency.append(time.perf_counter() - tick)
+            with vlm.llm.disable_adapter():
+                text_answer = _generate(vlm, None, description + pair.question, 40)
+            if pair.topic == "size":
+                truth = case.lesion.diameter_mm
+                for arm, answer in (("vlm", vlm_answer), ("text", text_answer)):
+                    value = parse_size(answer)
+                    size_error[arm].append(abs(value - truth) if value is not None else truth)  # no number: error = truth
+                size_error["chance"].append(abs(mean_train_size - truth))
+            else:
+                captions["vlm"].append(vlm_answer)
+                captions["text"].append(text_answer)
+                references.append(pair.answer)
+    report: dict = {"eval_cases": len(eval_cases), "eval_bases": sorted({c.base for c in eval_cases}),
+                    "train_bases": sorted({c.base for c in train_cases}), "encoder": vlm.config.encoder,
+                    "load_seconds": round(load_seconds, 1), "arms": {}}
+    for arm in ("vlm", "text", "chance"):
+        topics = {topic: round(sum(map(float, values)) / len(values), 3) for topic, values in correct[arm].items()}
+        all_closed = [float(v) for values in correct[arm].values() for v in values]
+        entry = {"closed_accuracy": round(sum(all_closed) / len(all_closed), 3), **{f"{t}_accuracy": a for t, a in topics.items()},
+                 "size_mae_mm": round(statistics.mean(size_error[arm]), 2) if size_error[arm] else None}
+        if arm in captions:
+            entry["caption_bleu"] = round(sacrebleu.corpus_bleu(captions[arm], [references]).score, 2)
+            entry["caption_rougeL"] = round(statistics.mean(scorer.score(r, h)["rougeL"].fmeasure
+                                                            for r, h in zip(references, captions[arm])), 3)
+            entry["caption_examples"] = captions[arm][:3]
+        report["arms"][arm] = entry
+    report["latency_closed_s"] = round(statistics.median(closed_latency), 3) if closed_latency else None
+    report["latency_open_s"] = round(statistics.median(open_latency), 3) if open_latency else None
+    report["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2)
+    report["caption_references"] = references[:3]
+    report["targets_met"] = {"presence>=0.90": report["arms"]["vlm"].get("presence_accuracy", 0) >= 0.9,
+                             "side>=0.90": report["arms"]["vlm"].get("side_accuracy", 0) >= 0.9}
+    return report
+
+
+def _generate(vlm, grid, question: str, max_new_tokens: int) -> str:
+    ids = vlm.generate_ids(grid, question, max_new_tokens)
+    return vlm.tokenizer.decode(ids[0], skip_special_tokens=True).strip()
+
+
+def print_table(report: dict) -> None:
+    arms = report["arms"]
+    metrics = [key for key in arms["vlm"] if not key.endswith("examples")]
+    print(f"{'metric':24s} {'vlm':>10s} {'text-only':>10s} {'chance':>10s}")
+    for metric in metrics:
+        row = [arms[arm].get(metric) for arm in ("vlm", "text", "chance")]
+        print(f"{metric:24s} " + " ".join(f"{'-' if v is None else v:>10}" for v in row))
+    print(f"eval cases {report['eval_cases']} ({', '.join(report['eval_bases'])}); encoder {report['encoder']}; "
+          f"latency closed {report['latency_closed_s']} s, open {report['latency_open_s']} s; peak RSS {report['peak_rss_gb']} GB")
+    print(f"targets: {report['targets_met']}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=None)
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N held-out cases")
+    args = parser.parse_args()
+    settings = get_settings()
+    report = evaluate(args.data or default_data_dir(settings), args.model or default_output(settings), args.limit)
+    print_table(report)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2))
+    print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""The 3D vision-language core: preprocessing, in-silico cases, M3D-compatible model and loader, the project's VLM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from assistant.config import Settings
+from assistant.models.base import Message, ModelError
+from assistant.vlm.data import base_volume, case_questions, generate_cases, lobe_of, read_cases
+from assistant.vlm.encoder import IntensityGridEncoder
+from assistant.vlm.m3d import M3DLaMed, M3DVisionConfig, load_m3d_checkpoint, map_checkpoint_key
+from assistant.vlm.model import load_llm
+from assistant.vlm.preprocess import SliceSelection, VolumeNotSupported, axial_slices, check_volume, m3d_input
+from assistant.volume import Modality, ScanLoadError, ScanMetadata, Volume
+
+IMAGE_TOKEN_ID = 299
+
+
+def _volume(data: np.ndarray, modality: Modality = Modality.MR, spacing: float = 2.0) -> Volume:
+    return Volume(data.astype(np.float32), np.diag([spacing, spacing, spacing, 1.0]), ScanMetadata(source_format="NumPy", modality=modality))
+
+
+def _blob_on_right(shape=(40, 48, 36)) -> Volume:
+    data = np.random.default_rng(0).normal(100, 5, shape)
+    data[30:36, 20:28, 15:21] = 400  # high x index = patient's right in RAS order
+    return _volume(data)
+
+
+# --- preprocessing -----------------------------------------------------------------------
+
+
+def test_m3d_input_is_1x32x256x256_in_unit_range_and_radiological():
+    image = m3d_input(_blob_on_right())
+    assert image.shape == (1, 32, 256, 256)
+    assert image.min() >= 0.0 and image.max() <= 1.0
+    bright_columns = np.argwhere(image[0] > 0.9)[:, 2]
+    assert bright_columns.mean() < 128  # the patient's right is on the image's left
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (np.ones((64, 64, 1)) * np.arange(64)[:, None, None], "at least 8"),
+        (np.where(np.eye(16)[:, :, None] > 0, np.nan, 1.0) * np.ones((16, 16, 16)), "NaN"),
+        (np.zeros((16, 16, 16)), "same value"),
+    ],
+)
+def test_unusable_volumes_are_refused_with_a_reason(data, message):
+    with pytest.raises(VolumeNotSupported, match=message):
+        check_volume(_volume(data))
+
+
+def test_a_2d_array_is_not_a_volume():
+    with pytest.raises(ScanLoadError):
+        Volume(np.zeros((64, 64), dtype=np.float32), np.eye(4), ScanMetadata(source_format="NumPy"))
+
+
+def test_slice_selection_is_explicit_and_windowed_to_uint8():
+    images, indices = axial_slices(_blob_on_right(), SliceSelection(count=4, size=64))
+    assert len(images) == len(indices) == 4 and indices == sorted(indices)
+    assert images[0].shape == (64, 64, 3) and images[0].dtype == np.uint8
+
+
+def test_ct_window_saturates_bone_and_keeps_blood_apart_from_brain():
+    hu = np.full((16, 16, 16), 35.0)
+    hu[:4], hu[-4:] = 1000.0, 70.0  # bone, blood-like
+    image = m3d_input(_volume(hu, Modality.CT))[0]
+    assert image.max() == pytest.approx(1.0)
+    assert image[image > 0].min() < 0.6 < image.max()
+
+
+# --- in-silico cases -----------------------------------------------------------------------
+
+
+def test_questions_follow_the_facts():
+    qa = {pair.topic: pair for pair in case_questions("CT", whole_head=False, lesion=None)}
+    assert qa["modality"].answer == "CT" and qa["presence"].answer == "no" and qa["coverage"].answer == "no"
+    assert "side" not in qa and "size" not in qa
+    assert lobe_of("Frontal_Sup_L") == "frontal" and lobe_of("Thalamus_R") == "other"
+
+
+@pytest.mark.slow
+def test_generated_lesions_are_on_their_stated_side_and_split_by_base(tmp_path):
+    cases = generate_cases(tmp_path, cases_per_base=4, seed=3, bases=("mr-t1-mni152", "mr-t1-colin27"))
+    assert {c.split for c in cases if c.base == "mr-t1-colin27"} == {"eval"}
+    assert {c.split for c in cases if c.base == "mr-t1-mni152"} == {"train"}
+    lesions = [c for c in cases if c.lesion]
+    assert lesions, "every second case carries a lesion"
+    for case in lesions:
+        x_mm = case.lesion.center_mm[0]
+        assert (x_mm > 0) == (case.lesion.side == "right")  # MNI space: x > 0 is the patient's right
+        assert 15 <= case.lesion.diameter_mm <= 30
+        base = base_volume(case.base).volume
+        image = nib.load(tmp_path / case.image)
+        centre = np.round(np.linalg.solve(image.affine, [*case.lesion.center_mm, 1])[:3]).astype(int)
+        base_centre = np.round(base.world_to_voxel(case.lesion.center_mm)).astype(int)
+        assert abs(float(image.dataobj[tuple(centre)]) - float(base.data[tuple(base_centre)])) > 0.1 * np.percentile(base.data, 99)
+        assert case.qa[0].answer.count(case.lesion.side) == 1
+    assert read_cases(tmp_path / "cases.jsonl") == cases
+
+
+# --- M3D-LaMed-compatible model ----------------------------------------------------------------
+
+
+def _tiny_m3d() -> M3DLaMed:
+    torch.manual_seed(0)
+    llm = Qwen2ForCausalLM(Qwen2Config(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2))
+    return M3DLaMed(M3DVisionConfig(hidden_size=32, layers=2, heads=4, mlp_dim=64), llm, IMAGE_TOKEN_ID).eval()
+
+
+def _published_state(model: M3DLaMed) -> dict[str, torch.Tensor]:
+    """The model's weights under the published M3D-LaMed names (the inverse of the loader's mapping)."""
+    names = {}
+    vision = "model.vision_tower.vision_tower."
+    names[vision + "patch_embedding.patch_embeddings.1.weight"] = "vision_tower.patch_embedding.weight"
+    names[vision + "patch_embedding.patch_embeddings.1.bias"] = "vision_tower.patch_embedding.bias"
+    names[vision + "patch_embedding.position_embeddings"] = "vision_tower.position_embedding"
+    names[vision + "norm.weight"], names[vision + "norm.bias"] = "vision_tower.norm.weight", "vision_tower.norm.bias"
+    for i in range(len(model.vision_tower.blocks.layers)):
+        for published in ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias", "attn.qkv.weight", "attn.out_proj.weight",
+                          "attn.out_proj.bias", "mlp.linear1.weight", "mlp.linear1.bias", "mlp.linear2.weight", "mlp.linear2.bias"):
+            names[f"{vision}blocks.{i}.{published}"] = map_checkpoint_key(f"{vision}blocks.{i}.{published}")
+    for layer in ("0", "2"):
+        for kind in ("weight", "bias"):
+            key = f"model.mm_projector.projector.{layer}.{kind}"
+            names[key] = map_checkpoint_key(key)
+    own = model.state_dict()
+    for key in own:
+        if key.startswith("llm."):
+            names[key[len("llm."):]] = key
+    return {published: own[ours].clone() for published, ours in names.items() if ours in own}
+
+
+def test_m3d_forward_splices_256_visual_tokens_and_generates():
+    model = _tiny_m3d()
+    ids = torch.tensor([[1, 2] + [IMAGE_TOKEN_ID] * 256 + [3]])
+    image = torch.from_numpy(m3d_input(_blob_on_right()))[None]
+    assert model(ids, image).logits.shape == (1, 259, 300)
+    assert model.generate(ids, image, 4, pad_token_id=0).shape[1] == 4
+    with pytest.raises(ModelError, match="256 image placeholders"):
+        model(ids[:, :100], image)
+
+
+def test_published_checkpoint_round_trips_through_the_key_mapping():
+    source, target = _tiny_m3d(), _tiny_m3d()
+    for parameter in source.parameters():
+        torch.nn.init.normal_(parameter, std=0.02) if parameter.requires_grad else None
+    report = load_m3d_checkpoint(target, _published_state(source))
+    assert report.missing == [] and report.mismatched == []
+    ids = torch.tensor([[5] + [IMAGE_TOKEN_ID] * 256 + [7]])
+    image = torch.rand(1, 1, 32, 256, 256)
+    with torch.inference_mode():
+        assert torch.allclose(source(ids, image).logits, target(ids, image).logits, atol=1e-5)
+
+
+def test_checkpoint_with_missing_or_mismatched_keys_names_them():
+    model = _tiny_m3d()
+    state = _published_state(model)
+    del state["model.mm_projector.projector.0.weight"]
+    state["model.vision_tower.vision_tower.norm.weight"] = torch.zeros(7)
+    with pytest.raises(ModelError, match=r"mm_projector\.linear_1\.weight.*norm\.weight: \[7\]"):
+        load_m3d_checkpoint(model, state)
+
+
+# --- the project's VLM ---------------------------------------------------------------------
+
+
+def test_weight_free_encoder_keeps_left_and_right_apart():
+    encoder = IntensityGridEncoder()
+    right = encoder.features(_blob_on_right())
+    left = encoder.features(_volume(_blob_on_right().data[::-1].copy()))
+    assert right.shape == (6, 4, 4, 4)  # [C, z, x, y]
+    assert right[1, :, 3].max() > right[1, :, 0].max() and left[1, :, 0].max() > left[1, :, 3].max()
+
+
+def test_gpu_quantization_on_a_cpu_machine_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ModelError, match="CUDA"):
+        load_llm("unused", "4bit")
+
+
+@pytest.mark.slow
+def test_trained_vlm_answers_from_the_volume_and_falls_back_on_a_2d_image(tmp_path):
+    from assistant.vlm.backends import ScanChatVLMChatModel, load_vision_model_or_text
+    from assistant.vlm.train import train
+
+    data = tmp_path / "data"
+    generate_cases(data, cases_per_base=2, seed=1, bases=("mr-t1-mni152",))
+    settings = Settings(cache_dir=Path.home() / ".cache" / "scanchat")
+    summary = train(data, tmp_path / "vlm", encoder="intensity-grid", align_steps=2, tune_steps=2, batch_size=2, settings=settings)
+    assert summary["tune_loss_first_last"][0] > 0
+    model = ScanChatVLMChatModel(tmp_path / "vlm", settings)
+    answer = "".join(model.stream([Message(role="user", content="Is there a focal lesion in this scan?")],
+                                  volume=_blob_on_right(), max_new_tokens=4))
+    assert answer and model.last_looked_at_volume and model.last_usage.completion_tokens > 0
+    flat = _volume(np.random.default_rng(0).normal(size=(64, 64, 2)))
+    "".join(model.stream([Message(role="user", content="Describe this scan.")], volume=flat, max_new_tokens=4))
+    assert not model.last_looked_at_volume and "at least 8" in model.last_volume_note
+    fallback, note = load_vision_model_or_text(f"m3d:{tmp_path / 'missing'}", settings.model_copy(update={"llm": "smollm2-135m"}))
+    assert not fallback.sees_volumes and "does not exist" in note
