@@ -284,14 +284,16 @@ class TermIndex:
         semantic_ranking = [note(int(e), float(s)) for e, s in zip(semantic_entries, semantic_scores)]
         fused = reciprocal_rank_fusion([list(dict.fromkeys(r)) for r in (exact_ranking, ngram_ranking, semantic_ranking)],
                                        weights=[10.0, 1.0, 1.0])
-        ranked = sorted(fused, key=lambda c: (fused[c], best_entry[c][0]), reverse=True)[:k]
+        ranked = sorted(fused, key=lambda c: (fused[c], best_entry[c][0]), reverse=True)[:k * 2]
         hits = []
         for concept_index in ranked:
             confidence, entry_id = best_entry[concept_index]
             concept = self._concept(concept_index)
             hits.append(TermHit(concept=concept, matched=self._texts[entry_id],
                                 score=round(min(max(confidence, 0.0), 1.0), 4), label=concept.label(lang)))
-        return hits
+        # Asked in another language, an equally good concept with a label in it comes first.
+        hits.sort(key=lambda hit: hit.score == 1.0 and hit.label is not None, reverse=True)
+        return hits[:k]
 
     def _semantic(self, query_vector: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[list[int], list[float]]:
         if self._vectors.ntotal == 0:
