@@ -24,7 +24,7 @@ TOOL_CHOICE_SCHEMA = {
     "type": "object",
     "properties": {
         "tool": {"type": "string", "enum": ["describe_scan", "segment", "translate"]},
-        "reason": {"type": "string", "maxLength": 40},
+        "reason": {"type": "string"},  # no maxLength: llama.cpp's grammar for it is very slow
     },
     "required": ["tool", "reason"],
 }
@@ -132,7 +132,6 @@ def test_transformers_json_output_follows_the_schema(smollm2):
 
     choice = ToolChoice.model_validate(answer)
     assert choice.tool in {"describe_scan", "segment", "translate"}
-    assert len(choice.reason) <= 40
 
 
 @pytest.mark.slow
