@@ -128,7 +128,7 @@ def test_fhir_bundle_validates_and_carries_the_measured_values(desk, ct_session)
     bundle = Bundle.model_validate(fhir_bundle(version))
     report, *observations = [entry.resource for entry in bundle.entry]
     assert report.get_resource_type() == "DiagnosticReport" and report.status == "final"
-    values = {(o.valueQuantity.value, o.valueQuantity.code) for o in observations if o.valueQuantity}
+    values = {(float(o.valueQuantity.value), o.valueQuantity.code) for o in observations if o.valueQuantity}
     distance = next(f for f in version.content.findings if f.source_tool == "measure_distance").quantities[0]
     assert (distance.value, "mm") in values
     assert len(report.result) == len(observations) == len(version.content.findings)
@@ -142,8 +142,9 @@ def test_dicom_sr_references_the_source_series_and_reads_back(desk, dicom_sessio
     assert evidence.SeriesInstanceUID == version.content.scan.series_instance_uid
     assert len(evidence.ReferencedSOPSequence) == len(dicom_session.volume.dicom_sources)
     distance = next(f for f in version.content.findings if f.source_tool == "measure_distance").quantities[0]
-    numbers = [item for item in sr.content.ContentSequence if item.ValueType == "CONTAINER"]
-    assert numbers, "the SR holds the Imaging Measurements container"
+    measured = [(float(m.value), m.unit.value) for group in sr.content.get_image_measurement_groups()
+                for m in group.get_measurements()]
+    assert (distance.value, "mm") in measured
     if shutil.which("dsrdump"):
         dump = subprocess.run(["dsrdump", str(path)], capture_output=True, text=True, check=True).stdout
         assert f'"{distance.value:g}" (mm,UCUM' in dump

@@ -16,8 +16,9 @@ from pydantic import BaseModel
 from assistant.findings import Finding
 from assistant.grounding import check_grounding, numbers_in
 from assistant.reports.model import SECTIONS, ReportText, Section
-from assistant.reports.terms import CLINICAL_KINDS
+from assistant.reports.terms import CLINICAL_KINDS, group_mentions
 from assistant.terminology.lexical import is_abbreviation
+from assistant.terminology.models import Concept
 
 FlagKind = Literal["ungrounded_number", "inconsistent_term", "unmapped_term", "ambiguous_abbreviation"]
 # Units a number in a report can carry, as written -> the unit the findings use.
@@ -87,14 +88,11 @@ def term_flags(section: Section, text: str, findings: list[Finding], index) -> l
         return []
     wording = {f.concept_id: f.what for f in findings if f.concept_id}
     flags = []
-    mentions = index.normalize(text)
-    by_concept: dict[str, list] = defaultdict(list)
-    for mention in mentions:
-        by_concept[mention.concept.id].append(mention)
-    for concept_id, group in by_concept.items():
-        chosen = wording.get(concept_id) or _most_common(m.text for m in group)
+    mentions = [m for m in index.normalize(text) if not is_abbreviation(m.text)]
+    for ids, group in group_mentions(mentions, index):
+        chosen = next((wording[i] for i in ids if i in wording), None) or _most_common(m.text for m in group)
         for mention in group:
-            if mention.text.casefold() != chosen.casefold() and not is_abbreviation(mention.text):
+            if mention.text.casefold() != chosen.casefold():
                 flags.append(ReportFlag(
                     kind="inconsistent_term", section=section, start=mention.start, end=mention.end, text=mention.text,
                     message=f"'{mention.text}' and '{chosen}' name the same concept ({mention.concept.preferred}); "
@@ -108,14 +106,26 @@ def _most_common(texts) -> str:
     return max(texts, key=texts.count)
 
 
+def _terms(concept: Concept) -> set[str]:
+    return {t.casefold() for t in (concept.preferred, *concept.synonyms)}
+
+
+def _same_idea(a: Concept, b: Concept, abbreviation: str) -> bool:
+    """Linked across sources, or sharing a written-out term (not just the abbreviation)."""
+    return a.id == b.id or b.id in a.related or bool((_terms(a) & _terms(b)) - {abbreviation.casefold()})
+
+
 def _ambiguous_abbreviations(section: Section, text: str, index) -> list[ReportFlag]:
     flags = []
     for match in re.finditer(r"\b[A-Z][A-Z0-9]{1,5}\b", text):
         token = match.group(0)
         if token in REPORT_VOCABULARY or not is_abbreviation(token):
             continue
-        exact = [hit for hit in index.search(token, k=10) if hit.matched == token]
-        meanings = list(dict.fromkeys(hit.concept.preferred for hit in exact))
+        meanings: list[Concept] = []
+        for hit in index.search(token, k=10):
+            if hit.matched == token and not any(_same_idea(hit.concept, m, token) for m in meanings):
+                meanings.append(hit.concept)
+        meanings = [m.preferred for m in meanings]
         if len(meanings) > 1:
             flags.append(ReportFlag(
                 kind="ambiguous_abbreviation", section=section, start=match.start(), end=match.end(), text=token,

@@ -7,13 +7,12 @@ off for that concept if there is one, else the concept's preferred term) and car
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 from pydantic import BaseModel
 
 from assistant.findings import Finding
-from assistant.terminology.models import Concept
+from assistant.terminology.models import Concept, TermMention
 
 # Finding kinds whose `what` is a clinical term; technique and measurement names are the tools' own.
 CLINICAL_KINDS = {"structure", "anomaly", "term", "observation"}
@@ -85,9 +84,28 @@ def normalise_findings(findings: list[Finding], index, wordings: Mapping[str, st
     return normalised, list(cache.values())
 
 
-def replace_span(text: str, start: int, end: int, replacement: str) -> str:
-    return text[:start] + replacement + text[end:]
+def equivalent_ids(text: str, concept: Concept, index) -> set[str]:
+    """Ids of every concept `text` names exactly, in any source, plus their cross-source links.
+
+    The sources overlap ("heart attack" is an HPO synonym of Myocardial infarction and an ICD-10
+    inclusion term of I21); two mentions name the same idea when these sets intersect.
+    """
+    ids = {concept.id, *concept.related}
+    for hit in index.search(text, k=5):
+        if hit.score >= 1.0 and hit.matched.casefold() == text.casefold():
+            ids |= {hit.concept.id, *hit.concept.related}
+    return ids
 
 
-def word_pattern(term: str) -> re.Pattern[str]:
-    return re.compile(rf"(?<!\w){re.escape(term)}(?!\w)", re.IGNORECASE)
+def group_mentions(mentions: list[TermMention], index) -> list[tuple[set[str], list[TermMention]]]:
+    """Mentions grouped by the idea they name (union of intersecting `equivalent_ids`)."""
+    by_text: dict[str, set[str]] = {}
+    groups: list[tuple[set[str], list[TermMention]]] = []
+    for mention in mentions:
+        key = mention.text.casefold()
+        ids = by_text.setdefault(key, equivalent_ids(mention.text, mention.concept, index))
+        joined = [g for g in groups if g[0] & ids]
+        merged_ids = set(ids).union(*(g[0] for g in joined))
+        merged = [m for g in joined for m in g[1]] + [mention]
+        groups = [g for g in groups if not any(g is j for j in joined)] + [(merged_ids, merged)]
+    return groups
