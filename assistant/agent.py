@@ -29,9 +29,9 @@ from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from pydantic import ValidationError
 
-from assistant.choosers import NO_TOOL, make_chooser
+from assistant.choosers import NO_TOOL, example_index, make_chooser
 from assistant.config import Settings, get_settings
-from assistant.grounding import GroundingReport, check_grounding
+from assistant.grounding import GroundingReport, check_grounding, invented_arguments
 from assistant.models.base import ChatModel, Message
 from assistant.session import ScanSession, ToolRecord
 from prompts import load_prompt
@@ -200,23 +200,41 @@ class Agent:
         return name, self._fill_arguments(state, self.tools[name])
 
     def _fill_arguments(self, state: _State, tool: ScanTool) -> dict[str, Any]:
-        """Constrained argument generation, with one repair round when validation fails."""
+        """Constrained argument generation, checked twice before the tool runs.
+
+        Optional arguments whose numbers appear nowhere in the conversation are dropped (the tool's
+        default applies: "the centre" stays the centre); arguments failing the schema's validators
+        get one repair round with the validation error shown to the model.
+        """
         schema = tool.args_schema.model_json_schema()
         if not schema.get("properties"):
             return {}
+        request = state["messages"][0].content
+        examples = "\n".join(
+            f'- "{e.text}" -> {json.dumps(e.arguments)}' for e, _ in example_index().nearest(request, 4, [tool.name])
+        )
+        sources = [m.content for m in [*self.history, *state["messages"]]]
+        optional = {name for name, field in tool.args_schema.model_fields.items() if not field.is_required()}
         error = ""
         arguments: dict[str, Any] = {}
         for _ in range(2):
-            prompt = Template(load_prompt("agent/fill_arguments.md")).substitute(tool=tool.name, error=error)
+            prompt = Template(load_prompt("agent/fill_arguments.md")).substitute(
+                tool=tool.name, examples=examples, error=error
+            )
             card = f"The tool {tool.name}:\n{tool.description}"
             messages = self._context(state, card) + [Message(role="user", content=prompt)]
             arguments = self.model.complete_json(messages, schema, max_new_tokens=160)
             self._count_usage()
+            invented = invented_arguments(arguments, sources)
+            arguments = {k: v for k, v in arguments.items() if not (k in invented and k in optional)}
             try:
                 tool.args_schema.model_validate(arguments)
-                return arguments
             except ValidationError as exc:
                 error = f"Your previous arguments {json.dumps(arguments)} were invalid: {_brief(exc)}. Fix them."
+                continue
+            if not invented or set(invented) <= optional:
+                return arguments
+            error = f"These values were not given by the user: {', '.join(invented)}. Use only values from the conversation."
         return arguments  # still invalid: the tool reports the validation error to the model
 
     def _act(self, state: _State) -> dict[str, Any]:

@@ -64,3 +64,26 @@ def check_grounding(answer: str, sources: Iterable[str]) -> GroundingReport:
 
 def _is_count(match: re.Match[str], text: str) -> bool:
     return match.group(0) in _TRIVIAL and not _UNIT_AFTER.match(text, match.end())
+
+
+def _numbers_of(value: object) -> list[float]:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, (int, float)):
+        return [float(value)]
+    if isinstance(value, (list, tuple)):
+        return [n for item in value for n in _numbers_of(item)]
+    return []
+
+
+def invented_arguments(arguments: dict[str, object], sources: Iterable[str]) -> list[str]:
+    """Argument names whose numbers appear nowhere in the conversation (the model made them up).
+
+    Coordinates, radii and sizes must come from the user (or an earlier tool result); a small
+    model filling a schema tends to invent plausible ones, such as a point for "the centre".
+    """
+    known = {_value(t) for text in sources for t in numbers_in(text)}
+    return [
+        name for name, value in arguments.items()
+        if any(n not in known for n in _numbers_of(value))
+    ]

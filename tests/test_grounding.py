@@ -32,3 +32,12 @@ def test_small_numbers_with_units_are_measurements():
     assert check_grounding("The slice thickness is 1.0 mm.", ["thickness 1.50 mm"]).ungrounded == ["1.0"]
     assert check_grounding("It is 3 mm thick.", ["thickness 1.50 mm"]).ungrounded == ["3"]
     assert check_grounding("I found 2 regions.", ["score 0.91"]).ok
+
+
+def test_argument_numbers_not_in_the_conversation_are_invented():
+    from assistant.grounding import invented_arguments
+
+    question = ["What is the intensity at the centre of the volume?"]
+    assert invented_arguments({"point": [50, 50, 50], "radius_mm": 10, "units": "voxel"}, question) == ["point", "radius_mm"]
+    assert invented_arguments({"point": [30, 45, 12]}, ["HU at voxel (30, 45, 12)?"]) == []
+    assert invented_arguments({"text": "no bleeding", "k": 5}, ["look up 5 terms for bleeding"]) == []
