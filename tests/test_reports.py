@@ -82,6 +82,8 @@ def test_export_is_refused_while_a_number_is_ungrounded(desk, ct_session, tmp_pa
     edited = desk.edit(version.report_id, text, "Dr A", version.number, ct_session.volume)
     with pytest.raises(ReportError, match="31.5 mL"):
         desk.export(version.report_id, tmp_path / "out", ["markdown"], ct_session.volume)
+    with pytest.raises(ReportError, match="31.5 mL"):
+        desk.sign(version.report_id, "Dr A", ct_session.volume)
     assert edited.number == 2
 
 

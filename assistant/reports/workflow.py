@@ -14,7 +14,7 @@ from assistant.models.base import ChatModel
 from assistant.reports.checks import ReportFlag, apply_all_fixes, check_report
 from assistant.reports.collect import require_same_scan
 from assistant.reports.draft import draft_report
-from assistant.reports.export import ExportPaths, export_report
+from assistant.reports.export import ExportPaths, export_report, require_exportable
 from assistant.reports.model import ReportText, ReportVersion
 from assistant.reports.store import ReportStore
 from assistant.reports.translate import translate_report, with_translation
@@ -64,7 +64,10 @@ class ReportDesk:
         return self.edit(report_id, fixed, author, latest.number, volume, "applied the checker's fixes")
 
     def sign(self, report_id: str, signer: str, volume: Volume | None) -> ReportVersion:
-        require_same_scan(self.store.latest(report_id).content.scan, volume)
+        """Sign the latest version, unless it states numbers no finding supports."""
+        latest = self.store.latest(report_id)
+        require_same_scan(latest.content.scan, volume)
+        require_exportable(latest)
         return self.store.sign(report_id, signer)
 
     def translate(self, report_id: str, language: str, author: str, volume: Volume | None, *,
