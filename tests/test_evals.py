@@ -223,9 +223,11 @@ def _settings():
 
 @pytest.fixture(scope="module")
 def small_model():
+    """The 135M test model; short answers keep the smoke run fast (the suite only checks the harness path)."""
     from assistant.models.registry import load_chat_model
 
-    return load_chat_model(_settings(), name="smollm2-135m", runtime="transformers")
+    settings = _settings().model_copy(update={"max_new_tokens": 96})
+    return load_chat_model(settings, name="smollm2-135m", runtime="transformers")
 
 
 @pytest.mark.slow
