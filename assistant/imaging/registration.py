@@ -30,6 +30,9 @@ TemplateName = Literal["mni152", "colin27"]
 
 MRICRON_TEMPLATES = Path("/usr/share/mricron/templates")
 REGISTRATION_SPACING_MM = 3.0  # both images are resampled to this isotropic grid before registering
+BRAIN_MARGIN_MM = 6.0  # the affine metric sees the template brain and this much around it
+LINEAR_ITERATIONS = 100  # per resolution level, for each of the rigid and affine stages
+LINEAR_SAMPLING = 0.3  # fraction of the grid's voxels the metric samples (regular grid)
 _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
@@ -136,6 +139,19 @@ def _template_registration_image(template: Template) -> sitk.Image:
     return _registration_image(template.volume)
 
 
+@cache
+def _template_brain_region(template: Template) -> sitk.Image:
+    """The template's brain plus a margin, on its registration grid: where the metric compares the images.
+
+    Without it a whole-head scan registered to a skull-stripped template (nilearn's MNI152) shrinks
+    until its skull lies on the template's brain.
+    """
+    grid = _template_registration_image(template)
+    mask = sitk.Resample(array_to_sitk(template.brain_mask, template.volume.affine), grid, sitk.Transform(),
+                         sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return sitk.BinaryDilate(mask, [round(BRAIN_MARGIN_MM / REGISTRATION_SPACING_MM)] * 3)
+
+
 class _CancellableRegistration:
     """A SimpleITK registration method that reports progress and stops when asked to."""
 
@@ -165,24 +181,45 @@ class _CancellableRegistration:
             raise OperationCancelled("Registration to the template was cancelled.")
 
 
-def _affine(fixed: sitk.Image, moving: sitk.Image, progress: ProgressCallback | None, span: float) -> sitk.AffineTransform:
-    initial = sitk.CenteredTransformInitializer(
-        fixed, moving, sitk.AffineTransform(3), sitk.CenteredTransformInitializerFilter.MOMENTS
-    )
-    run = _CancellableRegistration(80, 0.25, progress, 0.05, span)
+def _linear_stage(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, brain_region: sitk.Image,
+                  run: _CancellableRegistration) -> None:
+    """Optimise `transform` in place, coarse to fine, comparing the images only around the template brain.
+
+    Regular-step descent on a regular sample grid: registering an image to itself stays at identity,
+    where stochastic sampling with an estimated learning rate drifted by 5 mm and 3% scale.
+    """
     method = run.method
-    method.SetOptimizerAsGradientDescent(
-        learningRate=1.0, numberOfIterations=80, convergenceMinimumValue=1e-6, convergenceWindowSize=10,
-        estimateLearningRate=method.EachIteration,
+    method.SetMetricSamplingStrategy(method.REGULAR)
+    method.SetMetricSamplingPercentage(LINEAR_SAMPLING)
+    method.SetMetricMovingMask(brain_region)
+    method.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=2.0, minStep=1e-3, numberOfIterations=LINEAR_ITERATIONS, relaxationFactor=0.6,
+        gradientMagnitudeTolerance=1e-6,
     )
     method.SetOptimizerScalesFromPhysicalShift()
     method.SetShrinkFactorsPerLevel([4, 2, 1])
     method.SetSmoothingSigmasPerLevel([2, 1, 0])
-    method.SetMetricSamplingPercentagePerLevel([0.25, 0.2, 0.1], seed=7)
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
-    method.SetInitialTransform(initial, inPlace=True)
+    method.SetInitialTransform(transform, inPlace=True)
     run.execute(fixed, moving)
-    return sitk.AffineTransform(initial)
+
+
+def _affine(fixed: sitk.Image, moving: sitk.Image, brain_region: sitk.Image, progress: ProgressCallback | None,
+            span: float) -> sitk.AffineTransform:
+    """Centre-of-mass start, then rigid, then affine: each stage starts where the simpler one converged."""
+    rigid = sitk.CenteredTransformInitializer(
+        fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
+    )
+    half = span / 2
+    _linear_stage(fixed, moving, rigid, brain_region,
+                  _CancellableRegistration(LINEAR_ITERATIONS, LINEAR_SAMPLING, progress, 0.05, half))
+    affine = sitk.AffineTransform(3)
+    affine.SetCenter(rigid.GetCenter())
+    affine.SetMatrix(rigid.GetMatrix())
+    affine.SetTranslation(rigid.GetTranslation())
+    _linear_stage(fixed, moving, affine, brain_region,
+                  _CancellableRegistration(LINEAR_ITERATIONS, LINEAR_SAMPLING, progress, 0.05 + half, half))
+    return affine
 
 
 def _bspline(fixed: sitk.Image, moving: sitk.Image, affine: sitk.AffineTransform, progress: ProgressCallback | None, start: float) -> sitk.BSplineTransform:
@@ -277,7 +314,7 @@ def register_to_template(
     fixed = _registration_image(volume)
     moving = _template_registration_image(template)
     affine_span = 0.9 if kind == "affine" else 0.5
-    affine = _affine(fixed, moving, progress, affine_span)
+    affine = _affine(fixed, moving, _template_brain_region(template), progress, affine_span)
     bspline = _bspline(fixed, moving, affine, progress, 0.05 + affine_span) if kind == "affine+bspline" else None
     registration = Registration(
         template=template, kind=kind,
