@@ -42,6 +42,10 @@ class Settings(BaseSettings):
         "hybrid", description="Who picks the tool; chosen by evals/bench_tool_choice.py."
     )
 
+    # --- segmentation --------------------------------------------------------------------
+    seg_checkpoint: Path | None = Field(None, description="A bigger local LiteMedSAM, SAM or MedSAM ViT-B .pth file.")
+    seg_checkpoint_kind: Literal["litemedsam", "sam", "medsam"] = Field("medsam", description="Architecture of seg_checkpoint.")
+
     # --- input limits (checked before allocating) ----------------------------------------
     max_voxels: int = Field(512 * 512 * 1024, description="Largest volume accepted, in voxels.")
     max_upload_bytes: int = Field(2 * 1024**3, description="Largest upload or unpacked archive, in bytes.")

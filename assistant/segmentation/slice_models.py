@@ -21,8 +21,6 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from assistant.config import get_settings
 from assistant.imaging.progress import ProgressCallback, report
@@ -34,15 +32,6 @@ SliceSegmenter = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float]]
 CheckpointKind = Literal["litemedsam", "sam", "medsam"]
 CT_WINDOW_HU = (-160.0, 240.0)  # soft-tissue window; MedSAM's CT training images were windowed similarly
 MIN_SLICE_PIXELS = 8
-
-
-class CheckpointSettings(BaseSettings):
-    """A bigger local checkpoint, used by the "checkpoint" backend (``SCANCHAT_SEG_CHECKPOINT=...``)."""
-
-    model_config = SettingsConfigDict(env_prefix="SCANCHAT_", env_file=".env", extra="ignore")
-
-    seg_checkpoint: Path | None = Field(None, description="A LiteMedSAM, SAM ViT-B or MedSAM ViT-B .pth file.")
-    seg_checkpoint_kind: CheckpointKind = Field("medsam", description="Architecture of seg_checkpoint.")
 
 
 class CheckpointNotConfiguredError(ValueError):
@@ -137,7 +126,7 @@ def slice_segmenter(backend: Literal["medsam", "checkpoint"]) -> SliceSegmenter:
     """The 2D model behind a backend name; the checkpoint backend explains what to set when unset."""
     if backend == "medsam":
         return _lite_medsam_segmenter(_lite_medsam())
-    settings = CheckpointSettings()
+    settings = get_settings()
     if settings.seg_checkpoint is None:
         raise CheckpointNotConfiguredError(
             "No local segmentation checkpoint is configured. Set SCANCHAT_SEG_CHECKPOINT to a .pth file and "
