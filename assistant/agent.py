@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from assistant.choosers import NO_TOOL, example_index, make_chooser
 from assistant.config import Settings, get_settings
 from assistant.grounding import GroundingReport, check_grounding, invented_arguments
-from assistant.models.base import ChatModel, Message
+from assistant.models.base import ChatModel, Message, ModelError
 from assistant.session import ScanSession, ToolRecord
 from prompts import load_prompt
 from tools import build_tools
@@ -193,7 +193,7 @@ class Agent:
         """
         state: _State = {"messages": list(messages), "records": list(records), "pending": None, "steps": len(records)}
         called = [r.name for r in records]
-        name = self.chooser.choose(self._context(state, self._tool_menu()), messages[0].content, list(self.tools), called)
+        name = self.chooser.choose(self.choice_context(state["messages"]), messages[0].content, list(self.tools), called)
         self._count_usage()
         if name not in self.tools or name in called:
             return None
@@ -209,21 +209,19 @@ class Agent:
         schema = tool.args_schema.model_json_schema()
         if not schema.get("properties"):
             return {}
-        request = state["messages"][0].content
-        examples = "\n".join(
-            f'- "{e.text}" -> {json.dumps(e.arguments)}' for e, _ in example_index().nearest(request, 4, [tool.name])
-        )
         sources = [m.content for m in [*self.history, *state["messages"]]]
         optional = {name for name, field in tool.args_schema.model_fields.items() if not field.is_required()}
         error = ""
         arguments: dict[str, Any] = {}
         for _ in range(2):
-            prompt = Template(load_prompt("agent/fill_arguments.md")).substitute(
-                tool=tool.name, examples=examples, error=error
-            )
-            card = f"The tool {tool.name}:\n{tool.description}"
-            messages = self._context(state, card) + [Message(role="user", content=prompt)]
-            arguments = self.model.complete_json(messages, schema, max_new_tokens=160)
+            messages = self.argument_messages(state["messages"], tool, error)
+            try:
+                arguments = self.model.complete_json(messages, schema, max_new_tokens=160)
+            except ModelError as exc:  # e.g. cut off mid-JSON: say so, ask once more
+                self._count_usage()
+                log.warning("argument generation for %s failed: %s", tool.name, exc)
+                error, arguments = "Your previous answer was not complete JSON. Reply with short, complete JSON.", {}
+                continue
             self._count_usage()
             invented = invented_arguments(arguments, sources)
             arguments = {k: v for k, v in arguments.items() if not (k in invented and k in optional)}
@@ -236,6 +234,23 @@ class Agent:
                 return arguments
             error = f"These values were not given by the user: {', '.join(invented)}. Use only values from the conversation."
         return arguments  # still invalid: the tool reports the validation error to the model
+
+    def choice_context(self, messages: list[Message]) -> list[Message]:
+        """What a chooser sees before its own instruction; public so fine-tuning trains on exactly this."""
+        return self._context(_State(messages=messages, records=[], pending=None, steps=0), self._tool_menu())
+
+    def argument_messages(
+        self, messages: list[Message], tool: ScanTool, error: str = "", exclude: str | None = None
+    ) -> list[Message]:
+        """The prompt that fills `tool`'s arguments, public so fine-tuning trains on exactly this;
+        `exclude` (an example id) keeps a training example out of its own retrieved examples."""
+        nearest = [e for e, _ in example_index().nearest(messages[0].content, 5, [tool.name]) if e.id != exclude][:4]
+        examples = "\n".join(f'- "{e.text}" -> {json.dumps(e.arguments)}' for e in nearest)
+        prompt = Template(load_prompt("agent/fill_arguments.md")).substitute(tool=tool.name, examples=examples, error=error)
+        card = f"The tool {tool.name}:\n{tool.description}"
+        return self._context(_State(messages=messages, records=[], pending=None, steps=0), card) + [
+            Message(role="user", content=prompt)
+        ]
 
     def _act(self, state: _State) -> dict[str, Any]:
         write = get_stream_writer()

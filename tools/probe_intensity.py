@@ -7,7 +7,7 @@ import json
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field
 
 from assistant.findings import Finding, Quantity
 from assistant.volume import Volume
@@ -19,22 +19,13 @@ Units = Literal["voxel", "mm"]
 
 class ProbeIntensityArgs(BaseModel):
     point: list[float] | None = Field(
-        None, description="x, y, z of the point to probe. Leave out for the centre of the volume."
+        None, min_length=3, max_length=3, description="x, y, z of the point to probe. Leave out for the centre of the volume."
     )
     units: Units = Field("voxel", description="'voxel' for array indices, 'mm' for world (RAS) coordinates.")
     radius_mm: float = Field(0.0, ge=0, le=100, description="Summarise a sphere of this radius; 0 reads one voxel.")
     box: list[float] | None = Field(
-        None, description="Instead of a point: a box x0, y0, z0, x1, y1, z1 (same units) to summarise."
+        None, min_length=6, max_length=6, description="Instead of a point: a box x0, y0, z0, x1, y1, z1 (same units) to summarise."
     )
-
-    @model_validator(mode="after")
-    def _check_shapes(self) -> "ProbeIntensityArgs":
-        if self.point is not None and len(self.point) != 3:
-            raise ValueError("point needs exactly three numbers: x, y, z")
-        if self.box is not None and len(self.box) != 6:
-            raise ValueError("box needs six numbers: x0, y0, z0, x1, y1, z1")
-        return self
-
 
 class IntensityProbe(ToolResult):
     region: str = Field(description="'voxel', 'sphere' or 'box'")
