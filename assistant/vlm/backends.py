@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from assistant.config import Settings, get_settings
@@ -31,9 +32,12 @@ log = logging.getLogger(__name__)
 
 
 def last_user_question(messages: Sequence[Message]) -> str:
-    """The question the vision model answers; earlier turns are the agent's business."""
+    """The user's question; the agent's closing instruction ("answer from the tool results") is not one."""
+    from prompts import load_prompt
+
+    instruction = load_prompt("agent/answer.md").strip()
     for message in reversed(messages):
-        if message.role == "user" and message.content.strip():
+        if message.role == "user" and message.content.strip() and message.content.strip() != instruction:
             return message.content
     raise ModelError("no user question to answer")
 
@@ -45,30 +49,51 @@ def model_observation(text: str, model_name: str, question: str) -> Finding:
 
 
 class VisionChatModel(ChatModel):
-    """Common bookkeeping: which volume was looked at, and the text-only path when it cannot be."""
+    """Common path: look at the volume when it is usable, else (and for JSON decisions) hand over to the text model."""
 
     sees_volumes = True
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings) -> None:
         super().__init__()
+        self.settings = settings
         self.last_looked_at_volume = False
         self.last_volume_note: str | None = None
         self._generating = threading.Lock()
 
-    def _usable(self, volume: Volume | None, prepare) -> Any | None:
-        """The prepared input, or None (with the reason in last_volume_note) when the text path must answer."""
+    def prepare(self, volume: Volume) -> Any:
+        """The backend's input from a volume; raises VolumeNotSupported."""
+        raise NotImplementedError
+
+    def answer(self, question: str, prepared: Any, max_new_tokens: int | None) -> Iterator[str]:
+        raise NotImplementedError
+
+    def text_model(self) -> ChatModel:
+        """The configured text LLM (shared through the registry's cache); never a vision model."""
+        from assistant.models.registry import load_chat_model
+
+        name = self.settings.llm if not is_vision_model_name(self.settings.llm) else "qwen2.5-coder-0.5b"
+        return load_chat_model(self.settings, name=name)
+
+    def stream(self, messages: Sequence[Message], *, json_schema: dict[str, Any] | None = None,
+               max_new_tokens: int | None = None, volume: Volume | None = None) -> Iterator[str]:
         self.last_looked_at_volume, self.last_volume_note = False, None
-        if volume is None:
-            self.last_volume_note = "no scan is loaded; answered from the text only"
-            return None
-        try:
-            prepared = prepare(volume)
-        except VolumeNotSupported as exc:
-            self.last_volume_note = f"{exc}"
-            log.info("%s did not look at the volume: %s", self.name, exc)
-            return None
-        self.last_looked_at_volume = True
-        return prepared
+        if json_schema is not None:
+            self.last_volume_note = "a structured (JSON) decision: answered by the text model"
+        elif volume is None:
+            self.last_volume_note = "no scan is loaded: answered by the text model"
+        else:
+            try:
+                prepared = self.prepare(volume)
+            except VolumeNotSupported as exc:
+                self.last_volume_note = f"{exc}: answered by the text model"
+                log.info("%s did not look at the volume: %s", self.name, exc)
+            else:
+                self.last_looked_at_volume = True
+                yield from self.answer(last_user_question(messages), prepared, max_new_tokens)
+                return
+        text = self.text_model()
+        yield from text.stream(messages, json_schema=json_schema, max_new_tokens=max_new_tokens, volume=volume)
+        self.last_usage = text.last_usage
 
     def _stream_generation(self, generate, tokenizer, started: float, prompt_tokens: int,
                            skip_prompt: bool = False) -> Iterator[str]:
@@ -104,27 +129,21 @@ class ScanChatVLMChatModel(VisionChatModel):
     runtime = "scanchat-vlm"
 
     def __init__(self, folder: Path, settings: Settings) -> None:
-        super().__init__()
+        super().__init__(settings)
         from assistant.vlm.encoder import get_encoder
         from assistant.vlm.model import load_vlm
 
         self.name = folder.name
-        self.settings = settings
         self.vlm = load_vlm(folder, settings.quantization)
         self.encoder = get_encoder(self.vlm.config.encoder)
 
-    def features(self, volume: Volume) -> torch.Tensor:
+    def prepare(self, volume: Volume) -> torch.Tensor:
         return self.encoder.features(volume)
 
-    def stream(self, messages: Sequence[Message], *, json_schema: dict[str, Any] | None = None,
-               max_new_tokens: int | None = None, volume: Volume | None = None) -> Iterator[str]:
-        if json_schema is not None:
-            raise ModelError(f"{self.name} answers questions about the scan; use the agent's text model for tool decisions")
-        question = last_user_question(messages)
+    def answer(self, question: str, prepared: torch.Tensor, max_new_tokens: int | None) -> Iterator[str]:
         started = time.perf_counter()
-        grid = self._usable(volume, self.features)
         tokens = max_new_tokens or min(self.settings.max_new_tokens, 64)
-        yield from self._stream_generation(lambda streamer: self.vlm.generate_ids(grid, question, tokens, streamer),
+        yield from self._stream_generation(lambda streamer: self.vlm.generate_ids(prepared, question, tokens, streamer),
                                            self.vlm.tokenizer, started, 0)
 
 
@@ -134,14 +153,14 @@ class M3DChatModel(VisionChatModel):
     runtime = "m3d"
 
     def __init__(self, folder: Path, settings: Settings) -> None:
-        super().__init__()
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         from assistant.vlm.m3d import IMAGE_PLACEHOLDER, M3DLaMed, M3DVisionConfig, load_m3d_checkpoint, read_state_dict
 
+        super().__init__(settings)
         if settings.quantization != "none" and not torch.cuda.is_available():
             raise ModelError(f"{settings.quantization} loading needs a CUDA GPU; this machine has none")
-        self.name, self.settings = folder.name, settings
+        self.name = folder.name
         llm_config = AutoConfig.for_model(**_llm_config_values(folder))
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
@@ -153,16 +172,17 @@ class M3DChatModel(VisionChatModel):
         if torch.cuda.is_available():
             self.model.to("cuda", dtype=torch.bfloat16)
 
-    def stream(self, messages: Sequence[Message], *, json_schema: dict[str, Any] | None = None,
-               max_new_tokens: int | None = None, volume: Volume | None = None) -> Iterator[str]:
+    def prepare(self, volume: Volume) -> np.ndarray:
+        return m3d_input(volume)
+
+    def answer(self, question: str, prepared: np.ndarray, max_new_tokens: int | None) -> Iterator[str]:
         from assistant.vlm.m3d import IMAGE_PLACEHOLDER
 
-        question = last_user_question(messages)
         started = time.perf_counter()
-        image = self._usable(volume, m3d_input)
-        visual = IMAGE_PLACEHOLDER * self.model.mm_projector.config.visual_tokens if image is not None else ""
-        ids = self.tokenizer(visual + question, return_tensors="pt").input_ids.to(self.model.llm.device)
-        images = None if image is None else torch.from_numpy(image)[None].to(self.model.llm.device, self.model.llm.dtype)
+        visual = IMAGE_PLACEHOLDER * self.model.mm_projector.config.visual_tokens
+        device, dtype = self.model.llm.device, self.model.llm.dtype
+        ids = self.tokenizer(visual + question, return_tensors="pt").input_ids.to(device)
+        images = torch.from_numpy(prepared)[None].to(device, dtype)
         tokens = max_new_tokens or self.settings.max_new_tokens
         yield from self._stream_generation(lambda streamer: self.model.generate(ids, images, tokens, streamer=streamer),
                                            self.tokenizer, started, int(ids.shape[1]))
@@ -187,12 +207,12 @@ class MultimodalChatModel(VisionChatModel):
     runtime = "hf-multimodal"
 
     def __init__(self, folder: str, settings: Settings, selection: SliceSelection = SliceSelection()) -> None:
-        super().__init__()
+        super().__init__(settings)
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         if settings.quantization != "none" and not torch.cuda.is_available():
             raise ModelError(f"{settings.quantization} loading needs a CUDA GPU; this machine has none")
-        self.name, self.settings, self.selection = Path(folder).name, settings, selection
+        self.name, self.selection = Path(folder).name, selection
         kwargs: dict[str, Any] = {"dtype": torch.float32}
         if torch.cuda.is_available():
             kwargs = {"device_map": settings.device_map or "auto", "dtype": torch.bfloat16}
@@ -207,34 +227,31 @@ class MultimodalChatModel(VisionChatModel):
         except (OSError, ValueError) as exc:
             raise ModelError(f"could not load {folder!r} as an image-text-to-text model: {exc}") from exc
 
-    def chat_inputs(self, question: str, volume: Volume | None) -> dict[str, torch.Tensor]:
+    def prepare(self, volume: Volume) -> tuple[list[np.ndarray], list[int]]:
+        return axial_slices(volume, self.selection)
+
+    def chat_inputs(self, question: str, prepared: tuple[list[np.ndarray], list[int]]) -> dict[str, torch.Tensor]:
         """Processor inputs: one image entry per selected slice, labelled with its index, then the question."""
         from PIL import Image
 
-        prepared = self._usable(volume, lambda v: axial_slices(v, self.selection))
         content: list[dict[str, Any]] = []
-        if prepared is not None:
-            images, indices = prepared
-            for image, index in zip(images, indices):
-                content += [{"type": "text", "text": f"Axial slice {index}:"}, {"type": "image", "image": Image.fromarray(image)}]
+        for image, index in zip(*prepared):
+            content += [{"type": "text", "text": f"Axial slice {index}:"}, {"type": "image", "image": Image.fromarray(image)}]
         content.append({"type": "text", "text": question})
         return self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
                                                   tokenize=True, return_dict=True, return_tensors="pt").to(self.model.device)
 
-    def stream(self, messages: Sequence[Message], *, json_schema: dict[str, Any] | None = None,
-               max_new_tokens: int | None = None, volume: Volume | None = None) -> Iterator[str]:
-        question = last_user_question(messages)
+    def answer(self, question: str, prepared: tuple[list[np.ndarray], list[int]], max_new_tokens: int | None) -> Iterator[str]:
         started = time.perf_counter()
-        inputs = self.chat_inputs(question, volume)
+        inputs = self.chat_inputs(question, prepared)
         tokens = max_new_tokens or self.settings.max_new_tokens
-        prompt_tokens = int(inputs["input_ids"].shape[1])
 
         def generate(streamer) -> None:
             with torch.inference_mode():
                 self.model.generate(**inputs, max_new_tokens=tokens, do_sample=False, streamer=streamer)
 
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        yield from self._stream_generation(generate, tokenizer, started, prompt_tokens, skip_prompt=True)
+        yield from self._stream_generation(generate, tokenizer, started, int(inputs["input_ids"].shape[1]), skip_prompt=True)
 
 
 VISION_PREFIXES = ("scanchat-vlm", "m3d:", "hf-multimodal:")

@@ -95,12 +95,19 @@ class BaseVolume:
     aal_names: dict[int, str]
 
 
+_LOBE_OF_AAL_GYRUS = {
+    "frontal": ("frontal", "precentral", "rolandic", "supp", "olfactory", "rectus", "paracentral"),
+    "parietal": ("parietal", "postcentral", "supramarginal", "angular", "precuneus"),
+    "temporal": ("temporal", "fusiform", "heschl", "hippocampus", "parahippocampal", "amygdala"),
+    "occipital": ("occipital", "calcarine", "cuneus", "lingual"),
+}
+
+
 def lobe_of(aal_name: str | None) -> str:
-    """AAL names start with the gyrus (Frontal_Sup_L, Temporal_Mid_R); the rest is 'other'."""
-    if not aal_name:
-        return "other"
-    head = aal_name.split("_")[0].lower()
-    return head if head in LOBES else "other"
+    """The lobe of an AAL region from its gyrus (Frontal_Sup_L, Precuneus_R); insula, cingulum, deep nuclei
+    and cerebellum are 'other'."""
+    gyrus = (aal_name or "").split("_")[0].lower()
+    return next((lobe for lobe, gyri in _LOBE_OF_AAL_GYRUS.items() if gyrus in gyri), "other")
 
 
 def _resampled(volume: Volume, spacing_mm: float) -> tuple[np.ndarray, np.ndarray]:
@@ -190,12 +197,23 @@ def _lesion(base: BaseVolume, rng: np.random.Generator, min_mm: float, max_mm: f
             spec = replace(spec, diameter_mm=round(spec.diameter_mm * 0.9, 1))
     diameter = spec.diameter_mm
     centre = np.asarray(inserted.center_voxel)
-    region = base.aal_names.get(int(base.aal[tuple(centre)])) if base.aal is not None else None
+    region = aal_region_near(base, centre, diameter)
     facts = LesionFacts(kind="hemorrhage" if ct else "mass", diameter_mm=diameter, side=side, aal_region=region,
                         lobe=lobe_of(region) if base.aal is not None else None,
                         center_mm=tuple(float(v) for v in base.volume.voxel_to_world(centre)),
                         contrast=round(spec.contrast * (1 if spec.polarity == "hyper" else -1), 3))
     return inserted.image, facts
+
+
+def aal_region_near(base: BaseVolume, centre_voxel: np.ndarray, diameter_mm: float) -> str | None:
+    """The commonest AAL label within the lesion's sphere: AAL labels grey matter only, and centres often lie in white matter."""
+    if base.aal is None:
+        return None
+    grid = np.indices(base.aal.shape).reshape(3, -1).T
+    inside = np.linalg.norm((grid - centre_voxel) * np.asarray(base.volume.spacing), axis=1) <= diameter_mm / 2
+    labels = base.aal.reshape(-1)[inside]
+    labels = labels[labels > 0]
+    return base.aal_names.get(int(np.bincount(labels).argmax())) if labels.size else None
 
 
 def _superior_crop(data: np.ndarray, fraction: float) -> np.ndarray:

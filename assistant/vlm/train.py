@@ -126,8 +126,7 @@ def train(data_dir: Path, out: Path, *, encoder: str = "merlin", align_steps: in
         llm = prepare_model_for_kbit_training(llm)
     llm.requires_grad_(False)
     model = ScanChatVLM(config, llm, tokenizer)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    model = accelerator.prepare(model)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())  # the LLM is already placed (device_map); not re-wrapped
     examples = examples_for(cases, tokenizer, config.visual_tokens)
 
     align = _run_stage(model, accelerator, examples, features, align_steps, batch_size, learning_rate, "alignment (projector)", rng)
@@ -135,7 +134,7 @@ def train(data_dir: Path, out: Path, *, encoder: str = "merlin", align_steps: in
                                                      target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
     tune = _run_stage(model, accelerator, examples, features, tune_steps, batch_size, lora_learning_rate,
                       "instruction tuning (projector + LoRA)", rng)
-    accelerator.unwrap_model(model).save(out)
+    model.save(out)
     summary = {"encoder": get_encoder(encoder).info.name, "train_cases": len(cases), "examples": len(examples),
                "align_loss_first_last": [align[0], sum(align[-10:]) / len(align[-10:])] if align else [],
                "tune_loss_first_last": [tune[0], sum(tune[-10:]) / len(tune[-10:])] if tune else [],
@@ -147,7 +146,7 @@ def train(data_dir: Path, out: Path, *, encoder: str = "merlin", align_steps: in
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=None, help="dataset folder with cases.jsonl (default: cache_dir/vlm/data)")
     parser.add_argument("--out", type=Path, default=None, help=f"output folder (default: models_dir/{DEFAULT_VLM_NAME})")
-    parser.add_argument("--encoder", default="merlin", choices=["merlin", "intensity-grid"])
+    parser.add_argument("--encoder", default="merlin", choices=["merlin", "symmetry-grid"])
     parser.add_argument("--align-steps", type=int, default=60)
     parser.add_argument("--tune-steps", type=int, default=120)
     parser.add_argument("--batch-size", type=int, default=8)
