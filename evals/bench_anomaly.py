@@ -1,34 +1,52 @@
 """Anomaly detection on controlled in-silico lesions in held-out real brain MRs, per method and lesion size.
 
-Leave-one-subject-out: each fold fits every method on one normal subject (with augmentation) and
-tests on augmented copies of the other, with and without synthetic lesions (hyper/hypo, sphere/
-ellipsoid/irregular, 5-30 mm, half with mass effect) inserted before intensity normalisation, in
-template space. Prints a table and writes JSON to evals/results/bench_anomaly.json.
+Leave-one-subject-out over the normal subjects (MNI152 average, Colin27, ITK T1): each fold fits
+every method on the other subjects (its thresholds calibrated leave-one-subject-out among them) and
+tests on the held-out subject. Test cases are built in the subject's native space, as a real scan
+arrives: augmented re-scans, with and without a synthetic lesion (hyper/hypo, sphere/ellipsoid/
+irregular, 5-30 mm, half with mass effect) inserted inside the native brain, then registered to the
+template like any input. Prints a table and writes JSON to evals/results/bench_anomaly.json.
 
-    python evals/bench_anomaly.py [--methods zscore normative feature_memory autoencoder] [--per-size 6]
+Image scores are divided by each fold's calibrated image threshold (voxel scores by the voxel
+threshold) before pooling the folds, so that AUROC measures the calibrated operating scale.
+
+    nice python evals/bench_anomaly.py [--methods zscore normative feature_memory autoencoder] [--per-size 4]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
+from dataclasses import dataclass
 from itertools import cycle
 from pathlib import Path
 
 import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_roc_auc
+from tqdm import tqdm
 
-from assistant.anomaly.detector import detect_anomalies, fit_normal_model, image_score, normalized_augmentations
+from assistant.anomaly.detector import detect_anomalies, fit_normal_model, image_score
 from assistant.anomaly.lesions import LesionSpec, insert_lesion
 from assistant.anomaly.methods import METHODS
-from assistant.anomaly.normal_data import augment, load_normal_scan, warped_normal_scan
-from assistant.anomaly.template import TEMPLATE_RESOLUTION_MM, template_space
+from assistant.anomaly.normal_data import NORMAL_MR_SCANS, augment, load_normal_scan, warp_to_template, warped_normal_scan
+from assistant.anomaly.template import template_space
 
-FOLDS = (("mr-t1-mni152", "mr-t1-colin27"), ("mr-t1-colin27", "mr-t1-mni152"))  # (train, held out)
 SIZES_MM = (5, 10, 20, 30)
 VOXEL_SAMPLE = 200_000
+
+
+@dataclass(frozen=True)
+class Case:
+    """One held-out test scan on the template grid (not yet intensity-normalised) and its lesion mask there."""
+
+    subject: str
+    size_mm: int | None  # None: a normal scan
+    warped: np.ndarray
+    lesion: np.ndarray
+    registration_seconds: float
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -46,71 +64,80 @@ def best_dice(maps: list[np.ndarray], masks: list[np.ndarray], region: np.ndarra
     return best
 
 
-def evaluation_cases(train: str, held_out: str, per_size: int, seed: int):
-    """(size or None, normalised image, lesion mask) for normals and lesioned copies of the held-out subject."""
+def held_out_cases(subject: str, per_size: int, seed: int) -> list[Case]:
+    """Normal re-scans and lesioned re-scans of `subject`, built in native space and registered one by one."""
     space = template_space()
-    scan = warped_normal_scan(held_out)
+    volume = load_normal_scan(subject)
+    native_brain = warped_normal_scan(subject).registration.warp_labels(space.brain_mask).astype(bool)
     rng = np.random.default_rng(seed)
-    normals = normalized_augmentations(scan, space, per_size, seed=seed)
-    cases = [(None, image, np.zeros(space.shape, bool)) for image in normals]
     shapes = cycle(("sphere", "ellipsoid", "irregular"))
+    specs: list[LesionSpec | None] = [None] * per_size
     for size in SIZES_MM:
-        for index in range(per_size):
-            spec = LesionSpec(diameter_mm=size, shape=next(shapes), polarity=("hyper", "hypo")[index % 2],
-                              mass_effect_mm=size / 5 if index % 4 >= 2 else 0.0)
-            lesion = insert_lesion(augment(scan.image, rng), space.brain_mask, (TEMPLATE_RESOLUTION_MM,) * 3, spec, rng)
-            cases.append((size, space.normalize_intensity(lesion.image), lesion.mask))
+        specs += [LesionSpec(diameter_mm=size, shape=next(shapes), polarity=("hyper", "hypo")[index % 2],
+                             mass_effect_mm=size / 5 if index % 4 >= 2 else 0.0) for index in range(per_size)]
+    cases = []
+    for spec in tqdm(specs, desc=f"registering {subject} test scans", leave=False):
+        native = augment(volume.data, rng)
+        lesion_mask = np.zeros(volume.shape, bool)
+        if spec is not None:
+            lesion = insert_lesion(native, native_brain, volume.spacing, spec, rng)
+            native, lesion_mask = lesion.image, lesion.mask
+        started = time.perf_counter()
+        warped = warp_to_template(dataclasses.replace(volume, data=native), space)
+        seconds = time.perf_counter() - started
+        lesion_on_template = warped.registration.warp_to_template(lesion_mask.astype(np.float32)) > 0.5
+        cases.append(Case(subject, spec and int(spec.diameter_mm), warped.image, lesion_on_template, seconds))
     return cases
 
 
-def run(methods: list[str], per_size: int) -> dict:
+def evaluate(method: str, cases_by_subject: dict[str, list[Case]]) -> dict:
+    """Fit per fold, score every held-out case, and pool the folds on the calibrated scale."""
     space = template_space()
     mask = space.brain_mask
-    results: dict = {"methods": {}, "per_size": per_size, "folds": FOLDS}
-    fold_cases = {held_out: evaluation_cases(train, held_out, per_size, seed=7) for train, held_out in FOLDS}
-    for method in methods:
-        rows = {size: {"image_scores": [], "labels": [], "maps": [], "masks": []} for size in SIZES_MM}
-        fit_seconds, score_seconds, false_positives, normals = 0.0, [], 0, 0
-        for train, held_out in FOLDS:
+    rows = {size: {"image_scores": [], "labels": [], "maps": [], "masks": [], "detected": []} for size in SIZES_MM}
+    fit_seconds, score_seconds, false_positives, normals = [], [], 0, 0
+    for subject, cases in cases_by_subject.items():
+        started = time.perf_counter()
+        model = fit_normal_model(method, scans=tuple(s for s in cases_by_subject if s != subject))
+        fit_seconds.append(time.perf_counter() - started)
+        for case in cases:
             started = time.perf_counter()
-            model = fit_normal_model(method, scans=(train,))
-            fit_seconds += time.perf_counter() - started
-            for size, image, lesion_mask in fold_cases[held_out]:
-                started = time.perf_counter()
-                score_map = model.method.score(image, mask)
-                score_seconds.append(time.perf_counter() - started)
-                score = image_score(score_map, mask)
-                if size is None:
-                    normals += 1
-                    false_positives += score > model.image_threshold
-                    for row in rows.values():
-                        row["image_scores"].append(score)
-                        row["labels"].append(0)
-                else:
-                    row = rows[size]
-                    row["image_scores"].append(score)
-                    row["labels"].append(1)
-                    row["maps"].append(score_map)
-                    row["masks"].append(lesion_mask)
-        per_size_metrics = {}
-        rng = np.random.default_rng(0)
-        for size, row in rows.items():
-            voxel_scores = np.concatenate([m[mask] for m in row["maps"]])
-            voxel_labels = np.concatenate([m[mask] for m in row["masks"]])
-            keep = np.union1d(np.flatnonzero(voxel_labels), rng.choice(len(voxel_scores), VOXEL_SAMPLE, replace=False))
-            per_size_metrics[size] = {
-                "image_auroc": auroc(np.array(row["image_scores"]), np.array(row["labels"])),
-                "voxel_auroc": auroc(voxel_scores[keep], voxel_labels[keep]),
-                "best_dice": best_dice(row["maps"], row["masks"], mask),
-                "detected_at_threshold": float(np.mean([s > model.image_threshold for s, l in zip(row["image_scores"], row["labels"]) if l])),
-            }
-        results["methods"][method] = {
-            "per_size": per_size_metrics,
-            "false_positive_rate_on_held_out_normals": false_positives / max(normals, 1),
-            "fit_seconds_per_fold": fit_seconds / len(FOLDS),
-            "score_seconds_per_volume": float(np.median(score_seconds)),
+            score_map = model.method.score(space.normalize_intensity(case.warped), mask)
+            score = image_score(score_map, mask, model.voxel_threshold)
+            score_seconds.append(time.perf_counter() - started)
+            relative_score = score / max(model.image_threshold, 1e-3)
+            if case.size_mm is None:
+                normals += 1
+                false_positives += score > model.image_threshold
+                for row in rows.values():
+                    row["image_scores"].append(relative_score)
+                    row["labels"].append(0)
+                continue
+            row = rows[case.size_mm]
+            row["image_scores"].append(relative_score)
+            row["labels"].append(1)
+            row["maps"].append(score_map / model.voxel_threshold)
+            row["masks"].append(case.lesion)
+            row["detected"].append(score > model.image_threshold)
+    rng = np.random.default_rng(0)
+    per_size = {}
+    for size, row in rows.items():
+        voxel_scores = np.concatenate([m[mask] for m in row["maps"]])
+        voxel_labels = np.concatenate([m[mask] for m in row["masks"]])
+        keep = np.union1d(np.flatnonzero(voxel_labels), rng.choice(len(voxel_scores), VOXEL_SAMPLE, replace=False))
+        per_size[size] = {
+            "image_auroc": auroc(np.array(row["image_scores"]), np.array(row["labels"])),
+            "voxel_auroc": auroc(voxel_scores[keep], voxel_labels[keep]),
+            "best_dice": best_dice(row["maps"], row["masks"], mask),
+            "detected_at_threshold": float(np.mean(row["detected"])),
         }
-    return results
+    return {
+        "per_size": per_size,
+        "false_positive_rate_on_held_out_normals": false_positives / max(normals, 1),
+        "held_out_normals": normals,
+        "fit_seconds_per_fold": float(np.mean(fit_seconds)),
+        "score_seconds_per_volume": float(np.median(score_seconds)),
+    }
 
 
 def end_to_end_seconds(method: str) -> float:
@@ -123,23 +150,38 @@ def end_to_end_seconds(method: str) -> float:
 
 
 def print_table(results: dict) -> None:
+    print(f"subjects (leave-one-out folds): {', '.join(results['subjects'])}; "
+          f"registration {results['registration_seconds_per_volume']:.1f} s/volume")
     print(f"{'method':15} {'size':>5} {'img AUROC':>9} {'vox AUROC':>9} {'best Dice':>9} {'det@thr':>7}")
     for method, info in results["methods"].items():
-        for size, m in info["per_size"].items():
-            print(f"{method:15} {size:>4}mm {m['image_auroc']:9.3f} {m['voxel_auroc']:9.3f} {m['best_dice']:9.3f} {m['detected_at_threshold']:7.2f}")
-        print(f"{method:15} FPR on held-out normals {info['false_positive_rate_on_held_out_normals']:.2f}, "
+        print_method(method, info)
+
+
+def print_method(method: str, info: dict) -> None:
+    for size, m in info["per_size"].items():
+        print(f"{method:15} {size:>4}mm {m['image_auroc']:9.3f} {m['voxel_auroc']:9.3f} {m['best_dice']:9.3f} {m['detected_at_threshold']:7.2f}")
+    if "false_positive_rate_on_held_out_normals" in info:
+        print(f"{method:15} FPR on {info['held_out_normals']} held-out normals {info['false_positive_rate_on_held_out_normals']:.2f}, "
               f"fit {info['fit_seconds_per_fold']:.0f} s/fold, score {info['score_seconds_per_volume']:.1f} s/volume"
-              + (f", end-to-end {info['end_to_end_seconds']:.1f} s" if "end_to_end_seconds" in info else ""))
+              + (f", end-to-end {info['end_to_end_seconds']:.1f} s" if "end_to_end_seconds" in info else ""), flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=sorted(METHODS), choices=sorted(METHODS))
-    parser.add_argument("--per-size", type=int, default=6, help="lesioned (and normal) volumes per size and fold")
+    parser.add_argument("--subjects", nargs="+", default=list(NORMAL_MR_SCANS), choices=NORMAL_MR_SCANS)
+    parser.add_argument("--per-size", type=int, default=4, help="lesioned (and normal) volumes per size and fold")
     parser.add_argument("--end-to-end", nargs="*", default=[], help="methods to time through the full tool path")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    results = run(args.methods, args.per_size)
+    cases = {subject: held_out_cases(subject, args.per_size, seed=7) for subject in args.subjects}
+    results: dict = {
+        "subjects": args.subjects, "per_size": args.per_size, "methods": {},
+        "registration_seconds_per_volume": float(np.median([c.registration_seconds for cs in cases.values() for c in cs])),
+    }
+    for method in args.methods:
+        results["methods"][method] = evaluate(method, cases)
+        print_method(method, results["methods"][method])
     for method in args.end_to_end:
         results["methods"].setdefault(method, {"per_size": {}})["end_to_end_seconds"] = end_to_end_seconds(method)
     print_table(results)

@@ -15,12 +15,13 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from assistant.anomaly.methods import METHODS, AnomalyMethod
 from assistant.anomaly.normal_data import NORMAL_MR_SCANS, WarpedScan, augment, warp_to_template, warped_normal_scan
 from assistant.anomaly.regions import top_regions
 from assistant.anomaly.result import AnomalyResult
-from assistant.anomaly.template import TemplateSpace, template_space
+from assistant.anomaly.template import TEMPLATE_RESOLUTION_MM, TemplateSpace, template_space
 from assistant.config import Settings, get_settings
 from assistant.imaging.progress import ProgressCallback, report
 from assistant.volume import Modality, Volume
@@ -28,42 +29,86 @@ from tools.base import ToolError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_METHOD = "normative"  # chosen by evals/bench_anomaly.py (see the README of that script's results)
+DEFAULT_METHOD = "normative"  # chosen by evals/bench_anomaly.py
 BODY_MODEL = "brain T1 MR"
-MODEL_VERSION = 1
-MIN_TEMPLATE_CORRELATION = 0.5  # below this the scan does not look like a brain MR aligned to the template
+MODEL_VERSION = 2
+MIN_TEMPLATE_CORRELATION = 0.4  # below this the scan does not look like a brain MR aligned to the template
 AUGMENTATIONS_PER_SCAN = 8
-CALIBRATION_AUGMENTATIONS = 6
-TOP_VOXELS = 50  # image score = mean of the 50 highest voxel scores (0.4 mL at 2 mm): small lesions still count
+CALIBRATION_AUGMENTATIONS = 4
+VOXEL_PERCENTILE = 99.5  # of voxel scores on held-out normal scans: the voxel threshold
 MIN_SLICES = 8
 
 
 @dataclass
 class NormalModel:
-    """A fitted method and the thresholds calibrated on normal scans it was not fitted on."""
+    """A fitted method and the thresholds calibrated on normal subjects it was not fitted on."""
 
     method: AnomalyMethod
     training_scans: tuple[str, ...]
     image_threshold: float
     voxel_threshold: float
-    calibration_scores: tuple[float, ...]
+    calibration_scores: tuple[float, ...]  # image scores of the held-out normal scans
+    calibration: str  # how the thresholds were calibrated, for the result and the report
     version: int = MODEL_VERSION
 
 
-def image_score(score_map: np.ndarray, mask: np.ndarray) -> float:
-    """Mean of the highest voxel scores inside `mask`: one number per scan, driven by its most unusual area."""
-    values = score_map[mask]
-    return float(np.mean(np.partition(values, -TOP_VOXELS)[-TOP_VOXELS:]))
+def image_score(score_map: np.ndarray, mask: np.ndarray, voxel_threshold: float) -> float:
+    """Excess score summed over the largest compact area above the voxel threshold (score x mL at 2 mm).
+
+    A lesion raises a solid block of neighbouring voxels, while registration and anatomy differences
+    between subjects leave isolated voxels and thin shells along tissue borders. An opening with a
+    one-voxel cross removes everything thinner than 3 voxels (6 mm) before the largest area is taken,
+    so lesions under about 6 mm do not count towards the image score (they still show in the map).
+    """
+    excess = np.where(mask, score_map - voxel_threshold, 0.0)
+    compact = ndimage.binary_opening(excess > 0, structure=ndimage.generate_binary_structure(3, 1))
+    components, count = ndimage.label(compact)
+    if count == 0:
+        return 0.0
+    masses = ndimage.sum_labels(excess, components, np.arange(1, count + 1))
+    return float(masses.max()) * (TEMPLATE_RESOLUTION_MM / 10) ** 3
 
 
-def normalized_augmentations(scan: WarpedScan, space: TemplateSpace, count: int, seed: int) -> list[np.ndarray]:
+def normalized_images(scan: WarpedScan, space: TemplateSpace, augmentations: int, seed: int) -> list[np.ndarray]:
+    """The scan itself and `augmentations` plausible re-scans of it, intensity-normalised."""
     rng = np.random.default_rng(seed)
-    return [space.normalize_intensity(augment(scan.image, rng)) for _ in range(count)]
+    images = [scan.image] + [augment(scan.image, rng) for _ in range(augmentations)]
+    return [space.normalize_intensity(image) for image in images]
+
+
+def fitted_method(method_name: str, scans: list[WarpedScan], space: TemplateSpace,
+                  progress: ProgressCallback | None = None) -> AnomalyMethod:
+    """`method_name` fitted on `scans` and their augmented copies."""
+    training = [image for index, scan in enumerate(scans)
+                for image in normalized_images(scan, space, AUGMENTATIONS_PER_SCAN, seed=index)]
+    method = METHODS[method_name]()
+    method.fit(training, space.brain_mask, space.tissue, progress)
+    return method
+
+
+def held_out_normal_maps(method_name: str, scans: list[WarpedScan], space: TemplateSpace,
+                         progress: ProgressCallback | None = None) -> tuple[list[np.ndarray], str]:
+    """Score maps of normal scans under models that never saw their subject (leave one subject out).
+
+    Thresholds calibrated on the training subject's own copies flag every new subject; these maps show
+    how far an unseen normal brain deviates. With a single subject only its augmented copies remain.
+    """
+    maps: list[np.ndarray] = []
+    if len(scans) == 1:
+        method = fitted_method(method_name, scans, space)
+        images = normalized_images(scans[0], space, CALIBRATION_AUGMENTATIONS, seed=1000)[1:]
+        return [method.score(image, space.brain_mask) for image in images], "augmented copies of the training subject"
+    for index, held_out in enumerate(scans):
+        report(progress, index / len(scans), f"calibrating: {held_out.name} held out")
+        method = fitted_method(method_name, [scan for scan in scans if scan is not held_out], space)
+        images = normalized_images(held_out, space, CALIBRATION_AUGMENTATIONS, seed=1000 + index)
+        maps += [method.score(image, space.brain_mask) for image in images]
+    return maps, f"leave-one-subject-out over {len(scans)} subjects, {len(maps)} held-out normal scans"
 
 
 def fit_normal_model(method_name: str, scans: tuple[str, ...] = NORMAL_MR_SCANS,
                      progress: ProgressCallback | None = None) -> NormalModel:
-    """Fit `method_name` on augmented normal scans, then calibrate thresholds on fresh augmentations."""
+    """Calibrate thresholds on held-out normal subjects, then fit `method_name` on all of them."""
     if method_name not in METHODS:
         raise ValueError(f"Unknown anomaly method {method_name!r}; choose from {', '.join(METHODS)}.")
     space = template_space()
@@ -75,25 +120,20 @@ def fit_normal_model(method_name: str, scans: tuple[str, ...] = NORMAL_MR_SCANS,
             log.warning("normal scan %s left out: fits the template poorly (r=%.2f)", scan.name, scan.template_correlation)
     if not usable:
         raise ValueError("None of the normal scans could be aligned to the template.")
-    training = [space.normalize_intensity(scan.image) for scan in usable]
-    for index, scan in enumerate(usable):
-        training += normalized_augmentations(scan, space, AUGMENTATIONS_PER_SCAN, seed=index)
-    report(progress, 0.2, f"fitting {method_name} on {len(training)} normal images")
-    method = METHODS[method_name]()
-    method.fit(training, space.brain_mask, space.tissue, progress)
-    report(progress, 0.8, "calibrating thresholds")
-    calibration = [image for index, scan in enumerate(usable)
-                   for image in normalized_augmentations(scan, space, CALIBRATION_AUGMENTATIONS, seed=1000 + index)]
-    maps = [method.score(image, space.brain_mask) for image in calibration]
-    scores = tuple(image_score(score_map, space.brain_mask) for score_map in maps)
-    voxel_scores = np.concatenate([score_map[space.brain_mask] for score_map in maps])
+    report(progress, 0.2, "calibrating thresholds on held-out normal subjects")
+    maps, calibration = held_out_normal_maps(method_name, usable, space, progress)
+    voxel_threshold = float(np.percentile(np.concatenate([m[space.brain_mask] for m in maps]), VOXEL_PERCENTILE))
+    scores = tuple(image_score(score_map, space.brain_mask, voxel_threshold) for score_map in maps)
+    report(progress, 0.8, f"fitting {method_name} on {len(usable)} normal subjects")
+    method = fitted_method(method_name, usable, space, progress)
     report(progress, 1.0, "normal model ready")
     return NormalModel(
         method=method,
         training_scans=tuple(scan.name for scan in usable),
         image_threshold=float(max(scores)),
-        voxel_threshold=float(np.percentile(voxel_scores, 99.9)),
+        voxel_threshold=voxel_threshold,
         calibration_scores=scores,
+        calibration=calibration,
     )
 
 
@@ -177,10 +217,10 @@ def detect_anomalies(volume: Volume, method: str | None = None, settings: Settin
         )
     report(progress, 0.6, f"scoring with {method}")
     template_map = model.method.score(space.normalize_intensity(warped.image), space.brain_mask)
-    score = image_score(template_map, space.brain_mask)
+    score = image_score(template_map, space.brain_mask, model.voxel_threshold)
     scan_map = np.clip(warped.registration.warp_from_template(template_map), 0.0, None).astype(np.float32)
     regions = top_regions(scan_map, model.voxel_threshold, volume, max_regions, _atlas_labeller(warped, space))
-    notes = []
+    notes = [f"Thresholds calibrated on normal scans by {model.calibration}."]
     if volume.modality is Modality.OTHER:
         notes.append("The scan's modality was not recorded; it was treated as a T1 brain MR.")
     report(progress, 1.0, "anomaly screening done")

@@ -62,8 +62,8 @@ def insert_lesion(image: np.ndarray, region: np.ndarray, spacing: tuple[float, f
                   rng: np.random.Generator) -> SyntheticLesion:
     """Insert one lesion at a random place fully inside `region` (e.g. the brain mask)."""
     spacing_arr = np.asarray(spacing, dtype=np.float32)
-    radius_voxels = np.ceil(spec.diameter_mm * 0.7 / spacing_arr).astype(int)
-    inside = ndimage.binary_erosion(region, structure=np.ones(tuple(2 * radius_voxels + 1), dtype=bool))
+    distance_mm = ndimage.distance_transform_edt(np.pad(region, 1), sampling=spacing_arr)[1:-1, 1:-1, 1:-1]
+    inside = distance_mm > spec.diameter_mm * 0.7  # the array's edge counts as outside the region
     candidates = np.argwhere(inside)
     if len(candidates) == 0:
         raise ValueError(f"No place inside the region fits a {spec.diameter_mm:g} mm lesion.")
