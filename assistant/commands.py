@@ -9,7 +9,7 @@ import sys
 from assistant.config import Settings, get_settings
 
 
-def _settings_from(args: argparse.Namespace) -> Settings:
+def settings_from_args(args: argparse.Namespace) -> Settings:
     """CLI flags override the environment, in the one settings object."""
     overrides = {k: v for k, v in {"llm": args.model, "runtime": args.runtime}.items() if v}
     return get_settings().model_copy(update=overrides)
@@ -21,7 +21,7 @@ def _agent(args: argparse.Namespace):
     from assistant.scans.loading import load_scan
     from assistant.session import ScanSession
 
-    settings = _settings_from(args)
+    settings = settings_from_args(args)
     session = ScanSession()
     if args.scan:
         session.load(load_scan(args.scan, settings))
@@ -84,7 +84,7 @@ def _chat(args: argparse.Namespace) -> int:
 def _ui(args: argparse.Namespace) -> int:
     from ui.app import launch
 
-    launch(_settings_from(args), host=args.host, port=args.port)
+    launch(settings_from_args(args), host=args.host, port=args.port)
     return 0
 
 

@@ -56,7 +56,9 @@ def arguments_match(expected: dict[str, Any], actual: dict[str, Any]) -> bool:
     return all(value_matches(v, actual.get(k)) for k, v in expected.items())
 
 
-def run_chooser(chooser: str, model_name: str | None, runtime: str | None, examples: list[ToolCallExample]) -> dict:
+def run_chooser(
+    chooser: str, model_name: str | None, runtime: str | None, examples: list[ToolCallExample], with_arguments: bool = True
+) -> dict:
     settings = get_settings().model_copy(update={"tool_chooser": chooser})
     model = load_chat_model(settings, name=model_name, runtime=runtime)
     agent = Agent(model, ScanSession(), settings)
@@ -70,15 +72,22 @@ def run_chooser(chooser: str, model_name: str | None, runtime: str | None, examp
             [Message(role="user", content=example.previous), Message(role="assistant", content="Done.")]
             if example.previous else []
         )
+        messages = [Message(role="user", content=example.text)]
         started = time.perf_counter()
-        decision = agent.decide([Message(role="user", content=example.text)])
+        if with_arguments:
+            decision = agent.decide(messages)
+            tool, arguments = decision if decision else (NO_TOOL, {})
+        else:
+            tool, arguments = agent.choose_tool(messages), {}
         seconds = time.perf_counter() - started
-        tool, arguments = decision if decision else (NO_TOOL, {})
         rows.append({
             "id": example.id, "text": example.text, "expected": example.tool, "chosen": tool,
             "tool_ok": tool == example.tool,
             "arguments": arguments,
-            "arguments_ok": arguments_match(example.arguments, arguments) if tool == example.tool and example.arguments else None,
+            "arguments_ok": (
+                arguments_match(example.arguments, arguments)
+                if with_arguments and tool == example.tool and example.arguments else None
+            ),
             "seconds": round(seconds, 3),
         })
     return summarise(chooser, model.name, rows)
@@ -111,9 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="chat model (default: the configured one)")
     parser.add_argument("--runtime", default=None)
     parser.add_argument("--limit", type=int, default=None, help="first N held-out examples (quick runs)")
+    parser.add_argument("--no-arguments", action="store_true", help="measure the tool choice only")
     args = parser.parse_args(argv)
     examples = load_examples(HELDOUT)[: args.limit]
-    results = [run_chooser(c, args.model, args.runtime, examples) for c in args.choosers.split(",")]
+    results = [
+        run_chooser(c, args.model, args.runtime, examples, with_arguments=not args.no_arguments)
+        for c in args.choosers.split(",")
+    ]
 
     header = f"{'chooser':<14} {'model':<22} {'tool':>6} {'no-tool':>8} {'args':>6} {'median s':>9} {'p95 s':>7}"
     print(f"held-out requests: {len(examples)}; targets: tool >= {TARGETS['tool_accuracy']:.0%}, "
@@ -121,8 +134,9 @@ def main(argv: list[str] | None = None) -> int:
           f"median decision <= {TARGETS['median_choose_s']} s")
     print(header)
     for r in results:
+        arguments = f"{r['argument_accuracy']:>6.1%}" if r["argument_cases"] else f"{'-':>6}"
         print(f"{r['chooser']:<14} {r['model']:<22} {r['tool_accuracy']:>6.1%} {r['no_tool_accuracy']:>8.1%} "
-              f"{r['argument_accuracy']:>6.1%} {r['median_choose_s']:>9.2f} {r['p95_choose_s']:>7.2f}")
+              f"{arguments} {r['median_choose_s']:>9.2f} {r['p95_choose_s']:>7.2f}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"tool_choice-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(results, indent=1, default=str))

@@ -22,6 +22,7 @@ from assistant.scans.loading import load_scan
 from assistant.scans.samples import SAMPLES, sample_path
 from assistant.session import ScanSession
 from assistant.volume import ScanLoadError
+from ui.report_panel import build_report_panel
 
 log = logging.getLogger(__name__)
 
@@ -226,11 +227,16 @@ class ScanChatApp:
                                 views.append(gr.Image(label=plane.capitalize(), interactive=False, elem_id=f"view-{plane}"))
                                 sliders.append(gr.Slider(0, 1, step=1, value=0, label=f"{plane} slice", interactive=False))
                 with gr.Column(scale=2):
-                    chatbot = gr.Chatbot(label="Chat", height=560, elem_id="chat")
-                    message = gr.Textbox(placeholder="Ask about the scan…", show_label=False, elem_id="message")
-                    send = gr.Button("Send", elem_id="send")
-                    model_info = gr.Markdown(elem_id="model-info")
-                    downloads = gr.File(label="Last mask (NIfTI; DICOM SEG for DICOM scans)", file_count="multiple", interactive=False)
+                    with gr.Tab("Chat"):
+                        chatbot = gr.Chatbot(label="Chat", height=560, elem_id="chat")
+                        message = gr.Textbox(placeholder="Ask about the scan…", show_label=False, elem_id="message")
+                        send = gr.Button("Send", elem_id="send")
+                        model_info = gr.Markdown(elem_id="model-info")
+                        downloads = gr.File(
+                            label="Last mask (NIfTI; DICOM SEG for DICOM scans)", file_count="multiple", interactive=False
+                        )
+                    with gr.Tab("Report"):
+                        build_report_panel(state, self.settings)
 
             load_button.click(
                 self.load, [state, upload, sample, window], [state, window, *views, *sliders, info]

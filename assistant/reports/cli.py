@@ -21,7 +21,7 @@ def _progress_bar(description: str):
 
 def _run(args: argparse.Namespace) -> int:
     from assistant.agent import Agent
-    from assistant.commands import _settings_from as settings_from  # one settings object for every command
+    from assistant.commands import settings_from_args as settings_from  # one settings object for every command
     from assistant.models.registry import load_chat_model
     from assistant.reports.export import ExportPaths, export_report
     from assistant.reports.model import ReportError
