@@ -7,6 +7,7 @@ from typing import ClassVar
 from pydantic import BaseModel, Field
 
 from assistant.config import Settings
+from assistant.findings import Finding
 from assistant.terminology import TermHit, get_term_index
 from assistant.terminology.index import check_search
 from assistant.terminology.sources import SOURCE_NAMES
@@ -27,6 +28,14 @@ class TermLookup(ToolResult):
     query: str
     language: str
     hits: list[TermHit]
+
+    def findings(self, arguments: dict) -> list[Finding]:
+        """The best match, as the term a report should use for the query."""
+        if not self.hits:
+            return []
+        concept = self.hits[0].concept
+        return [Finding(kind="term", what=concept.preferred, concept_id=concept.id, codes=concept.codes,
+                        source_tool="lookup_term", parameters=arguments)]
 
     def summary(self) -> str:
         if not self.hits:

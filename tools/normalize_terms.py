@@ -7,6 +7,7 @@ from typing import ClassVar
 from pydantic import BaseModel, Field
 
 from assistant.config import Settings
+from assistant.findings import Finding
 from assistant.terminology import TermMention, get_term_index
 from assistant.terminology.index import check_text
 from tools.base import ScanTool, ToolError, ToolResult
@@ -22,6 +23,13 @@ class NormalizedTerms(ToolResult):
 
     language: str
     mentions: list[TermMention]
+
+    def findings(self, arguments: dict) -> list[Finding]:
+        return [
+            Finding(kind="term", what=m.concept.preferred, where=f"'{m.text}' [{m.start}:{m.end}]",
+                    concept_id=m.concept.id, codes=m.concept.codes, source_tool="normalize_terms", parameters=arguments)
+            for m in self.mentions
+        ]
 
     def summary(self) -> str:
         if not self.mentions:
