@@ -191,13 +191,18 @@ class Agent:
         `messages` starts with the user's message and holds this turn's tool results; `records`
         are this turn's calls. Public so the tool-choice benchmark measures the same path.
         """
-        state: _State = {"messages": list(messages), "records": list(records), "pending": None, "steps": len(records)}
-        called = [r.name for r in records]
-        name = self.chooser.choose(self.choice_context(state["messages"]), messages[0].content, list(self.tools), called)
-        self._count_usage()
-        if name not in self.tools or name in called:
+        name = self.choose_tool(messages, records)
+        if name == NO_TOOL:
             return None
+        state: _State = {"messages": list(messages), "records": list(records), "pending": None, "steps": len(records)}
         return name, self._fill_arguments(state, self.tools[name])
+
+    def choose_tool(self, messages: list[Message], records: list[ToolRecord] = ()) -> str:
+        """The chooser's pick for the turn so far: a tool name, or NO_TOOL."""
+        called = [r.name for r in records]
+        name = self.chooser.choose(self.choice_context(list(messages)), messages[0].content, list(self.tools), called)
+        self._count_usage()
+        return name if name in self.tools and name not in called else NO_TOOL
 
     def _fill_arguments(self, state: _State, tool: ScanTool) -> dict[str, Any]:
         """Constrained argument generation, checked twice before the tool runs.
