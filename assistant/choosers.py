@@ -118,9 +118,13 @@ class LLMChooser(ToolChooser):
             examples=header + block, choices=", ".join(f'"{t}"' for t in allowed)
         )
 
+    def messages(self, context: list[Message], request: str, tools: Sequence[str]) -> list[Message]:
+        """The whole conversation the model sees to choose; public so fine-tuning trains on exactly this."""
+        return [*context, Message(role="user", content=self.prompt(request, tools))]
+
     def choose(self, context: list[Message], request: str, tools: Sequence[str], called: Sequence[str] = ()) -> str:
         tools = [t for t in tools if t not in called]
-        messages = [*context, Message(role="user", content=self.prompt(request, tools))]
+        messages = self.messages(context, request, tools)
         decision = self.model.complete_json(messages, _choice_schema([*tools, NO_TOOL]), max_new_tokens=24)
         return decision.get("tool", NO_TOOL)
 

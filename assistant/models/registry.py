@@ -213,6 +213,24 @@ def choose_runtime(resolved: ResolvedModel | None, requested: Runtime, settings:
     return "transformers"
 
 
+LORA_SEPARATOR = "+lora:"
+
+
+def split_lora_name(name: str, settings: Settings) -> tuple[str, Path | None]:
+    """"base+lora:ADAPTER" -> (base, adapter folder); ADAPTER is a path or a name under models_dir/adapters."""
+    if LORA_SEPARATOR not in name:
+        return name, None
+    base, _, adapter_name = name.partition(LORA_SEPARATOR)
+    candidates = [Path(adapter_name).expanduser(), settings.models_dir / "adapters" / adapter_name]
+    adapter = next((c for c in candidates if (c / "adapter_config.json").is_file()), None)
+    if adapter is None:
+        raise ModelError(
+            f"no LoRA adapter {adapter_name!r} (no adapter_config.json there or under {settings.models_dir / 'adapters'}); "
+            "train one with: python -m assistant.training.toolcall_lora"
+        )
+    return base, adapter.resolve()
+
+
 _loaded: dict[tuple[str, str, str], ChatModel] = {}
 _loading_lock = threading.Lock()
 
@@ -247,8 +265,11 @@ def _load_uncached(settings: Settings, name: str, requested: Runtime, progress: 
         from assistant.models.openai_backend import OpenAIChatModel
 
         return OpenAIChatModel(settings, model=settings.openai_model or name)
-    resolved = resolve_model(name, settings, progress)
-    chosen = choose_runtime(resolved, requested, settings)
+    base, adapter = split_lora_name(name, settings)
+    resolved = resolve_model(base, settings, progress)
+    chosen = "transformers" if adapter and requested == "auto" else choose_runtime(resolved, requested, settings)
+    if adapter and chosen != "transformers":
+        raise ModelError(f"LoRA adapters run on the transformers runtime only; use --runtime transformers for {name!r}")
     if chosen == "llamacpp":
         if resolved.format != "gguf":
             raise ModelError(f"llama.cpp runs GGUF files only; {name!r} is a {resolved.format}; use --runtime transformers")
@@ -257,7 +278,7 @@ def _load_uncached(settings: Settings, name: str, requested: Runtime, progress: 
         return LlamaCppChatModel(resolved, settings)
     from assistant.models.transformers_backend import TransformersChatModel
 
-    return TransformersChatModel(resolved, settings, progress)
+    return TransformersChatModel(resolved, settings, progress, adapter)
 
 
 # --- CLI ---------------------------------------------------------------------------------

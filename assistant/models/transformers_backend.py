@@ -38,9 +38,15 @@ CPU_DTYPE = torch.float32
 class TransformersChatModel(ChatModel):
     runtime = "transformers"
 
-    def __init__(self, resolved: ResolvedModel, settings: Settings, progress: ProgressCallback | None = None) -> None:
+    def __init__(
+        self,
+        resolved: ResolvedModel,
+        settings: Settings,
+        progress: ProgressCallback | None = None,
+        adapter: Path | None = None,
+    ) -> None:
         super().__init__()
-        self.name = resolved.name
+        self.name = f"{resolved.name}+lora:{adapter.name}" if adapter else resolved.name
         self.settings = settings
         load_kwargs = _load_kwargs(settings)  # before any slow work: bad GPU settings fail fast
         torch.set_num_threads(settings.llm_threads)
@@ -52,6 +58,8 @@ class TransformersChatModel(ChatModel):
             self.model = AutoModelForCausalLM.from_pretrained(source, **load_kwargs).eval()
         except (OSError, ValueError) as exc:
             raise ModelError(f"could not load {resolved.location!r} with transformers: {exc}") from exc
+        if adapter is not None:
+            self.model = _with_lora_adapter(self.model, adapter, merge=settings.quantization == "none")
         self.tool_role = template_has_tool_role(self.tokenizer.chat_template)
         self._generating = threading.Lock()
 
@@ -74,15 +82,7 @@ class TransformersChatModel(ChatModel):
             raise ModelError("no messages to answer")
         started = time.perf_counter()
         max_new_tokens = max_new_tokens or self.settings.max_new_tokens
-        try:
-            inputs = self.tokenizer.apply_chat_template(
-                template_messages(messages, tool_role=self.tool_role),
-                add_generation_prompt=True,
-                return_tensors="pt",
-                return_dict=True,
-            ).to(self.model.device)
-        except ValueError as exc:  # e.g. a base model without a chat template
-            raise ModelError(f"{self.name} cannot format a chat: {exc}") from exc
+        inputs = self.encode(messages).to(self.model.device)
         prompt_tokens = int(inputs["input_ids"].shape[1])
         if prompt_tokens + max_new_tokens > self.settings.llm_context:
             raise ModelError(
@@ -132,6 +132,18 @@ class TransformersChatModel(ChatModel):
             seconds=time.perf_counter() - started,
             first_token_seconds=streamer.first_token_at - started if streamer.first_token_at else None,
         )
+
+    def encode(self, messages: Sequence[Message], answer: str | None = None) -> Any:
+        """Token ids of the chat as `stream` sends it (with `answer` as the assistant's turn, for fine-tuning)."""
+        chat = template_messages(messages, tool_role=self.tool_role)
+        if answer is not None:
+            chat.append({"role": "assistant", "content": answer})
+        try:
+            return self.tokenizer.apply_chat_template(
+                chat, add_generation_prompt=answer is None, return_tensors="pt", return_dict=True
+            )
+        except ValueError as exc:  # e.g. a base model without a chat template
+            raise ModelError(f"{self.name} cannot format a chat: {exc}") from exc
 
     def _json_constraint(self, schema: dict[str, Any]) -> Any:
         _let_lm_format_enforcer_import_on_transformers_5()
@@ -201,6 +213,17 @@ class _StopWhenJsonComplete(StoppingCriteria):
         except json.JSONDecodeError:
             return False
         return True
+
+
+def _with_lora_adapter(model: Any, adapter: Path, merge: bool) -> Any:
+    """The base model with a peft LoRA adapter; merged into the weights (same speed as the base) unless quantised."""
+    from peft import PeftModel
+
+    try:
+        model = PeftModel.from_pretrained(model, str(adapter))
+    except (OSError, ValueError, RuntimeError) as exc:  # missing files, another base's shapes
+        raise ModelError(f"could not apply the LoRA adapter {adapter}: {exc}") from exc
+    return (model.merge_and_unload() if merge else model).eval()
 
 
 def _load_kwargs(settings: Settings) -> dict[str, Any]:
