@@ -84,10 +84,10 @@ def evaluate(data_dir: Path, model_dir: Path, limit: int | None) -> dict:
                 correct["chance"][pair.topic].append(1 / len(pair.options))  # expected accuracy
                 continue
             tick = time.perf_counter()
-            vlm_answer = _generate(vlm, grid, pair.question, 40)
+            vlm_answer = _generate(vlm, grid, pair.question, 28)
             open_latency.append(time.perf_counter() - tick)
             with vlm.llm.disable_adapter():
-                text_answer = _generate(vlm, None, description + pair.question, 40)
+                text_answer = _generate(vlm, None, description + pair.question, 28)
             if pair.topic == "size":
                 truth = case.lesion.diameter_mm
                 for arm, answer in (("vlm", vlm_answer), ("text", text_answer)):

@@ -104,6 +104,11 @@ def load_llm(folder: str, quantization: str = "none") -> tuple[nn.Module, object
         llm = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     except OSError as exc:
         raise ModelError(f"could not load the VLM's language model from {folder!r}: {exc}") from exc
+    # The GGUF-derived tokenizer has the vision tokens in its vocabulary but does not split text on them.
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|vision_start|>", IMAGE_TOKEN, "<|vision_end|>"]},
+                                 replace_additional_special_tokens=False)
+    if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
+        raise ModelError(f"the tokenizer in {folder} lacks Qwen's vision tokens; use a Qwen2/2.5 language model")
     return llm, tokenizer
 
 
