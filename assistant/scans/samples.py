@@ -255,6 +255,11 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _path(args: argparse.Namespace) -> int:
+    print(sample_path(args.name))
+    return 0
+
+
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="bundled sample scans").add_subparsers(dest="data_command", required=True)
     fetch = data.add_parser("fetch", help="write sample scans into the cache (from installed packages)")
@@ -262,3 +267,6 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     fetch.add_argument("--all", action="store_true", help="fetch every sample (the default when no NAME is given)")
     fetch.set_defaults(func=_fetch)
     data.add_parser("list", help="list the sample scans and where they come from").set_defaults(func=_list)
+    path = data.add_parser("path", help="print where a sample scan is (fetching it first), for other commands")
+    path.add_argument("name", choices=list(SAMPLES))
+    path.set_defaults(func=_path)
