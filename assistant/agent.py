@@ -295,6 +295,10 @@ class Agent:
             write(TokenEvent(piece))
         self._count_usage()
         text = "".join(pieces).strip()
+        if getattr(self.model, "last_looked_at_volume", False) and text:
+            from assistant.vlm.backends import model_observation
+
+            self.session.observations.append(model_observation(text, self.model.name, state["messages"][0].content))
         sources = [m.content for m in state["messages"]] + [self._scan_context()]
         report = check_grounding(text, sources)
         replaced = False

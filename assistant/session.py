@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from assistant.findings import Finding
 from assistant.volume import Volume
 from tools.base import NoScanError, ToolResult
 
@@ -44,6 +45,7 @@ class ScanSession:
     volume: Volume | None = None
     records: list[ToolRecord] = field(default_factory=list)
     overlays: dict[str, Overlay] = field(default_factory=dict)
+    observations: list[Finding] = field(default_factory=list)  # what a vision model said it saw, not measured
 
     def require_volume(self) -> Volume:
         if self.volume is None:
@@ -55,6 +57,7 @@ class ScanSession:
         self.volume = volume
         self.records.clear()
         self.overlays.clear()
+        self.observations.clear()
 
     def add_overlay(self, overlay: Overlay) -> None:
         volume = self.require_volume()

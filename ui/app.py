@@ -72,8 +72,14 @@ class ScanChatApp:
         return files
 
     def _model_info(self, agent: Agent) -> str:
-        sees = "looks at the volume itself" if agent.model.sees_volumes else "reads the tools' results (it does not see the image)"
-        return f"Model: **{agent.model.name}** ({agent.model.runtime}) — {sees}."
+        model = agent.model
+        if not model.sees_volumes:
+            sees = "reads the tools' results (it does not see the image)"
+        elif getattr(model, "last_looked_at_volume", False):
+            sees = "looked at the volume for this answer; its statements are model observations, not measurements"
+        else:
+            sees = f"did not look at the volume this time ({getattr(model, 'last_volume_note', None) or 'no answer yet'})"
+        return f"Model: **{model.name}** ({model.runtime}) — {sees}."
 
     def _views(self, state: ChatState, window: str, show_overlays: bool):
         volume = state.session.volume
@@ -201,7 +207,7 @@ class ScanChatApp:
         except (OSError, ValueError) as exc:
             log.warning("export failed: %s", exc)
             downloads = None
-        yield state, history, "", *self._views(state, window, show_overlays), downloads, info
+        yield state, history, "", *self._views(state, window, show_overlays), downloads, self._model_info(agent)
 
     # -- layout --------------------------------------------------------------------------
 
