@@ -169,7 +169,7 @@ class ScanChatApp:
                     )
                 elif isinstance(event, ToolResultEvent):
                     record = event.record
-                    text = record.result.summary() if record.result else f"Error: {record.error}"
+                    text = _tool_result_markdown(record)
                     history[-1] = gr.ChatMessage(
                         role="assistant",
                         content=f"{history[-1].content}\n{text}",
@@ -263,6 +263,14 @@ class ScanChatApp:
                     [state, chatbot, message, *views, downloads, model_info],
                 )
         return demo
+
+
+def _tool_result_markdown(record) -> str:
+    """A tool result as shown in its collapsible chat bubble (translations with their terms highlighted)."""
+    if record.result is None:
+        return f"Error: {record.error}"
+    highlighted = getattr(record.result, "highlighted_markdown", None)
+    return highlighted() if callable(highlighted) else record.result.summary()
 
 
 def _scan_info(volume) -> str:
