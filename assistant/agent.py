@@ -337,7 +337,7 @@ class Agent:
             return "No scan is loaded yet; tools that need a scan will fail until the user uploads one."
         v = self.session.volume
         dims = " x ".join(map(str, v.shape))
-        return f"Loaded scan: {v.name}, {v.modality.value}, {dims} voxels (voxel indices run 0 to size-1)."
+        return f"Loaded scan: {v.name}, {v.modality.value}, {dims} voxels (voxel indices start at zero)."
 
     def _validate(self, user_message: str) -> str:
         text = (user_message or "").strip()
