@@ -50,7 +50,7 @@ def app_url():
 
 
 @pytest.fixture(scope="module")
-def page(app_url):
+def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -59,10 +59,16 @@ def page(app_url):
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--no-first-run", "--disable-quic"],
         )
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
-        page.goto(app_url)
-        yield page
+        yield browser
         browser.close()
+
+
+@pytest.fixture
+def page(app_url, browser):
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page.goto(app_url)
+    yield page
+    page.close()
 
 
 def test_upload_question_tool_call_answer(page, tmp_path):
@@ -82,15 +88,8 @@ def test_upload_question_tool_call_answer(page, tmp_path):
     assert "1.5" in chat_text
 
 
-def test_question_before_any_scan_gets_a_message_not_a_crash(app_url):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page()
-        page.goto(app_url)
-        page.locator("#message textarea").fill("What is the slice thickness?")
-        page.locator("#send").click()
-        page.locator("#chat").get_by_text("scan", exact=False).last.wait_for(timeout=300_000)
-        assert "Traceback" not in page.locator("#chat").inner_text()
-        browser.close()
+def test_question_before_any_scan_gets_a_message_not_a_crash(page):
+    page.locator("#message textarea").fill("What is the slice thickness?")
+    page.locator("#send").click()
+    page.locator("#chat").get_by_text("scan", exact=False).last.wait_for(timeout=300_000)
+    assert "Traceback" not in page.locator("#chat").inner_text()
