@@ -253,7 +253,7 @@ def test_smoke_suite_end_to_end_with_the_small_model(tmp_path, small_model):
     report = build_report(RunInfo(suites=["smoke"], backend="smollm2-135m", runtime=small_model.runtime, started="now"), results)
     assert report.metrics.pass_rate.mean == 1.0, [r.reason for r in results if r.status != "passed"]
     answered = [t for r in results for t in r.turns if not t.error]
-    assert answered and all(t.answer and t.seconds > 0 and t.model_calls >= 2 and t.completion_tokens > 0 for t in answered)
+    assert answered and all(t.answer and t.seconds > 0 and t.model_calls >= 1 and t.completion_tokens > 0 for t in answered)
     assert any(r.messages for r in results)
     upload = next(r for r in results if r.name == "upload-switches-scan")
     assert upload.turns[2].upload == "mr-multiframe-dicom"
