@@ -193,6 +193,8 @@ def _llm_config_values(folder: Path) -> dict[str, Any]:
     import json
 
     path = folder / "config.json"
+    if not folder.is_dir():
+        raise ModelError(f"the checkpoint folder {folder} does not exist")
     if not path.is_file():
         raise ModelError(f"{folder} has no config.json; it is not an M3D-LaMed checkpoint folder")
     values = json.loads(path.read_text())
