@@ -15,7 +15,6 @@ import importlib.util
 import logging
 import os
 import re
-import shutil
 import tempfile
 import threading
 from collections.abc import Callable

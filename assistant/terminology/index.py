@@ -29,7 +29,7 @@ from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 from pydantic import BaseModel, Field
 
 from assistant.config import Settings, get_settings
-from assistant.terminology.embeddings import DEFAULT_EMBEDDER, Embedder, get_embedder
+from assistant.terminology.embeddings import DEFAULT_EMBEDDER, get_embedder
 from assistant.terminology.fusion import reciprocal_rank_fusion
 from assistant.terminology.languages import INDEX_LANGUAGES, normalize_lang
 from assistant.terminology.lexical import (
