@@ -30,7 +30,7 @@ from rouge_score import rouge_scorer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from assistant.config import get_settings  # noqa: E402
-from assistant.vlm.data import Case, default_data_dir, load_case_volume, read_cases  # noqa: E402
+from assistant.vlm.cases import Case, default_data_dir, load_case_volume, read_cases  # noqa: E402
 from assistant.vlm.model import load_vlm  # noqa: E402
 from assistant.vlm.train import case_features, default_output  # noqa: E402
 

@@ -10,7 +10,8 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from assistant.config import get_settings
 from assistant.models.base import Message, ModelError
-from assistant.vlm.data import base_volume, case_questions, generate_cases, lobe_of, read_cases
+from assistant.vlm.cases import read_cases
+from assistant.vlm.data import base_volume, case_questions, generate_cases, lobe_of
 from assistant.vlm.encoder import SymmetryGridEncoder
 from assistant.vlm.m3d import M3DLaMed, M3DVisionConfig, load_m3d_checkpoint, map_checkpoint_key
 from assistant.vlm.model import load_llm

@@ -105,8 +105,7 @@ def load_llm(folder: str, quantization: str = "none") -> tuple[nn.Module, object
     except OSError as exc:
         raise ModelError(f"could not load the VLM's language model from {folder!r}: {exc}") from exc
     # The GGUF-derived tokenizer has the vision tokens in its vocabulary but does not split text on them.
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<|vision_start|>", IMAGE_TOKEN, "<|vision_end|>"]},
-                                 replace_additional_special_tokens=False)
+    tokenizer.add_tokens(["<|vision_start|>", IMAGE_TOKEN, "<|vision_end|>"], special_tokens=True)
     if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
         raise ModelError(f"the tokenizer in {folder} lacks Qwen's vision tokens; use a Qwen2/2.5 language model")
     return llm, tokenizer
@@ -155,12 +154,13 @@ class ScanChatVLM(nn.Module):
             scores.append(float(logits.log_softmax(-1).gather(1, answer[:, None]).sum()))
         return scores
 
-    def generate_ids(self, grid: torch.Tensor | None, question: str, max_new_tokens: int, streamer=None) -> torch.Tensor:
+    def generate_ids(self, grid: torch.Tensor | None, question: str, max_new_tokens: int, streamer=None,
+                     min_new_tokens: int = 0) -> torch.Tensor:
         ids = self._prompt_ids(question, grid is not None)
         with torch.inference_mode():
             embeddings = self.input_embeddings(ids, None if grid is None else grid[None])
             return self.llm.generate(inputs_embeds=embeddings, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                     do_sample=False, temperature=None, top_p=None, top_k=None, streamer=streamer,
+                                     min_new_tokens=min_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None, streamer=streamer,
                                      pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
 
     def save(self, folder: Path) -> None:

@@ -3,7 +3,7 @@
     python -m assistant.vlm.train --data ~/.cache/scanchat/vlm/data --out ~/.cache/scanchat/models/scanchat-vlm-0.5b
     scanchat vlm train ...        (the same)
 
-Reads the in-silico JSONL (`assistant.vlm.data`); encoder features are computed once and cached
+Reads the in-silico JSONL (`assistant.vlm.cases`); encoder features are computed once and cached
 next to it, so each step costs only the LLM. The same script runs on a GPU through accelerate;
 with `--qlora` on CUDA the LLM is loaded in 4-bit (bitsandbytes) and prepared for k-bit training.
 """
@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from assistant.config import Settings, get_settings
 from assistant.models.base import ModelError
-from assistant.vlm.data import Case, default_data_dir, load_case_volume, read_cases
+from assistant.vlm.cases import Case, default_data_dir, load_case_volume, read_cases
 from assistant.vlm.encoder import cached_features, get_encoder
 from assistant.vlm.model import ScanChatVLM, VLMConfig, load_llm, prompt_text
 
@@ -103,8 +103,11 @@ def _run_stage(model: ScanChatVLM, accelerator, examples: list[Example], feature
 
 def train(data_dir: Path, out: Path, *, encoder: str = "merlin", align_steps: int = 60, tune_steps: int = 120,
           batch_size: int = 8, learning_rate: float = 1e-3, lora_learning_rate: float = 2e-4, qlora: bool = False,
-          seed: int = 0, settings: Settings | None = None) -> dict:
-    """Train and save the VLM into `out`; returns a summary (losses, seconds) also written as train_log.json."""
+          seed: int = 0, llm_folder: str | None = None, settings: Settings | None = None) -> dict:
+    """Train and save the VLM into `out`; returns a summary (losses, seconds) also written as train_log.json.
+
+    `llm_folder` is any transformers causal-LM folder (default: the packaged Qwen2.5-Coder-0.5B).
+    """
     from accelerate import Accelerator
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -120,7 +123,7 @@ def train(data_dir: Path, out: Path, *, encoder: str = "merlin", align_steps: in
     features = case_features(data_dir, cases, encoder)
     sample_grid = next(iter(features.values()))
     config = VLMConfig(encoder=encoder, feature_dim=int(sample_grid.shape[0]), grid=tuple(sample_grid.shape[1:]),
-                       llm_folder=default_llm_folder(settings))
+                       llm_folder=llm_folder or default_llm_folder(settings))
     llm, tokenizer = load_llm(config.llm_folder, "4bit" if qlora else "none")
     if qlora:
         llm = prepare_model_for_kbit_training(llm)
@@ -152,13 +155,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--qlora", action="store_true", help="4-bit LLM + LoRA (CUDA and bitsandbytes only)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--llm", default=None, help="transformers LLM folder (default: the packaged Qwen2.5-Coder-0.5B)")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     settings = get_settings()
     summary = train(args.data or default_data_dir(settings), args.out or default_output(settings), encoder=args.encoder,
                     align_steps=args.align_steps, tune_steps=args.tune_steps, batch_size=args.batch_size, qlora=args.qlora,
-                    seed=args.seed, settings=settings)
+                    seed=args.seed, llm_folder=args.llm, settings=settings)
     print(json.dumps(summary, indent=2))
     return 0
 
