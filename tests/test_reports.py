@@ -210,3 +210,83 @@ def test_report_panel_mounts_and_shows_flags_inline(ct_session, tmp_path):
     with gr.Blocks():
         components = build_report_panel(gr.State(None), desk=ReportDesk(store=ReportStore(tmp_path / "r.sqlite3")))
     assert {"draft", "sign", "translate", "downloads"} <= set(components)
+
+
+@pytest.mark.slow
+def test_a_glossary_conflict_on_a_reported_term_is_refused_and_saves_nothing(desk, ct_session, tmp_path):
+    if not shutil.which("apertium"):
+        pytest.skip("apertium (Debian package apertium-eng-spa) is not installed")
+    from assistant.terminology.glossary import load_glossary
+
+    version = desk.draft(ct_session, "Dr A")
+    path = tmp_path / "conflict.csv"
+    path.write_text("source,target,lang\nslice thickness,grosor de corte,es\nslice thickness,espesor de corte,es\n"
+                    "brain,encéfalo,es\nbrain,cerebro,es\n", encoding="utf-8")
+    assert "slice thickness" in version.content.text.technique.casefold()
+    with pytest.raises(ReportError, match="grosor de corte / espesor de corte"):
+        desk.translate(version.report_id, "es", "Dr A", ct_session.volume, glossary=load_glossary(path))
+    assert [v.number for v in desk.store.versions(version.report_id)] == [1]  # nothing half-translated was saved
+
+
+def test_a_crash_in_the_middle_of_a_save_loses_no_version(desk, ct_session):
+    """A process killed between writing a version and committing it: the earlier versions are
+    intact, the half-written one is gone, and the next save works (no lock left behind)."""
+    import os
+    import sys
+    import textwrap
+
+    first = desk.draft(ct_session, "Dr A")
+    desk.sign(first.report_id, "Dr A", ct_session.volume)
+    crash = textwrap.dedent(f"""
+        import os, signal
+        from assistant.reports.store import ReportStore
+        store = ReportStore({str(desk.store.path)!r})
+        latest = store.latest({first.report_id!r})
+        half = latest.model_copy(update={{"number": 2, "author": "Dr Crash", "signed_at": None, "signed_by": None}})
+        with store._transaction() as db:
+            store._insert(db, half)
+            db.execute("UPDATE reports SET created = 'x' WHERE id = ?", ({first.report_id!r},))
+            os.kill(os.getpid(), signal.SIGKILL)  # dies before COMMIT, as a power cut would
+    """)
+    run = subprocess.run([sys.executable, "-c", crash], capture_output=True, text=True, env=os.environ, timeout=120)
+    assert run.returncode == -9, run.stderr[-2000:]
+    versions = ReportStore(desk.store.path).versions(first.report_id)
+    assert [(v.number, v.author, v.signed_by) for v in versions] == [(1, "Dr A", "Dr A")]
+    assert versions[0].content == first.content
+    text = first.content.text.model_copy(update={"clinical_information": "Headache."})
+    assert desk.edit(first.report_id, text, "Dr B", 1, ct_session.volume).number == 2
+
+
+def test_conversation_and_findings_survive_a_restart(ct_session, tmp_path):
+    from assistant.config import get_settings
+    from assistant.models.base import Message
+    from assistant.reports.conversations import conversation_of, restore_session
+    from ui.app import ScanChatApp
+
+    def facts(findings):  # a finding's creation time is when it was collected, not part of the fact
+        return [f.model_dump(exclude={"created"}) for f in findings]
+
+    database = tmp_path / "reports.sqlite3"
+    measurement = next(r for r in ct_session.records if r.name == "measure_distance")
+    chat = [Message(role="user", content="How far apart are these two points?"),
+            Message(role="tool", name="measure_distance", content=measurement.result.summary()),
+            Message(role="assistant", content="Here is the measured distance.")]
+    ReportStore(database).save_conversation(conversation_of(ct_session, "conv-1", chat, "ct-head"))
+    measured = facts(collect_findings(ct_session))
+
+    saved = ReportStore(database).conversation("conv-1")  # a new process would open the file like this
+    assert saved.messages == chat and facts(saved.findings) == measured
+    restored = restore_session(saved, load_sample("ct-head"))
+    assert facts(collect_findings(restored)) == measured
+    content = draft_report(restored)
+    distance = measurement.result.findings(measurement.arguments)[0].quantities[0]
+    assert f"{distance.value:g} mm" in content.text.findings
+    with pytest.raises(ReportError, match="another scan"):
+        restore_session(saved, load_sample("ct-small-dicom"))
+
+    app = ScanChatApp(get_settings().model_copy(update={"reports_db": database}))
+    state, *_, info, shown = app.load(None, None, "ct-head", "auto", progress=lambda *args, **kwargs: None)
+    assert [m.content for m in shown] == [m.content for m in chat] and "restored" in info
+    assert state.conversation_id == "conv-1" and facts(collect_findings(state.session)) == measured
+    state, *_, shown = app.load(state, None, "ct-small-dicom", "auto", progress=lambda *args, **kwargs: None)
+    assert shown == [] and state.conversation_id != "conv-1"  # another scan starts a new conversation

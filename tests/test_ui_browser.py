@@ -23,13 +23,15 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def app_url():
+def app_url(tmp_path_factory):
     if not os.path.exists(CHROMIUM):
         pytest.fail("Debian's chromium is required for the browser test (scripts/setup installs it)")
     port = _free_port()
+    database = tmp_path_factory.mktemp("reports") / "reports.sqlite3"  # no conversation restored from earlier runs
     proc = subprocess.Popen(
         [sys.executable, "-m", "assistant.cli", "ui", "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "SCANCHAT_REPORTS_DB": str(database)},
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180

@@ -17,6 +17,11 @@ import gradio as gr
 
 from assistant.agent import Agent, AnswerEvent, InputError, TokenEvent, ToolCallEvent, ToolResultEvent
 from assistant.config import Settings, get_settings
+from assistant.models.base import Message
+from assistant.reports.collect import scan_fingerprint
+from assistant.reports.conversations import conversation_of, restore_session
+from assistant.reports.model import ReportError
+from assistant.reports.store import ReportStore
 from assistant.scans import display
 from assistant.scans.loading import load_scan
 from assistant.scans.samples import SAMPLES, sample_path
@@ -38,11 +43,22 @@ class ChatState:
     cursor: dict[str, int] = field(default_factory=dict)  # plane -> slice index
     clicked: tuple[int, int, int] | None = None
     export_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # this session's export folder
+    conversation_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # key of the saved conversation
+    scan_path: str | None = None
+    restored_history: list[Message] = field(default_factory=list)  # the agent's memory of a restored conversation
 
 
 class ScanChatApp:
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or get_settings()
+        self._store: ReportStore | None = None
+
+    @property
+    def store(self) -> ReportStore:
+        """Conversations are saved beside the reports (`Settings.reports_db`)."""
+        if self._store is None:
+            self._store = ReportStore(settings=self.settings)
+        return self._store
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -53,7 +69,32 @@ class ScanChatApp:
             if progress is not None:
                 progress(0.1, desc=f"Starting the model {self.settings.llm} (first start takes a while)")
             state.agent = Agent(load_chat_model(self.settings), state.session, self.settings)
+            state.agent.history = list(state.restored_history)
         return state.agent
+
+    def _save_conversation(self, state: ChatState) -> None:
+        """After every answer, so that a restart or a closed browser loses nothing."""
+        if state.session.volume is None or state.agent is None:
+            return
+        try:
+            self.store.save_conversation(conversation_of(state.session, state.conversation_id, state.agent.history,
+                                                         state.scan_path))
+        except (ReportError, OSError) as exc:
+            log.warning("the conversation could not be saved: %s", exc)
+            gr.Warning(f"The conversation could not be saved: {exc}")
+
+    def _restore_conversation(self, state: ChatState, volume) -> list[gr.ChatMessage]:
+        """Pick up the last saved conversation about this very scan: its findings and its chat."""
+        try:
+            saved = self.store.latest_conversation(scan_fingerprint(volume))
+        except ReportError as exc:
+            gr.Warning(f"Saved conversations could not be read: {exc}")
+            return []
+        if saved is None:
+            return []
+        state.session = restore_session(saved, volume)
+        state.conversation_id, state.restored_history = saved.conversation_id, list(saved.messages)
+        return [_chat_message(m) for m in saved.messages if m.role != "system"]
 
     def _downloads(self, state: ChatState) -> list[str] | None:
         """The last segmentation as NIfTI (and DICOM SEG for a DICOM scan), ready to download."""
@@ -107,8 +148,11 @@ class ScanChatApp:
             volume = load_scan(path, self.settings)
         except (ScanLoadError, OSError, ValueError) as exc:
             gr.Warning(str(exc))
-            return (state, gr.update(), *[gr.update()] * 6)
+            return (state, *[gr.update()] * 8)
+        state.agent, state.restored_history = None, []
+        state.conversation_id, state.scan_path = uuid.uuid4().hex, str(path)
         state.session.load(volume)
+        chat = self._restore_conversation(state, volume)
         state.cursor = {plane: display.slice_count(volume, plane) // 2 for plane in PLANES}
         sliders = [
             gr.update(maximum=display.slice_count(volume, plane) - 1, value=state.cursor[plane], interactive=True)
@@ -117,7 +161,9 @@ class ScanChatApp:
         if window == "auto" or volume.modality.value != "CT":
             window = "auto" if volume.modality.value != "CT" else "brain"
         info = _scan_info(volume)
-        return (state, gr.update(value=window), *self._views(state, window, True), *sliders, info)  # type: ignore[misc]
+        if chat:
+            info += f"\n\nThe earlier conversation about this scan was restored ({len(state.session.records)} tool results)."
+        return (state, gr.update(value=window), *self._views(state, window, True), *sliders, info, chat)  # type: ignore[misc]
 
     def move(self, state: ChatState | None, plane: str, index: int, window: str, show_overlays: bool):
         state = state or ChatState()
@@ -207,6 +253,7 @@ class ScanChatApp:
         except (OSError, ValueError) as exc:
             log.warning("export failed: %s", exc)
             downloads = None
+        self._save_conversation(state)
         yield state, history, "", *self._views(state, window, show_overlays), downloads, self._model_info(agent)
 
     # -- layout --------------------------------------------------------------------------
@@ -245,7 +292,7 @@ class ScanChatApp:
                         build_report_panel(state, self.settings)
 
             load_button.click(
-                self.load, [state, upload, sample, window], [state, window, *views, *sliders, info]
+                self.load, [state, upload, sample, window], [state, window, *views, *sliders, info, chatbot]
             )
             for plane, slider in zip(PLANES, sliders):
                 slider.change(
@@ -271,6 +318,14 @@ def _tool_result_markdown(record) -> str:
         return f"Error: {record.error}"
     highlighted = getattr(record.result, "highlighted_markdown", None)
     return highlighted() if callable(highlighted) else record.result.summary()
+
+
+def _chat_message(message: Message) -> gr.ChatMessage:
+    """A saved agent message as the chat showed it: tool results folded under the tool's name."""
+    if message.role == "tool":
+        return gr.ChatMessage(role="assistant", content=message.content,
+                              metadata={"title": f"🛠 {message.name or 'tool'}", "status": "done"})
+    return gr.ChatMessage(role="user" if message.role == "user" else "assistant", content=message.content)
 
 
 def _scan_info(volume) -> str:

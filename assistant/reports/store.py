@@ -1,9 +1,10 @@
-"""Report versions in SQLite: every save is a new version, signed versions never change.
+"""Report versions and conversations in SQLite: every save is a new version, signed versions never change.
 
 Each save runs in one transaction (a crash mid-save leaves the previous versions as they were);
 a trigger makes signed versions read-only inside the database itself, and a save based on an
 older version than the latest is refused instead of silently overwriting another tab's edit.
 The wording a signed report used for each concept is remembered, so later reports reuse it.
+Conversations (chat and findings, see `assistant.reports.conversations`) live in the same file.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from assistant.config import Settings, get_settings
+from assistant.reports.conversations import SavedConversation
 from assistant.reports.model import ReportContent, ReportError, ReportVersion
 
 _SCHEMA = """
@@ -41,7 +43,14 @@ CREATE TABLE IF NOT EXISTS wordings (
     wording TEXT NOT NULL,
     report_id TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS conversations (
+    id TEXT PRIMARY KEY,
+    scan_id TEXT NOT NULL,
+    updated TEXT NOT NULL,
+    content TEXT NOT NULL
+);
 CREATE INDEX IF NOT EXISTS reports_by_scan ON reports(scan_id);
+CREATE INDEX IF NOT EXISTS conversations_by_scan ON conversations(scan_id, updated);
 CREATE TRIGGER IF NOT EXISTS signed_versions_are_final
 BEFORE UPDATE ON versions WHEN OLD.signed_at IS NOT NULL
 BEGIN SELECT RAISE(ABORT, 'signed versions are final'); END;
@@ -146,6 +155,13 @@ class ReportStore:
                                (finding.concept_id, finding.what, report_id))
         return latest.model_copy(update={"signed_by": _author(signer), "signed_at": signed_at})
 
+    def save_conversation(self, conversation: SavedConversation) -> None:
+        """Replace the stored state of this conversation with `conversation`, in one transaction."""
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO conversations (id, scan_id, updated, content) VALUES (?, ?, ?, ?)",
+                       (conversation.conversation_id, conversation.scan.scan_id, conversation.updated.isoformat(),
+                        conversation.model_dump_json()))
+
     @staticmethod
     def _insert(db: sqlite3.Connection, version: ReportVersion) -> None:
         db.execute(
@@ -179,6 +195,20 @@ class ReportStore:
         with self._connect() as db:
             rows = db.execute("SELECT id FROM reports WHERE scan_id = ? ORDER BY created", (scan_id,)).fetchall()
         return [row[0] for row in rows]
+
+    def conversation(self, conversation_id: str) -> SavedConversation:
+        with self._connect() as db:
+            row = db.execute("SELECT content FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+        if row is None:
+            raise ReportError(f"There is no conversation {conversation_id!r} in {self.path}.")
+        return SavedConversation.model_validate_json(row[0])
+
+    def latest_conversation(self, scan_id: str) -> SavedConversation | None:
+        """The most recently saved conversation about this scan, if any."""
+        with self._connect() as db:
+            row = db.execute("SELECT content FROM conversations WHERE scan_id = ? ORDER BY updated DESC LIMIT 1",
+                             (scan_id,)).fetchone()
+        return SavedConversation.model_validate_json(row[0]) if row else None
 
     def wordings(self) -> dict[str, str]:
         """concept id -> the wording signed reports used for it."""

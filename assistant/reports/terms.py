@@ -71,7 +71,9 @@ def normalise_findings(findings: list[Finding], index, wordings: Mapping[str, st
         if finding.kind not in CLINICAL_KINDS or finding.concept_id:
             normalised.append(finding)
             continue
-        mapping = cache.setdefault(finding.what.casefold(), map_term(finding.what, index, wordings))
+        if finding.what.casefold() not in cache:
+            cache[finding.what.casefold()] = map_term(finding.what, index, wordings)
+        mapping = cache[finding.what.casefold()]
         if not mapping.mapped:
             normalised.append(finding)
             continue
@@ -99,11 +101,13 @@ def equivalent_ids(text: str, concept: Concept, index) -> set[str]:
 
 def group_mentions(mentions: list[TermMention], index) -> list[tuple[set[str], list[TermMention]]]:
     """Mentions grouped by the idea they name (union of intersecting `equivalent_ids`)."""
-    by_text: dict[str, set[str]] = {}
+    by_text: dict[tuple[str, str], set[str]] = {}  # one index search per distinct wording and concept
     groups: list[tuple[set[str], list[TermMention]]] = []
     for mention in mentions:
-        key = mention.text.casefold()
-        ids = by_text.setdefault(key, equivalent_ids(mention.text, mention.concept, index))
+        key = (mention.text.casefold(), mention.concept.id)
+        if key not in by_text:
+            by_text[key] = equivalent_ids(mention.text, mention.concept, index)
+        ids = by_text[key]
         joined = [g for g in groups if g[0] & ids]
         merged_ids = set(ids).union(*(g[0] for g in joined))
         merged = [m for g in joined for m in g[1]] + [mention]
