@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from assistant.choosers import NO_TOOL, example_bank
-from evals.toolcalls.dataset import TRAIN, build_training_examples, kind_of, load_examples
+from evals.toolcalls.dataset import TRAIN, build_training_examples, kind_of, load_examples, template_of
 from tools import TOOL_CLASSES, tool_class
 
 SCHEMAS = {cls.model_fields["name"].default: cls.model_fields["args_schema"].default
@@ -30,7 +30,7 @@ def test_every_tool_and_no_tool_have_a_fair_share(bank):
     counts = Counter(e.tool for e in bank)
     assert set(counts) == {*SCHEMAS, NO_TOOL}
     assert 700 <= len(bank) <= 1000
-    assert min(counts.values()) >= 0.6 * max(counts.values())
+    assert min(counts.values()) >= 0.5 * max(counts.values())  # segment and none span more sub-cases
     assert len({e.id for e in bank}) == len(bank)
     assert len({(e.text.lower(), e.previous) for e in bank}) == len(bank)
 
@@ -43,6 +43,7 @@ def test_kinds_cover_variants_follow_ups_and_no_tool_subtypes(bank):
     assert {"greeting", "thanks", "meta", "knowledge", "decision", "missing_tool", "injection", "empty"} <= none_kinds
     follow_up_tools = {e.tool for e in bank if e.previous}
     assert set(SCHEMAS) <= follow_up_tools
+    assert len({template_of(e) for e in bank}) >= 300  # many phrasings, not a few templates filled many times
 
 
 def test_every_call_is_valid_for_its_tool_schema(bank):

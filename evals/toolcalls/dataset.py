@@ -8,8 +8,8 @@ clinical purpose rather than the tool, requests that use another tool's words), 
 variants, follow-ups referring to an earlier turn, and messages that need no tool (greetings,
 questions about the assistant, general knowledge, diagnosis or treatment decisions, tools that do
 not exist, prompt injections, empty-ish messages), each with the tool and the arguments its schema
-expects. The example id says its tool and kind (`segment-terse-3`), so counts per kind can be read
-back from the bank. The held-out split, `heldout.jsonl`, is written by hand with other phrasings
+expects. The example id says its tool, kind and template (`segment-terse-t130-2`), so counts per
+kind can be read back from the bank and cross-validation can hold out whole templates. The held-out split, `heldout.jsonl`, is written by hand with other phrasings
 and other scans, and is never used for prompts, retrieval examples or training.
 """
 
@@ -66,6 +66,9 @@ FACTS = [
     "HU range", "range of grey values", "range of gray values", "body part", "acquisition plane", "z spacing",
     "slice spacing", "series description", "scan dimensions in mm", "number of voxels", "contrast agent",
 ]
+QUANTITIES = ["HU", "intensity", "density", "attenuation", "signal", "grey value", "Hounsfield value",
+              "signal intensity", "CT number", "pixel value", "voxel value", "brightness"]
+OBJECTS = ["lesion", "tumour", "tumor", "mass", "cyst", "haematoma", "hematoma", "nodule", "bleed", "blob", "abscess"]
 FINDINGS = [
     "lesions", "masses", "tumours", "tumors", "bleeds", "areas of haemorrhage", "hemorrhage", "infarcts",
     "white matter lesions", "MS plaques", "focal abnormalities", "hyperintensities", "signs of atrophy", "cysts",
@@ -236,6 +239,11 @@ TEMPLATES: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
         ("terse", "HU @ centre", {}),
         ("terse", "signal at the middle voxel?", {}),
         ("plain", "what is the value at voxel {pt}", {"point": "{point}"}),
+        ("plain", "what's the {qty} at {pt}?", {"point": "{point}"}),
+        ("terse", "{qty} @ {pt}", {"point": "{point}"}),
+        ("plain", "can you read the {qty} at voxel {pt}", {"point": "{point}"}),
+        ("terse", "{qty} centre?", {}),
+        ("plain", "what is the {qty} in the middle of the volume", {}),
         ("terse", "intensity at {pt}?", {"point": "{point}"}),
         ("terse", "HU @ {pt}", {"point": "{point}"}),
         ("terse", "HU {pt}?", {"point": "{point}"}),
@@ -338,6 +346,10 @@ TEMPLATES: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
         ("plain", "grow a region from voxel {pt}", {"points": "{points}"}),
         ("plain", "segment what I clicked: voxel {pt}", {"points": "{points}"}),
         ("boundary", "how big is the lesion at {pt}?", {"points": "{points}"}),
+        ("boundary", "how large is the {object} at {pt}", {"points": "{points}"}),
+        ("plain", "volume of the {object} at {pt}?", {"points": "{points}"}),
+        ("terse", "{object} @ {pt}: size?", {"points": "{points}"}),
+        ("plain", "segment the {object} I clicked at {pt}", {"points": "{points}"}),
         ("boundary", "what's the diameter of the mass at {pt}", {"points": "{points}"}),
         ("terse", "seed {pt} -> mask + vol", {"points": "{points}"}),
         ("purpose", "volume of the haematoma around {pt}", {"points": "{points}"}),
@@ -352,6 +364,11 @@ TEMPLATES: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
         ("plain", "screen this brain for abnormalities", {}),
         ("terse", "any lesions?", {}),
         ("plain", "where is the abnormality", {}),
+        ("plain", "where's the lesion?", {}),
+        ("plain", "find the lesion for me", {}),
+        ("plain", "can you locate the tumour?", {}),
+        ("terse", "locate abnormality", {}),
+        ("boundary", "I can't see the lesion, where is it?", {}),
         ("plain", "run anomaly detection", {}),
         ("plain", "is this scan normal", {}),
         ("terse", "check for anything suspicious pls", {}),
@@ -400,6 +417,9 @@ TEMPLATES: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
         ("plain", "HPO term for {phenotype}", {"query": "{phenotype}", "sources": ["hpo"]}),
         ("plain", "what is the {source} code for {disease}?", {"query": "{disease}", "sources": "{sources}"}),
         ("terse", "{source} {disease}", {"query": "{disease}", "sources": "{sources}"}),
+        ("terse", "{source} for {disease}", {"query": "{disease}", "sources": "{sources}"}),
+        ("terse", "{source} code {phenotype}?", {"query": "{phenotype}", "sources": "{sources}"}),
+        ("plain", "give me the {source} concept for {abbr}", {"query": "{abbr}", "sources": "{sources}"}),
         ("plain", "look up {disease}", {"query": "{disease}"}),
         ("plain", "what does {abbr} stand for, and what's its code?", {"query": "{abbr}"}),
         ("plain", "what does the code {code} mean?", {"query": "{code}"}),
@@ -411,6 +431,8 @@ TEMPLATES: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
         ("plain", "what is {disease} in {label_lang}?", {"query": "{disease}", "language": "{label_code}"}),
         ("plain", "the {label_lang} term for {disease}, please", {"query": "{disease}", "language": "{label_code}"}),
         ("terse", "{disease} -> {label_lang}?", {"query": "{disease}", "language": "{label_code}"}),
+        ("boundary", "what is '{disease}' in {label_lang}?", {"query": "{disease}", "language": "{label_code}"}),
+        ("boundary", "the word '{phenotype}' in {label_lang}, please", {"query": "{phenotype}", "language": "{label_code}"}),
         ("plain", "how do you say {disease} in {label_lang}", {"query": "{disease}", "language": "{label_code}"}),
         ("purpose", "code for this diagnosis: {disease}", {"query": "{disease}"}),
         ("purpose", "I need the billing code for {disease}", {"query": "{disease}"}),
@@ -432,6 +454,8 @@ TEMPLATES: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
         ("plain", "extract the terms and their codes from this report: {report}", {"text": "{report}"}),
         ("plain", "map the findings in '{report}' to ICD-10", {"text": "{report}"}),
         ("plain", "find the diagnoses in this text: {report}", {"text": "{report}"}),
+        ("plain", "which findings are in this report: {report}", {"text": "{report}"}),
+        ("plain", "list the concepts with codes for the following note. {report}", {"text": "{report}"}),
         ("terse", "codes for: {report}", {"text": "{report}"}),
         ("terse", "normalise: {report}", {"text": "{report}"}),
         ("terse", "NER + codes -> {report}", {"text": "{report}"}),
@@ -479,6 +503,18 @@ TEMPLATES: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
          {"target_language": "{lang_code}", "text": "{sentence}", "glossary_path": "/data/glossary.csv"}),
     ],
 }
+# no tool, with slots: medical knowledge and decisions that mention what the tools also name
+TEMPLATES[NO_TOOL] = [
+    ("knowledge", "what causes {disease}?", {}), ("knowledge", "how is {disease} usually treated?", {}),
+    ("knowledge", "what are the typical symptoms of {disease}?", {}), ("knowledge", "is {disease} hereditary?", {}),
+    ("knowledge", "prognosis of {disease} in general?", {}), ("knowledge", "what does {phenotype} usually indicate?", {}),
+    ("knowledge", "is {drug} safe in pregnancy?", {}), ("knowledge", "what's the usual dose of {drug}?", {}),
+    ("knowledge", "what is the normal volume of the {pair} in adults?", {}),
+    ("knowledge", "which MRI sequence is best to see {finding}?", {}),
+    ("decision", "should I give {drug} to this patient?", {}), ("decision", "does this patient have {disease}?", {}),
+    ("decision", "confirm the diagnosis of {disease} for me", {}),
+    ("missing_tool", "email the {disease} report to the ward", {}),
+]
 COUNTRIES = [("Spain", "es"), ("Mexico", "es"), ("Argentina", "es"), ("Brazil", "pt"), ("Portugal", "pt"),
              ("Angola", "pt")]
 ANOMALY_METHODS = [("z-score", "zscore"), ("zscore", "zscore"), ("normative atlas", "normative"),
@@ -504,7 +540,8 @@ NO_TOOL_MESSAGES: list[tuple[str, str]] = [
         "what causes normal pressure hydrocephalus?", "how is a subdural hematoma usually treated?",
         "what's the normal hippocampal volume in adults?", "why do we give contrast for MRI?",
         "what are the symptoms of a stroke?", "how much radiation is a head CT?",
-        "what is the Fazekas scale?", "what does FLAIR stand for?", "how is ASPECTS scored?",
+        "what is the Fazekas scale?", "is it safe to give gadolinium in renal failure?", "what's 2+2",
+        "what is the half-life of iodinated contrast?", "what does FLAIR stand for?", "how is ASPECTS scored?",
         "what is the usual slice thickness for a stroke protocol?", "remind me of the Glasgow coma scale"]],
     *[("decision", t) for t in [
         "should I start this patient on anticoagulation?", "what's the diagnosis?", "does this patient have dementia?",
@@ -583,8 +620,8 @@ FOLLOW_UPS: list[tuple[str, str, str, str, dict[str, Any]]] = [
 ]
 
 # drawings per slot-filled template, so that each tool ends up with a similar share of the bank
-DRAWS = {"describe_scan": 4, "probe_intensity": 2, "measure_distance": 4, "segment": 2, "detect_anomalies": 4,
-         "lookup_term": 3, "normalize_terms": 4, "translate_text": 5}
+DRAWS = {"describe_scan": 3, "probe_intensity": 2, "measure_distance": 3, "segment": 3, "detect_anomalies": 3,
+         "lookup_term": 3, "normalize_terms": 4, "translate_text": 4, NO_TOOL: 1}
 FOLLOW_UP_DRAWS = 2
 TYPO_SHARE = 0.16  # no case variants: the MiniLM embedder lowercases, so they would add nothing
 NO_TYPO_KINDS = {"empty", "injection"}
@@ -633,7 +670,7 @@ def _slots(rng: random.Random, scan: str | None) -> dict[str, Any]:
         "box": f"{_point_text(low, rng)} to {_point_text(high, rng)}", "box_list": box,
         "r": radius, "radius": radius, "n": rng.choice([2, 3, 4, 5]), "k": rng.choice([3, 5, 10]),
         "st": st_text, "structure": structure, "unmodelled": rng.choice(UNMODELLED), "pair": rng.choice(PAIRED_MR),
-        "fact": rng.choice(FACTS), "finding": rng.choice(FINDINGS), "method_name": method_name, "method": method,
+        "fact": rng.choice(FACTS), "qty": rng.choice(QUANTITIES), "object": rng.choice(OBJECTS), "finding": rng.choice(FINDINGS), "method_name": method_name, "method": method,
         "disease": disease, "disease2": disease2, "abbr": rng.choice(ABBREVIATIONS), "code": rng.choice(CODES),
         "same_a": same_a, "same_b": same_b, "phenotype": phenotype, "phenotype2": phenotype2, "drug": rng.choice(DRUGS),
         "source": source, "sources": SOURCES[source], "label_lang": label_lang, "label_code": label_code,
@@ -675,36 +712,37 @@ def _scan_for(tool: str, template: str, rng: random.Random) -> str | None:
 
 def build_training_examples(seed: int = 7) -> list[ToolCallExample]:
     rng = random.Random(seed)
-    drafts: list[tuple[str, str, str, dict[str, Any], str | None, str | None]] = []  # kind, text, tool, args, previous, scan
+    # (kind, template group, text, tool, arguments, previous, scan)
+    drafts: list[tuple[str, str, str, str, dict[str, Any], str | None, str | None]] = []
 
-    def add(kind: str, template: str, tool: str, arguments: dict[str, Any], scan: str | None,
+    def add(kind: str, group: str, template: str, tool: str, arguments: dict[str, Any], scan: str | None,
             previous: str | None = None) -> None:
         slots = _slots(rng, scan)
         filled = {k: _fill(v, slots) for k, v in arguments.items()}
-        drafts.append((kind, template.format(**slots), tool, filled, previous and previous.format(**slots), scan))
+        drafts.append((kind, group, template.format(**slots), tool, filled, previous and previous.format(**slots), scan))
         if kind in NO_TYPO_KINDS or previous is not None:
             return
         if rng.random() < TYPO_SHARE and (typo := _with_typo(template, rng)):
-            drafts.append(("typo", typo.format(**slots), tool, filled, None, scan))
+            drafts.append(("typo", group, typo.format(**slots), tool, filled, None, scan))
 
-    for tool, templates in TEMPLATES.items():
-        for kind, template, arguments in templates:
-            for _ in range(DRAWS[tool] if "{" in template else 1):
-                add(kind, template, tool, arguments, _scan_for(tool, template, rng))
-    for kind, text in NO_TOOL_MESSAGES:
-        add(kind, text, NO_TOOL, {}, _scan_for(NO_TOOL, text, rng))
-    for kind, previous, text, tool, arguments in FOLLOW_UPS:
+    templates = [(tool, *template) for tool, group in TEMPLATES.items() for template in group]
+    for number, (tool, kind, template, arguments) in enumerate(templates):
+        for _ in range(DRAWS[tool] if "{" in template else 1):
+            add(kind, f"t{number}", template, tool, arguments, _scan_for(tool, template, rng))
+    for number, (kind, text) in enumerate(NO_TOOL_MESSAGES):
+        add(kind, f"n{number}", text, NO_TOOL, {}, _scan_for(NO_TOOL, text, rng))
+    for number, (kind, previous, text, tool, arguments) in enumerate(FOLLOW_UPS):
         for _ in range(FOLLOW_UP_DRAWS if "{" in previous + text else 1):
             scan = CT if re.search(r"\b(skull|bone|air)\b", previous) else MR
-            add(kind, text, tool, arguments, None if tool in TEXT_TOOLS else scan, previous=previous)
+            add(kind, f"f{number}", text, tool, arguments, None if tool in TEXT_TOOLS else scan, previous=previous)
 
     unique: dict[tuple[str, str | None], tuple] = {}
     for draft in drafts:
-        unique.setdefault((draft[1].lower(), draft[4]), draft)
+        unique.setdefault((draft[2].lower(), draft[5]), draft)
     numbers: Counter[str] = Counter()
     examples = []
-    for kind, text, tool, arguments, previous, scan in unique.values():
-        prefix = f"{tool}-{kind}"
+    for kind, group, text, tool, arguments, previous, scan in unique.values():
+        prefix = f"{tool}-{kind}-{group}"
         numbers[prefix] += 1
         examples.append(ToolCallExample(id=f"{prefix}-{numbers[prefix]}", text=text, tool=tool,
                                         arguments=arguments, previous=previous, scan=scan))
@@ -712,8 +750,14 @@ def build_training_examples(seed: int = 7) -> list[ToolCallExample]:
 
 
 def kind_of(example: ToolCallExample) -> str:
-    """The kind written into a generated example's id (`segment-terse-3` -> 'terse')."""
-    return example.id.removeprefix(f"{example.tool}-").rsplit("-", 1)[0]
+    """The kind written into a generated example's id (`segment-terse-t130-2` -> 'terse')."""
+    return example.id.removeprefix(f"{example.tool}-").rsplit("-", 2)[0]
+
+
+def template_of(example: ToolCallExample) -> str:
+    """The template an example (and its typo variant) came from (`segment-terse-t130-2` -> 't130'):
+    cross-validation on the bank must keep a template's examples in one fold."""
+    return example.id.rsplit("-", 2)[1]
 
 
 def main() -> None:
