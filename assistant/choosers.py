@@ -6,30 +6,37 @@ its own, measured component (`evals/bench_tool_choice.py` compares these on a he
 - `LLMChooser`: the chat model picks from the tool names under a JSON-schema constraint, with
   no examples, fixed examples, or *dynamic* examples (the most similar requests of the
   training bank, retrieved with the packaged MiniLM embedder).
-- `RouterChooser`: nearest-example vote over the same bank; no LLM, milliseconds.
+- `RouterChooser`: a logistic-regression classifier trained on the same bank at first use (the
+  request's MiniLM embedding, the previous request's for follow-ups, character n-grams for typos
+  and abbreviations); no LLM, milliseconds. It replaced a nearest-example vote, chosen by
+  template-grouped cross-validation on the bank (0.84 vs 0.74), not on the held-out split.
 - `HybridChooser`: the router proposes; when it is confident its choice stands, otherwise the
   LLM decides among the router's top candidates (plus "none").
 """
 
 from __future__ import annotations
 
+import hashlib
+import pickle
 from abc import ABC, abstractmethod
-from collections import defaultdict
 from collections.abc import Sequence
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from string import Template
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel
 
+from assistant.config import get_settings
 from assistant.models.base import ChatModel, Message
 from prompts import load_prompt
 
 NO_TOOL = "none"
 ChooserName = Literal["llm-zero-shot", "llm-fixed", "llm-dynamic", "router", "hybrid"]
 CHOOSERS: tuple[str, ...] = ("llm-zero-shot", "llm-fixed", "llm-dynamic", "router", "hybrid")
+EMBEDDER = "minilm-onnx"  # torch-free, and the bank's requests are English
 
 
 class ToolCallExample(BaseModel):
@@ -54,15 +61,27 @@ def example_bank() -> tuple[ToolCallExample, ...]:
     return tuple(parse_examples(text))
 
 
+def _bank_cache(examples: Sequence[ToolCallExample], kind: str, suffix: str) -> Path:
+    """A cache file for what is derived from these examples; a changed bank gets a new file."""
+    digest = hashlib.sha256("".join(e.model_dump_json() for e in examples).encode()).hexdigest()[:16]
+    return get_settings().cache_dir / "agent" / f"{kind}-{EMBEDDER}-{digest}{suffix}"
+
+
 class _ExampleIndex:
-    """The bank's requests embedded once; nearest examples by cosine similarity."""
+    """The bank's requests embedded once (and cached on disk); nearest examples by cosine similarity."""
 
     def __init__(self, examples: Sequence[ToolCallExample]):
         from assistant.terminology.embeddings import get_embedder
 
         self.examples = list(examples)
-        self.embedder = get_embedder("minilm-onnx")
-        self.vectors = self.embedder.encode([e.text for e in self.examples])
+        self.embedder = get_embedder(EMBEDDER)
+        cached = _bank_cache(self.examples, "bank-vectors", ".npy")
+        try:
+            self.vectors = np.load(cached)
+        except (OSError, ValueError):  # absent or unreadable: embed again
+            self.vectors = self.embedder.encode([e.text for e in self.examples])
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            np.save(cached, self.vectors)
 
     def nearest(self, text: str, k: int, allowed: Sequence[str]) -> list[tuple[ToolCallExample, float]]:
         scores = self.vectors @ self.embedder.encode([text], query=True)[0]
@@ -129,32 +148,84 @@ class LLMChooser(ToolChooser):
         return decision.get("tool", NO_TOOL)
 
 
+class _RouterModel:
+    """Tool probabilities for a request: logistic regression on [request embedding, previous-request
+    embedding (zeros when there is none), character 2-4-grams of the request]."""
+
+    PREVIOUS_WEIGHT = 0.5  # the earlier turn informs, the request itself dominates
+
+    def __init__(self, examples: Sequence[ToolCallExample]):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+
+        index = example_index()
+        self.embedder = index.embedder
+        cached = _bank_cache(examples, "router", ".pkl")
+        try:  # our own file in the user's cache, written below
+            self.ngrams, self.classifier = pickle.loads(cached.read_bytes())
+            return
+        except (OSError, pickle.UnpicklingError, EOFError, ValueError, AttributeError):
+            pass
+        self.ngrams = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True, min_df=2)
+        self.ngrams.fit([e.text.lower() for e in examples])
+        previous = self._embed([e.previous for e in examples], query=False)
+        features = self._features(index.vectors, previous, [e.text for e in examples])
+        self.classifier = LogisticRegression(C=16.0, max_iter=3000).fit(features, [e.tool for e in examples])
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_bytes(pickle.dumps((self.ngrams, self.classifier)))
+
+    def _embed(self, texts: Sequence[str | None], query: bool) -> np.ndarray:
+        present = [i for i, t in enumerate(texts) if t]
+        vectors = np.zeros((len(texts), self.embedder.dim), dtype=np.float32)
+        if present:
+            vectors[present] = self.embedder.encode([texts[i] for i in present], query=query)
+        return vectors
+
+    def _features(self, requests: np.ndarray, previous: np.ndarray, texts: Sequence[str]):
+        from scipy import sparse
+
+        dense = sparse.csr_matrix(np.hstack([requests, self.PREVIOUS_WEIGHT * previous]))
+        return sparse.hstack([dense, self.ngrams.transform([t.lower() for t in texts])]).tocsr()
+
+    def probabilities(self, request: str, previous: str | None) -> dict[str, float]:
+        features = self._features(self._embed([request], query=True), self._embed([previous], query=True), [request])
+        return {str(tool): float(p) for tool, p in zip(self.classifier.classes_, self.classifier.predict_proba(features)[0])}
+
+
+@cache
+def router_model() -> _RouterModel:
+    return _RouterModel(example_bank())
+
+
+def previous_request(context: Sequence[Message]) -> str | None:
+    """The user's message before the current one (the context ends with the current turn)."""
+    users = [m.content for m in context if m.role == "user"]
+    return users[-2] if len(users) >= 2 else None
+
+
 class RouterChooser(ToolChooser):
-    """Similarity-weighted vote of the k nearest bank examples."""
+    """The bank-trained classifier's most probable tool; no LLM."""
 
     name = "router"
-    second_tool_share = 0.2  # a mixed request shows as a split vote; below this share, stop
+    second_tool_share = 0.2  # a mixed request shows as split probability; below this share, stop
 
-    def __init__(self, k: int = 5):
-        self.k = k
+    def ranking(self, request: str, tools: Sequence[str], previous: str | None = None) -> list[tuple[str, float]]:
+        """Allowed tools with their probability renormalised over them, best first."""
+        allowed = {*tools, NO_TOOL}
+        probabilities = {t: p for t, p in router_model().probabilities(request, previous).items() if t in allowed}
+        total = sum(probabilities.values()) or 1.0
+        return sorted(((tool, p / total) for tool, p in probabilities.items()), key=lambda kv: -kv[1])
 
-    def ranking(self, request: str, tools: Sequence[str]) -> list[tuple[str, float]]:
-        """Tools with their share of the vote, best first (shares sum to 1)."""
-        votes: dict[str, float] = defaultdict(float)
-        for example, score in example_index().nearest(request, self.k, [*tools, NO_TOOL]):
-            votes[example.tool] += max(score, 1e-6)
-        total = sum(votes.values()) or 1.0
-        return sorted(((tool, v / total) for tool, v in votes.items()), key=lambda kv: -kv[1])
-
-    def follow_ups(self, request: str, tools: Sequence[str], called: Sequence[str]) -> list[str]:
-        """After a first call: other tools that hold a real share of the vote (mixed requests)."""
-        return [t for t, share in self.ranking(request, tools)
+    def follow_ups(self, request: str, tools: Sequence[str], called: Sequence[str], previous: str | None = None) -> list[str]:
+        """After a first call: other tools that hold a real share of the probability (mixed requests)."""
+        return [t for t, share in self.ranking(request, tools, previous)
                 if t not in called and t != NO_TOOL and share >= self.second_tool_share]
 
     def choose(self, context: list[Message], request: str, tools: Sequence[str], called: Sequence[str] = ()) -> str:
+        previous = previous_request(context)
         if called:
-            return next(iter(self.follow_ups(request, tools, called)), NO_TOOL)
-        ranking = self.ranking(request, tools)
+            return next(iter(self.follow_ups(request, tools, called, previous)), NO_TOOL)
+        ranking = self.ranking(request, tools, previous)
         return ranking[0][0] if ranking else NO_TOOL
 
 
@@ -166,15 +237,16 @@ class HybridChooser(ToolChooser):
     name = "hybrid"
 
     def __init__(self, model: ChatModel, candidates: int = 3, unanimous_share: float = 0.6):
-        self.router = RouterChooser(k=5)
+        self.router = RouterChooser()
         self.llm = LLMChooser(model, "dynamic")
         self.candidates, self.unanimous_share = candidates, unanimous_share
 
     def choose(self, context: list[Message], request: str, tools: Sequence[str], called: Sequence[str] = ()) -> str:
+        previous = previous_request(context)
         if called:
-            shortlist = self.router.follow_ups(request, tools, called)
+            shortlist = self.router.follow_ups(request, tools, called, previous)
             return self.llm.choose(context, request, shortlist) if shortlist else NO_TOOL
-        ranking = self.router.ranking(request, tools)
+        ranking = self.router.ranking(request, tools, previous)
         if ranking and ranking[0][1] >= self.unanimous_share:
             return ranking[0][0]
         shortlist = [t for t, _ in ranking[: self.candidates] if t != NO_TOOL] or list(tools)
