@@ -134,6 +134,7 @@ def test_source_filter_keeps_only_that_source(index):
     ("brain", {"lang": "not a language!"}, "not a language code"),
     ("brain", {"sources": ["umls"]}, "Unknown term source"),
     ("brain", {"k": 0}, "between 1"),
+    ("brain", {"sources": ["glossary"]}, "not in this index"),
 ])
 def test_bad_search_input_is_refused(index, query, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -145,6 +146,8 @@ def test_tools_refuse_bad_input_before_loading_any_index():
         lookup_term("")
     with pytest.raises(ToolError, match="empty"):
         normalize_terms("  ")
+    with pytest.raises(ToolError, match="at most 20000"):
+        normalize_terms("pleural effusion. " * 2000)
 
 
 def test_lookup_summary_quotes_codes_and_labels(index):
@@ -197,3 +200,54 @@ def test_corrupt_or_stale_index_is_rebuilt(settings):
     (folder / "metadata.json").write_text(json.dumps(metadata))
     refreshed = open_term_index(options, settings)
     assert refreshed.metadata.sources[0].version != "0.0.0 (older)"
+
+
+@pytest.mark.parametrize("damage", ["truncate concepts.jsonl", "garble ngrams.pkl", "delete entries.json"])
+def test_damaged_index_files_are_rebuilt_not_trusted(settings, damage):
+    options = IndexOptions(sources=["dicom"], code_prefixes=["12738006", "89546000"], limit=50)
+    folder = index_folder(options, settings)
+    open_term_index(options, settings)
+    action, name = damage.split()
+    path = folder / name
+    if action == "truncate":
+        path.write_bytes(path.read_bytes()[:-40])
+    elif action == "garble":
+        path.write_bytes(b"\x80\x05garbage")
+    else:
+        path.unlink()
+    rebuilt = open_term_index(options, settings)
+    assert rebuilt.search("skull", k=1)[0].concept.codes["SNOMED"] == "89546000"
+
+
+# --- user glossary in the index ---------------------------------------------------------------
+
+GLOSSARY_OPTIONS = {"sources": ["dicom"], "code_prefixes": ["12738006", "89546000"]}
+
+
+def test_glossary_terms_are_found_with_their_labels_and_an_edit_rebuilds(settings, tmp_path):
+    path = tmp_path / "team.csv"
+    path.write_text("source,target,lang\nwhite matter hyperintensity,hiperintensidad de sustancia blanca,es\n"
+                    "brain,encéfalo,es\n", encoding="utf-8")
+    base = open_term_index(IndexOptions(**GLOSSARY_OPTIONS), settings)
+    index = open_term_index(IndexOptions(**GLOSSARY_OPTIONS, glossary=path), settings)
+    top = index.search("white matter hyperintensities", k=3, lang="es")[0]
+    assert top.concept.source == "glossary" and top.label == "hiperintensidad de sustancia blanca"
+    brain = index.search("brain", k=5, lang="es", sources=["glossary"])[0]
+    assert brain.label == "encéfalo" and "sct:12738006" in brain.concept.related
+    assert "glossary" in {s.name for s in index.metadata.sources} and base.metadata.fingerprint != index.metadata.fingerprint
+
+    path.write_text(path.read_text() + "skull,cráneo,es\n", encoding="utf-8")
+    edited = open_term_index(IndexOptions(**GLOSSARY_OPTIONS, glossary=path), settings)
+    assert edited.metadata.fingerprint != index.metadata.fingerprint
+    assert edited.search("skull", k=3, lang="es", sources=["glossary"])[0].label == "cráneo"
+
+
+def test_malformed_or_missing_glossary_is_a_clear_error(settings, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("source,target,lang\nbrain,,es\n", encoding="utf-8")
+    with pytest.raises(GlossaryError, match="line 2"):
+        open_term_index(IndexOptions(**GLOSSARY_OPTIONS, glossary=bad), settings)
+    with pytest.raises(ToolError, match="line 2"):
+        lookup_term("brain", settings=settings.model_copy(update={"term_glossary": bad}))
+    with pytest.raises(GlossaryError, match="cannot be read|does not exist"):
+        open_term_index(IndexOptions(**GLOSSARY_OPTIONS, glossary=tmp_path / "missing.csv"), settings)

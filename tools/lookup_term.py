@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 from assistant.config import Settings
 from assistant.findings import Finding
 from assistant.terminology import TermHit, get_term_index
+from assistant.terminology.glossary import GLOSSARY_SOURCE
 from assistant.terminology.index import check_search
 from assistant.terminology.sources import SOURCE_NAMES
 from tools.base import ScanTool, ToolError, ToolResult
@@ -19,7 +20,8 @@ class LookupTermArgs(BaseModel):
     k: int = Field(5, ge=1, le=20, description="How many concepts to return.")
     language: str = Field("en", description="Language for the labels: 'en', 'de', 'es', 'fr' or 'pt'.")
     sources: list[str] | None = Field(
-        None, description=f"Restrict to these terminologies: {', '.join(SOURCE_NAMES)}. Leave empty for all.")
+        None, description=f"Restrict to these terminologies: {', '.join(SOURCE_NAMES)}, or {GLOSSARY_SOURCE} "
+                          "(the user's own glossary, when one is configured). Leave empty for all.")
 
 
 class TermLookup(ToolResult):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -18,8 +19,11 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     build = commands.add_parser("build", help="build (or rebuild) the term index in the cache folder")
     build.add_argument("--sources", nargs="+", choices=SOURCE_NAMES, help="only these terminologies")
     build.add_argument("--limit", type=int, help="at most this many concepts per source (quick test index)")
-    build.add_argument("--embedder", choices=EMBEDDERS, help="embedding model (default: the benchmark's choice)")
+    build.add_argument("--embedder", choices=EMBEDDERS,
+                       help="embedding model (default: SCANCHAT_TERM_EMBEDDER, else the benchmark's choice)")
     build.add_argument("--index-type", choices=("flat", "hnsw"), help="FAISS index type")
+    build.add_argument("--glossary", type=Path, help="merge this CSV or TBX glossary into the index (source "
+                       "'glossary'); set SCANCHAT_TERM_GLOSSARY to the same file for the agent and `terms search`")
     build.add_argument("--force", action="store_true", help="rebuild even when the saved index is current")
     build.set_defaults(func=_build)
 
@@ -29,6 +33,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     search.add_argument("--k", type=int, default=10)
     search.add_argument("--sources", nargs="+", help=f"restrict to some of: {', '.join(SOURCE_NAMES)}")
     search.add_argument("--json", action="store_true", help="print the hits as JSON")
+    search.add_argument("--glossary", type=Path, help="search the index with this glossary merged in")
     search.set_defaults(func=_search)
 
     normalize = commands.add_parser("normalize", help="the concepts a text mentions, with spans")
@@ -39,9 +44,12 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from assistant.config import get_settings
     from assistant.terminology.index import IndexOptions, index_folder, open_term_index
 
-    chosen = {"sources": args.sources, "limit": args.limit, "embedder": args.embedder, "index_type": args.index_type}
+    settings = get_settings()
+    chosen = {"sources": args.sources, "limit": args.limit, "embedder": args.embedder or settings.term_embedder,
+              "index_type": args.index_type, "glossary": args.glossary or settings.term_glossary}
     options = IndexOptions(**{key: value for key, value in chosen.items() if value is not None})
     bars: dict[str, tqdm] = {}
 
@@ -61,9 +69,11 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
+    from assistant.config import get_settings
     from tools.lookup_term import lookup_term
 
-    result = lookup_term(args.query, k=args.k, language=args.lang, sources=args.sources)
+    settings = get_settings().model_copy(update={"term_glossary": args.glossary}) if args.glossary else None
+    result = lookup_term(args.query, k=args.k, language=args.lang, sources=args.sources, settings=settings)
     if args.json:
         print(json.dumps([{"concept_id": hit.concept.id, "preferred": hit.concept.preferred, "codes": hit.concept.codes,
                            "matched": hit.matched, "source": hit.concept.source, "score": hit.score,

@@ -20,10 +20,12 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from assistant.config import Settings
+
 EmbedderName = Literal["minilm-onnx", "minilm", "e5-small"]
 Pooling = Literal["mean", "cls", "max"]
 EMBEDDERS: tuple[str, ...] = ("minilm-onnx", "minilm", "e5-small")
-DEFAULT_EMBEDDER: EmbedderName = "minilm-onnx"
+DEFAULT_EMBEDDER: EmbedderName = Settings.model_fields["term_embedder"].default
 MAX_TOKENS = 48  # terms are short; longer inputs are truncated rather than slowing every batch
 BATCH_SIZE = 128
 

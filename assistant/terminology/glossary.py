@@ -9,6 +9,7 @@ targets for one language is kept (the first wins) and reported in `Glossary.conf
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import xml.etree.ElementTree as ET
 from collections import defaultdict
@@ -17,8 +18,11 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from assistant.terminology.languages import normalize_lang
+from assistant.terminology.models import Concept, SourceInfo
 
 log = logging.getLogger(__name__)
+
+GLOSSARY_SOURCE = "glossary"
 
 MAX_GLOSSARY_BYTES = 50 * 1024**2
 CSV_REQUIRED_COLUMNS = ("source", "target", "lang")
@@ -175,3 +179,26 @@ def _find_conflicts(entries: list[GlossaryEntry]) -> list[GlossaryConflict]:
             conflicts.append(GlossaryConflict(source=group[0].source, lang=group[0].lang, targets=targets,
                                               lines=[entry.line for entry in group]))
     return conflicts
+
+
+def glossary_info(path: str | Path) -> SourceInfo:
+    """Provenance of a glossary in the index metadata; the content hash as the version makes any
+    edit of the file a new version, so the index is rebuilt."""
+    path = Path(path)
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    except OSError as exc:
+        raise GlossaryError(f"Glossary {path} cannot be read ({exc.strerror or exc}).") from exc
+    return SourceInfo(name=GLOSSARY_SOURCE, title=f"User glossary {path.name}", package=str(path.resolve()),
+                      version=f"sha256:{digest}", licence="the user's own")
+
+
+def glossary_concepts(glossary: Glossary) -> list[Concept]:
+    """One concept per source term, its targets as labels (the first target per language wins,
+    as in `Glossary.terms`)."""
+    by_term: dict[str, Concept] = {}
+    for entry in glossary.entries:
+        concept = by_term.setdefault(entry.source.casefold(), Concept(
+            id=f"{GLOSSARY_SOURCE}:{entry.source}", preferred=entry.source, source=GLOSSARY_SOURCE))
+        concept.labels.setdefault(entry.lang, entry.target)
+    return list(by_term.values())

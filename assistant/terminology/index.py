@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -31,12 +32,13 @@ from pydantic import BaseModel, Field
 from assistant.config import Settings, get_settings
 from assistant.terminology.embeddings import DEFAULT_EMBEDDER, get_embedder
 from assistant.terminology.fusion import reciprocal_rank_fusion
+from assistant.terminology.glossary import GLOSSARY_SOURCE, glossary_concepts, glossary_info, load_glossary
 from assistant.terminology.languages import INDEX_LANGUAGES, normalize_lang
 from assistant.terminology.lexical import (
     CharNgramIndex, is_abbreviation, looks_like_code, normalize_code, normalize_text,
 )
 from assistant.terminology.models import Concept, SourceInfo, TermHit, TermMention
-from assistant.terminology.sources import check_sources, read_concepts, source_infos
+from assistant.terminology.sources import SOURCE_NAMES, check_sources, read_concepts, source_infos
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,8 @@ MAX_K = 100
 CANDIDATES = 50
 # Sources whose strings are embedded; drug names are matched lexically (embedding a brand name
 # says nothing a string match would not).
-SEMANTIC_SOURCES = {"icd10", "icd10cm", "hpo", "dicom"}
+SEMANTIC_SOURCES = {"icd10", "icd10cm", "hpo", "dicom", GLOSSARY_SOURCE}
+_QUERY_EMBEDDING = ThreadPoolExecutor(max_workers=2, thread_name_prefix="term-query-embedding")
 IndexType = Literal["flat", "hnsw"]
 SearchMethod = Literal["fused", "lexical", "semantic"]
 Progress = Callable[[str, int, int], None]
@@ -66,6 +69,9 @@ class IndexOptions(BaseModel):
     limit: int | None = Field(None, ge=1, description="Concepts per source (small test and benchmark indexes).")
     code_prefixes: list[str] | None = Field(
         None, description="Keep only concepts with a code starting with one of these (small test indexes).")
+    glossary: Path | None = Field(
+        None, description="A user's CSV or TBX glossary, added as concepts of source 'glossary' (its targets as "
+                          "labels); its content hash is part of the fingerprint, so editing it triggers a rebuild.")
 
     def key(self) -> str:
         return "default" if self == IndexOptions() else hashlib.sha1(self.model_dump_json().encode()).hexdigest()[:12]
@@ -117,6 +123,8 @@ class ConceptStore:
     """Concepts as JSON lines read on demand through a memory map: only hits are ever parsed."""
 
     def __init__(self, path: Path, offsets: np.ndarray, ids: list[str], sources: list[str]) -> None:
+        if path.stat().st_size != offsets[-1] or len(offsets) != len(ids) + 1:
+            raise ValueError(f"{path} does not match its offsets (truncated or rewritten)")
         self._file = path.open("rb")
         self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if offsets[-1] else None
         self._offsets = offsets
@@ -145,7 +153,9 @@ class ConceptStore:
 
 
 def fingerprint(options: IndexOptions, sources: list[SourceInfo], embedder_version: str) -> str:
-    payload = json.dumps([FORMAT_VERSION, options.model_dump(), [s.model_dump(exclude={"concepts"}) for s in sources],
+    # The glossary option counts only when given, so indexes without one keep their fingerprint.
+    chosen = options.model_dump(mode="json", exclude={"glossary"} if options.glossary is None else None)
+    payload = json.dumps([FORMAT_VERSION, chosen, [s.model_dump(exclude={"concepts"}) for s in sources],
                           embedder_version], sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
@@ -186,22 +196,25 @@ class TermIndex:
         """Read the sources (or take `concepts`, e.g. a benchmark's with held-out synonyms), embed
         and index them, and save everything under `folder`."""
         started = time.perf_counter()
-        names = check_sources(options.sources)
-        infos = source_infos(names)
+        infos = index_sources(options)
+        user_concepts = glossary_concepts(load_glossary(options.glossary)) if options.glossary else []
         embedder = get_embedder(options.embedder)
-        concepts = read_concepts(names) if concepts is None else concepts
+        concepts = read_concepts(check_sources(options.sources)) if concepts is None else concepts
         if options.code_prefixes:
             prefixes = tuple(options.code_prefixes)
             concepts = [c for c in concepts if any(code.startswith(prefixes) for code in c.codes.values())]
         if options.limit:
             concepts = _first_per_source(concepts, options.limit)
+        concepts += _linked(user_concepts, concepts)
         for info in infos:
             info.concepts = sum(1 for c in concepts if c.source == info.name)
         entries = [entry for i, concept in enumerate(concepts) for entry in _entries_for(concept, i)]
         embedded_rows = _rows_to_embed(concepts, entries, options)
         texts = [entries[row].text for row in embedded_rows]
-        unique_texts = list(dict.fromkeys(texts))
-        vectors_of = dict(zip(unique_texts, embedder.encode(
+        vectors_of = _reusable_vectors(folder.parent / _without_glossary(options).key(), embedder.version) \
+            if options.glossary else {}
+        unique_texts = [text for text in dict.fromkeys(texts) if text not in vectors_of]
+        vectors_of.update(zip(unique_texts, embedder.encode(
             unique_texts, progress=(lambda done, total: progress("embedding", done, total)) if progress else None)))
         matrix = np.stack([vectors_of[text] for text in texts]) if texts else np.zeros((0, embedder.dim), np.float32)
         vectors = _faiss_index(matrix, options.index_type)
@@ -254,11 +267,14 @@ class TermIndex:
         query, lang = check_search(query, k, lang, sources)
         allowed_sources = self._check_sources(sources)
         allowed = None if allowed_sources is None else np.isin(self._sources, allowed_sources)
-        query_vector = self._embed_queries([query])[0] if method != "lexical" else None
+        # A code's embedding means nothing; otherwise the query is embedded on a second core while
+        # the lexical part runs here (onnxruntime and numpy release the GIL).
+        semantic = method == "semantic" or (method == "fused" and not looks_like_code(query))
+        query_vector = _QUERY_EMBEDDING.submit(self._embed_queries, [query]) if semantic else None
         return self._search(query, k, lang, allowed, query_vector, method)
 
-    def _search(self, query: str, k: int, lang: str, allowed: np.ndarray | None, query_vector: np.ndarray | None,
-                method: SearchMethod = "fused") -> list[TermHit]:
+    def _search(self, query: str, k: int, lang: str, allowed: np.ndarray | None,
+                query_vector: Future[np.ndarray] | None, method: SearchMethod = "fused") -> list[TermHit]:
         def keep(entry_ids: list[int]) -> list[int]:
             return [e for e in entry_ids if allowed is None or allowed[self._entry_concepts[e]]]
 
@@ -269,7 +285,7 @@ class TermIndex:
             entry_allowed = None if allowed is None else allowed[self._entry_concepts]
             ngram_rows, ngram_scores = self._ngrams.search(query, CANDIDATES, entry_allowed)
         if method != "lexical" and query_vector is not None:
-            semantic_entries, semantic_scores = self._semantic(query_vector, CANDIDATES, allowed)
+            semantic_entries, semantic_scores = self._semantic(query_vector.result()[0], CANDIDATES, allowed)
 
         best_entry: dict[int, tuple[float, int]] = {}  # concept -> (confidence, entry id)
 
@@ -312,7 +328,7 @@ class TermIndex:
     def _check_sources(self, sources: list[str] | None) -> list[str] | None:
         if sources is None:
             return None
-        names = check_sources(sources)
+        names = check_source_filter(sources)
         indexed = {info.name for info in self.metadata.sources}
         if missing := [name for name in names if name not in indexed]:
             raise ValueError(f"Source(s) {', '.join(missing)} are not in this index (it holds {', '.join(sorted(indexed))}).")
@@ -369,8 +385,16 @@ def check_search(query: str, k: int, lang: str, sources: list[str] | None) -> tu
     if not 1 <= k <= MAX_K:
         raise ValueError(f"k must be between 1 and {MAX_K}.")
     if sources is not None:
-        check_sources(sources)
+        check_source_filter(sources)
     return _check_query(query), _check_lang(lang)
+
+
+def check_source_filter(sources: list[str]) -> list[str]:
+    """The terminologies a search may be restricted to: the built-in ones and a user glossary."""
+    if unknown := sorted(set(sources) - {*SOURCE_NAMES, GLOSSARY_SOURCE}):
+        raise ValueError(f"Unknown term source(s) {', '.join(unknown)}; choose from "
+                         f"{', '.join([*SOURCE_NAMES, GLOSSARY_SOURCE])}.")
+    return list(dict.fromkeys(sources))
 
 
 def check_text(text: str, lang: str) -> None:
@@ -397,6 +421,45 @@ def _check_lang(lang: str) -> str:
     if code not in INDEX_LANGUAGES:
         raise ValueError(f"Language {lang!r} has no labels in the term index; use one of {', '.join(INDEX_LANGUAGES)}.")
     return code
+
+
+def index_sources(options: IndexOptions) -> list[SourceInfo]:
+    """Provenance of everything `options` puts into the index (raises on unknown sources or an
+    unreadable glossary)."""
+    infos = source_infos(check_sources(options.sources))
+    return infos + [glossary_info(options.glossary)] if options.glossary else infos
+
+
+def _linked(user_concepts: list[Concept], concepts: list[Concept]) -> list[Concept]:
+    """Glossary concepts, each related to the concepts whose preferred term or synonym it is."""
+    if not user_concepts:
+        return []
+    wanted = {normalize_text(c.preferred): c for c in user_concepts}
+    for concept in concepts:
+        for term in (concept.preferred, *concept.synonyms):
+            if (match := wanted.get(normalize_text(term))) and concept.id not in match.related:
+                match.related.append(concept.id)
+    return user_concepts
+
+
+def _without_glossary(options: IndexOptions) -> IndexOptions:
+    return options.model_copy(update={"glossary": None})
+
+
+def _reusable_vectors(base: Path, embedder_version: str) -> dict[str, np.ndarray]:
+    """Text -> vector of the index in `base` (the same options without the glossary) when it
+    used the same model: adding a glossary then embeds only the glossary's terms, not every term."""
+    try:
+        metadata = IndexMetadata.model_validate_json((base / "metadata.json").read_text())
+        if metadata.embedder_version != embedder_version:
+            return {}
+        texts = json.loads((base / "entries.json").read_text())["texts"]
+        rows = np.load(base / "embedded_rows.npy")
+        vectors = faiss.read_index(str(base / "vectors.faiss"))
+        return dict(zip((texts[row] for row in rows), vectors.reconstruct_n(0, vectors.ntotal)))
+    except Exception as exc:  # noqa: BLE001 - only a shortcut; without it every term is embedded
+        log.info("not reusing the vectors of %s (%s)", base, exc)
+        return {}
 
 
 def _first_per_source(concepts: list[Concept], limit: int) -> list[Concept]:
@@ -498,8 +561,7 @@ def _load_or_build(folder: Path, options: IndexOptions, progress: Progress | Non
     if not rebuild:
         try:
             index = TermIndex.load(folder)
-            infos = source_infos(check_sources(options.sources))
-            expected = fingerprint(options, infos, get_embedder(options.embedder).version)
+            expected = fingerprint(options, index_sources(options), get_embedder(options.embedder).version)
             recorded = index.metadata
             if recorded.fingerprint == expected == fingerprint(recorded.options, recorded.sources,
                                                                recorded.embedder_version):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections import Counter
 
 import numpy as np
 from scipy import sparse
@@ -38,12 +39,30 @@ def is_abbreviation(text: str) -> bool:
 
 class CharNgramIndex:
     """TF-IDF over character 3-grams within word boundaries; rows are L2-normalised, so a sparse
-    product gives cosine similarities. Kept column-major (an inverted index): a query touches only
-    the columns of its own few n-grams."""
+    product gives cosine similarities. Kept column-major (an inverted index from n-gram to rows).
+
+    A query reads only the posting lists of its own n-grams and sums their weights per row
+    (`bincount`): exact cosine scores at a few milliseconds for the full index, where the sparse
+    product through scikit-learn's `transform` and a selection over every row took three times that.
+    """
 
     def __init__(self, vectorizer: TfidfVectorizer, matrix: sparse.csc_matrix) -> None:
         self.vectorizer = vectorizer
         self.matrix = matrix
+        self._prepare()
+
+    def __getstate__(self) -> dict:
+        return {"vectorizer": self.vectorizer, "matrix": self.matrix}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """Derived look-ups, recomputed on load rather than pickled."""
+        self._analyze = self.vectorizer.build_analyzer()
+        self._vocabulary = self.vectorizer.vocabulary_
+        self._idf = self.vectorizer.idf_.astype(np.float32)
 
     @classmethod
     def build(cls, texts: list[str]) -> CharNgramIndex:
@@ -51,15 +70,42 @@ class CharNgramIndex:
                                      dtype=np.float32, sublinear_tf=True)
         return cls(vectorizer, vectorizer.fit_transform(texts).tocsc())
 
+    def query_weights(self, query: str) -> tuple[np.ndarray, np.ndarray]:
+        """Columns and L2-normalised weights of the query's known n-grams: what
+        ``vectorizer.transform`` computes, without its per-call validation (a few ms)."""
+        counts = Counter(gram for gram in self._analyze(query) if gram in self._vocabulary)
+        if not counts:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+        columns = np.fromiter((self._vocabulary[gram] for gram in counts), dtype=np.int64, count=len(counts))
+        weights = (1.0 + np.log(np.fromiter(counts.values(), dtype=np.float32, count=len(counts)))) * self._idf[columns]
+        return columns, (weights / np.linalg.norm(weights)).astype(np.float32)
+
     def search(self, query: str, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Row ids and cosine similarities of the `k` best rows (among `allowed` rows if given)."""
-        query_vector = self.vectorizer.transform([query])
-        scores = np.asarray(self.matrix[:, query_vector.indices] @ query_vector.data).ravel()
-        if allowed is not None:
-            scores = np.where(allowed, scores, 0.0)
-        k = min(k, int(np.count_nonzero(scores)))
-        if k == 0:
+        rows, scores = self._scores(*self.query_weights(query), allowed)
+        top = _top_k(scores, k)
+        return rows[top], scores[top]
+
+    def _scores(self, columns: np.ndarray, weights: np.ndarray,
+                   allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact scores of every row sharing an n-gram with the query."""
+        if not len(columns):
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top])]
-        return top, scores[top]
+        indptr, indices, data = self.matrix.indptr, self.matrix.indices, self.matrix.data
+        spans = [(indptr[c], indptr[c + 1]) for c in columns]
+        rows = np.concatenate([indices[start:end] for start, end in spans])
+        values = np.concatenate([data[start:end] * w for (start, end), w in zip(spans, weights)])
+        dense = np.bincount(rows, values, minlength=self.matrix.shape[0])
+        if allowed is not None:
+            dense *= allowed
+        rows = np.flatnonzero(dense)
+        return rows, dense[rows].astype(np.float32)
+
+
+def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the `k` largest positive scores, best first."""
+    k = min(k, int(np.count_nonzero(scores > 0)))
+    if k == 0:
+        return np.empty(0, dtype=np.int64)
+    top = np.argpartition(-scores, k - 1)[:k]
+    return top[np.argsort(-scores[top], kind="stable")]

@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
                         ids = [hit.concept.id for hit in index.search(concept.labels[lang], k=10, method=method)]
                         ranks.append(ids.index(concept.id) + 1 if concept.id in ids else None)
                     name = method if method == "lexical" else f"{method} ({model})"
-                    rows.append({"retriever": name, "language": lang, **rank_metrics(ranks)})
+                    rows.append({"retriever": name, "language": lang, **rank_metrics(ranks),
+                                 "index build s": index.metadata.build_seconds, "embedded": index.metadata.embedded})
     print_table(rows, f"Cross-lingual: label -> English ICD-10 concept among {len(pool)}")
     path = write_results("terms_crosslingual", {"pool": len(pool), "targets": len(targets), "rows": rows})
     print(f"\nwrote {path}")

@@ -61,7 +61,8 @@ def retrieval_rows(concepts: list[Concept], queries: list[tuple[str, str]], mode
         for query, concept_id in queries:
             ids = [hit.concept.id for hit in index.search(query, k=10, method=method)]
             ranks.append(ids.index(concept_id) + 1 if concept_id in ids else None)
-        rows.append({"retriever": method if method == "lexical" else f"{method} ({model})", **rank_metrics(ranks)})
+        rows.append({"retriever": method if method == "lexical" else f"{method} ({model})", **rank_metrics(ranks),
+                     "index build s": index.metadata.build_seconds, "embedded": index.metadata.embedded})
     return rows
 
 
