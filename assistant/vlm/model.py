@@ -149,16 +149,19 @@ class ScanChatVLM(nn.Module):
 
     @torch.inference_mode()
     def option_log_likelihoods(self, grid: torch.Tensor | None, question: str, options: list[str]) -> list[float]:
-        """Summed log-probability of each option as the answer (closed questions, M3D-Bench style)."""
+        """Summed log-probability of each option as the answer (closed questions, M3D-Bench style); one
+        right-padded batch for all options, so the prompt is read once per option but in one forward."""
         prompt = self._prompt_ids(question, grid is not None)[0]
-        scores = []
-        for option in options:
-            answer = self.tokenizer(option, return_tensors="pt").input_ids[0].to(self.device)
-            ids = torch.cat([prompt, answer])[None]
-            grids = None if grid is None else grid[None]
-            logits = self(ids, torch.ones_like(ids), grids).logits[0, len(prompt) - 1 : -1].float()
-            scores.append(float(logits.log_softmax(-1).gather(1, answer[:, None]).sum()))
-        return scores
+        answers = [self.tokenizer(option, return_tensors="pt").input_ids[0].to(self.device) for option in options]
+        ids = torch.full((len(options), len(prompt) + max(len(a) for a in answers)), self.tokenizer.pad_token_id or 0, device=self.device)
+        mask = torch.zeros_like(ids)
+        for row, answer in enumerate(answers):
+            ids[row, : len(prompt) + len(answer)] = torch.cat([prompt, answer])
+            mask[row, : len(prompt) + len(answer)] = 1
+        grids = None if grid is None else grid[None].expand(len(options), *grid.shape)
+        log_probs = self(ids, mask, grids).logits.float().log_softmax(-1)
+        return [float(log_probs[row, len(prompt) - 1 : len(prompt) - 1 + len(answer)].gather(1, answer[:, None]).sum())
+                for row, answer in enumerate(answers)]
 
     def generate_ids(self, grid: torch.Tensor | None, question: str, max_new_tokens: int, streamer=None,
                      min_new_tokens: int = 0) -> torch.Tensor:
