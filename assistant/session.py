@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from assistant.findings import Finding
+from assistant.imaging.progress import ProgressCallback
 from assistant.volume import Volume
 from tools.base import NoScanError, ToolResult
 
@@ -46,6 +47,8 @@ class ScanSession:
     records: list[ToolRecord] = field(default_factory=list)
     overlays: dict[str, Overlay] = field(default_factory=dict)
     observations: list[Finding] = field(default_factory=list)  # what a vision model said it saw, not measured
+    # set by the front end for a turn: long tool runs report here, and stop when it returns False
+    progress: ProgressCallback | None = None
 
     def require_volume(self) -> Volume:
         if self.volume is None:

@@ -2,8 +2,9 @@
 
 Cases (all offline): ITK T1 brain vs its skull-strip mask, InVesalius head CT bone and head
 (the "soft tissue" mask is a >= -142 HU threshold, i.e. the whole head) vs its masks, MNI152
-brain vs nilearn's brain mask, and Colin27 AAL atlas consistency on a copy deformed by a known
-affine. Every backend is compared with a plain-threshold baseline (Otsu, largest component,
+brain vs nilearn's brain mask, Colin27 AAL atlas consistency on a copy deformed by a known
+affine, and the lateral ventricles (no labels exist offline: volume, share inside each
+reference's CSF class, and consistency on the deformed Colin27). Every backend is compared with a plain-threshold baseline (Otsu, largest component,
 holes filled; for AAL: the atlas labels without registration) in the same run.
 
     python -m evals.bench_segmentation [--medsam-slices 5]
@@ -24,12 +25,12 @@ import SimpleITK as sitk
 import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
 from scipy import ndimage
-from skimage.filters import threshold_otsu
+from skimage.filters import threshold_multiotsu, threshold_otsu
 
 from assistant.imaging.registration import array_to_sitk, load_template, sitk_to_array
 from assistant.scans.samples import load_sample, sample_labels
 from assistant.segmentation import BoxPrompt, StructurePrompt, resolve_structure, segment
-from assistant.segmentation.atlas import registration_for
+from assistant.segmentation.atlas import registration_for, template_ventricles
 from assistant.segmentation.result import keep_largest_component
 from assistant.segmentation.slice_models import propagate, slice_segmenter
 from assistant.volume import Volume
@@ -48,6 +49,8 @@ class Row:
     hd95_mm: float
     seconds: float
     cpu_seconds: float = float("nan")  # process CPU time: wall time is inflated when the machine is shared
+    volume_ml: float = float("nan")
+    in_reference_csf: float = float("nan")  # ventricles: share of the mask in the reference's CSF class
 
 
 def scores(prediction: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...]) -> tuple[float, float]:
@@ -92,27 +95,37 @@ def structure_mask(volume: Volume, name: str) -> Callable[[], np.ndarray]:
     return lambda: segment(volume, StructurePrompt(resolve_structure(name, volume.modality))).mask
 
 
-def deformed_colin27() -> tuple[Volume, np.ndarray]:
-    """Colin27 and its AAL labels moved by a known affine (6 deg, 4 % scale, 5 mm shift) on the same grid."""
-    template = load_template("colin27")
-    volume = template.volume
+def _known_affine(volume: Volume) -> sitk.AffineTransform:
+    """6 deg about z, 4 % scale, a 5 mm shift, about the volume's centre."""
     transform = sitk.AffineTransform(3)
     angle = np.deg2rad(6.0)
     rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]) * 1.04
     transform.SetMatrix(rotation.flatten().tolist())
     transform.SetTranslation((5.0, -4.0, 3.0))
     transform.SetCenter(volume.voxel_to_world(np.array(volume.center_voxel)).tolist())
+    return transform
+
+
+def _moved(array: np.ndarray, volume: Volume, interpolator: int) -> np.ndarray:
     reference = array_to_sitk(volume.data, volume.affine)
-
-    def warp(array: np.ndarray, interpolator: int) -> np.ndarray:
-        return sitk_to_array(sitk.Resample(array_to_sitk(array, volume.affine), reference, transform, interpolator, 0.0))
-
-    moved = Volume(warp(volume.data, sitk.sitkLinear).astype(np.float32), volume.affine, volume.metadata, name="colin27-deformed")
-    return moved, warp(template.labels, sitk.sitkNearestNeighbor)
+    return sitk_to_array(sitk.Resample(array_to_sitk(array, volume.affine), reference, _known_affine(volume), interpolator, 0.0))
 
 
-def bench_aal(rows: list[Row]) -> None:
-    volume, truth = deformed_colin27()
+def moved_template_ventricles(moved: Volume) -> np.ndarray:
+    return _moved(template_ventricles(), moved, sitk.sitkNearestNeighbor) > 0
+
+
+def deformed_colin27() -> tuple[Volume, np.ndarray]:
+    """Colin27 and its AAL labels moved by a known affine (6 deg, 4 % scale, 5 mm shift) on the same grid."""
+    template = load_template("colin27")
+    volume = template.volume
+    moved = Volume(_moved(volume.data, volume, sitk.sitkLinear).astype(np.float32), volume.affine, volume.metadata,
+                   name="colin27-deformed")
+    return moved, _moved(template.labels, volume, sitk.sitkNearestNeighbor)
+
+
+def bench_aal(rows: list[Row], deformed: tuple[Volume, np.ndarray]) -> None:
+    volume, truth = deformed
     template = load_template("colin27")
     started = time.perf_counter()
     registration = registration_for(volume)
@@ -134,6 +147,37 @@ def bench_aal(rows: list[Row]) -> None:
         rows.append(Row("colin27-deformed", f"AAL min ({len(large)} > 5 mL)", method, round(float(np.min(dices)), 4), float("nan"), round(secs, 1)))
         print(f"colin27-deformed AAL {len(large)} labels > 5 mL {method}: mean Dice {np.mean(dices):.3f}, min {np.min(dices):.3f}, "
               f"fraction >= 0.80: {np.mean(np.array(dices) >= 0.8):.2f}  ({secs:.1f} s)", flush=True)
+
+
+def csf_baseline(volume: Volume) -> np.ndarray:
+    """Plain threshold for the ventricles: the darkest of three Otsu classes inside the Otsu head, largest component."""
+    data = np.nan_to_num(volume.data)
+    head = otsu_baseline(volume)
+    return keep_largest_component(head & (data < threshold_multiotsu(data[head], classes=3)[0]))
+
+
+def bench_ventricles(rows: list[Row], itk: Volume, mni: Volume, deformed: tuple[Volume, np.ndarray]) -> None:
+    """No ventricle labels exist offline: volume (adults: about 7-50 mL), share of the mask in each reference's
+    CSF class (ITK k-means class 4; MNI152 brain outside nilearn's grey and white matter masks), and on the
+    deformed Colin27 the Dice against the template's ventricles moved by the known affine."""
+    itk_tissue = label("mr-t1-itk", "tissue")
+    mni_csf = (label("mr-t1-mni152", "brain_mask") > 0) & (label("mr-t1-mni152", "gm") == 0) & (label("mr-t1-mni152", "wm") == 0)
+    moved_colin, _ = deformed
+    cases = (
+        ("itk-t1", itk, itk_tissue == 4, None),
+        ("mni152", mni, mni_csf, None),
+        ("colin27-deformed", moved_colin, None, moved_template_ventricles(moved_colin)),
+    )
+    for case, volume, csf, truth in cases:
+        for method, run in (("atlas", structure_mask(volume, "lateral ventricles")), ("baseline-otsu", lambda: csf_baseline(volume))):
+            mask, seconds, cpu_seconds = timed(run)
+            dice, hd95 = scores(mask, truth, volume.spacing) if truth is not None else (float("nan"), float("nan"))
+            share = float(csf[mask].mean()) if csf is not None else float("nan")
+            volume_ml = float(mask.sum() * volume.voxel_volume_ml)
+            rows.append(Row(case, "lateral ventricles", method, round(dice, 4), round(hd95, 2), round(seconds, 1),
+                            round(cpu_seconds, 1), round(volume_ml, 1), round(share, 3)))
+            print(f"{case:14s} {'lateral ventricles':22s} {method:18s} Dice {dice:.3f}  HD95 {hd95:7.2f} mm  "
+                  f"{volume_ml:6.1f} mL  in reference CSF {share:.2f}  {seconds:6.1f} s wall {cpu_seconds:6.1f} s CPU", flush=True)
 
 
 def bench_medsam(rows: list[Row], slices: int) -> None:
@@ -173,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     truth = label("mr-t1-mni152", "brain_mask") > 0
     evaluate(rows, "mni152", "brain", "atlas", mni, truth, structure_mask(mni, "brain"))
     evaluate(rows, "mni152", "brain", "baseline-otsu", mni, truth, lambda: otsu_baseline(mni))
-    bench_aal(rows)
+    deformed = deformed_colin27()
+    bench_aal(rows, deformed)
+    bench_ventricles(rows, itk, mni, deformed)
     if args.medsam_slices:
         bench_medsam(rows, args.medsam_slices)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+
 import highdicom as hd
 import nibabel as nib
 import numpy as np
 import pytest
 
-from assistant.imaging.progress import OperationCancelled
+from assistant.imaging.progress import OperationCancelled, cancel_on
 from assistant.imaging.registration import load_template, register_to_template
 from assistant.scans.samples import load_sample, sample_labels
 from assistant.segmentation import (
@@ -20,6 +22,7 @@ from assistant.segmentation import (
 from assistant.segmentation.atlas import aal_label_ids
 from assistant.segmentation.export import save_dicom_seg, save_nifti
 from assistant.segmentation.prompts import StructureError
+from assistant.segmentation.result import EmptySegmentationError
 from assistant.session import ScanSession
 from assistant.volume import Modality, ScanMetadata, Volume
 from tools.base import ToolError
@@ -53,8 +56,37 @@ def test_left_hippocampus_resolves_to_the_left_aal_label_only():
 def test_brain_structures_are_refused_on_ct_with_the_alternatives():
     with pytest.raises(StructureError, match="On CT I can segment: .*bone"):
         resolve_structure("left hippocampus", Modality.CT)
-    with pytest.raises(StructureError, match="ventricles"):
-        resolve_structure("ventricles", Modality.MR)
+    with pytest.raises(StructureError, match="On CT I can segment: .*bone"):
+        resolve_structure("ventricles", Modality.CT)
+
+
+@pytest.mark.parametrize(
+    ("phrase", "modality", "name"),
+    [
+        ("hippocampal formation", Modality.MR, "hippocampus"),
+        ("cerebellum left", Modality.MR, "left cerebellum"),
+        ("skull bone", Modality.CT, "bone"),
+        ("brain parenchyma", Modality.MR, "brain"),
+        ("Lateral ventricles", Modality.MR, "lateral ventricles"),
+        ("ventrículos laterales", Modality.MR, "lateral ventricles"),
+        ("Hipocampo izquierdo", Modality.MR, "left hippocampus"),
+        ("cerebelo derecho", Modality.MR, "right cerebellum"),
+        ("Gehirn", Modality.CT, "brain"),
+        ("brain ventricle", Modality.MR, "lateral ventricles"),  # not in the table: the term index's SNOMED concept
+    ],
+)
+def test_structure_names_resolve_through_synonyms_and_the_term_index(phrase, modality, name):
+    assert resolve_structure(phrase, modality).name == name
+
+
+def test_unknown_structures_list_what_this_modality_supports():
+    with pytest.raises(StructureError, match="Unknown structure 'cerebral hemisphere'. On MR I can segment: .*lateral ventricles"):
+        resolve_structure("cerebral hemisphere", Modality.MR)
+    with pytest.raises(StructureError, match="On CT I can segment: air, bone, brain, head, lungs, soft tissue\\.") as error:
+        resolve_structure("xyzzy", Modality.CT)
+    assert "hippocampus" not in str(error.value)
+    with pytest.raises(StructureError, match="no left/right parts"):
+        resolve_structure("left brain", Modality.MR)
 
 
 def test_ct_bone_rule_matches_the_invesalius_bone_mask(ct):
@@ -116,6 +148,31 @@ def test_cancelling_stops_a_run(itk_t1):
         segment(itk_t1, StructurePrompt(resolve_structure("brain", itk_t1.modality)), progress=lambda f, m: False)
 
 
+def test_the_tool_reports_progress_and_stops_when_the_session_is_cancelled(ct, itk_t1):
+    session = ScanSession()
+    session.load(ct)
+    steps: list[tuple[float, str]] = []
+    session.progress = lambda fraction, message: steps.append((fraction, message))
+    SegmentTool(session=session)._run(structure="bone")
+    assert steps[-1][0] == 1.0 and [f for f, _ in steps] == sorted(f for f, _ in steps)
+    cancel = threading.Event()
+    session.load(itk_t1)
+    session.progress = cancel_on(cancel)
+    cancel.set()  # the UI's Cancel button
+    with pytest.raises(ToolError, match="Cancelled"):
+        SegmentTool(session=session)._run(structure="left hippocampus")
+    assert "segmentation" not in session.overlays
+
+
+def test_an_empty_mask_and_a_huge_volume_give_clear_errors(ct):
+    bone = segment(ct, StructurePrompt(resolve_structure("bone", ct.modality)))
+    with pytest.raises(EmptySegmentationError, match="Nothing was segmented"):
+        refine_mask(bone, ct, "shrink", amount_mm=20)
+    huge = Volume(np.broadcast_to(np.float32(0), (512, 512, 600)), np.eye(4), ct.metadata)
+    with pytest.raises(ValueError, match="crop it to the region of interest or resample it"):
+        segment(huge, StructurePrompt(resolve_structure("bone", Modality.CT)))
+
+
 @pytest.mark.slow
 def test_litemedsam_box_segments_the_brain_on_central_slices(itk_t1):
     truth = label("mr-t1-itk", "skull_strip")
@@ -129,12 +186,27 @@ def test_litemedsam_box_segments_the_brain_on_central_slices(itk_t1):
 
 
 @pytest.mark.slow
-def test_atlas_brain_and_left_hippocampus_on_the_itk_t1(itk_t1):
+def test_atlas_brain_hippocampus_and_ventricles_on_the_itk_t1(itk_t1):
     brain = segment(itk_t1, StructurePrompt(resolve_structure("brain", itk_t1.modality)))
-    assert brain.backend == "atlas" and dice(brain.mask, label("mr-t1-itk", "skull_strip")) > 0.85
+    assert brain.backend == "atlas" and dice(brain.mask, label("mr-t1-itk", "skull_strip")) > 0.9
     hippocampus = segment(itk_t1, StructurePrompt(resolve_structure("left hippocampus", itk_t1.modality)))
     assert 2.0 < hippocampus.volume_ml < 8.0  # AAL Hippocampus_L is about 7 mL on Colin27
     assert hippocampus.centroid_mm[0] < brain.centroid_mm[0]  # RAS: left is negative x
+    ventricles = segment(itk_t1, StructurePrompt(resolve_structure("lateral ventricles", itk_t1.modality)))
+    assert 7.0 < ventricles.volume_ml < 50.0  # adult lateral ventricles
+    tissue = np.asarray(nib.load(sample_labels("mr-t1-itk")["tissue"]).dataobj)
+    assert np.isin(tissue[ventricles.mask], [4]).mean() > 0.8  # the k-means map's darkest brain class (CSF)
+    left = segment(itk_t1, StructurePrompt(resolve_structure("left lateral ventricle", itk_t1.modality)))
+    right = segment(itk_t1, StructurePrompt(resolve_structure("right lateral ventricle", itk_t1.modality)))
+    assert left.centroid_mm[0] < ventricles.centroid_mm[0] < right.centroid_mm[0]
+    assert left.volume_ml + right.volume_ml == pytest.approx(ventricles.volume_ml, abs=0.1)
+
+
+@pytest.mark.slow
+def test_atlas_brain_on_the_skull_stripped_mni152_meets_the_target():
+    mni = load_sample("mr-t1-mni152")
+    brain = segment(mni, StructurePrompt(resolve_structure("brain", mni.modality)))
+    assert dice(brain.mask, label("mr-t1-mni152", "brain_mask")) >= 0.9
 
 
 @pytest.mark.slow

@@ -121,7 +121,8 @@ class SegmentTool(ScanTool):
 
     def execute(self, args: SegmentArgs) -> SegmentResult:
         volume = self.session.require_volume()
-        segmentation = run_segmentation(volume, args, self._previous(volume) if args.refine else None)
+        previous = self._previous(volume) if args.refine else None
+        segmentation = run_segmentation(volume, args, previous, progress=self.session.progress)
         self.session.add_overlay(Overlay(name=OVERLAY_NAME, data=segmentation.mask, kind="mask"))
         return SegmentResult(segmentation=segmentation)
 

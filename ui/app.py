@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ import gradio as gr
 
 from assistant.agent import Agent, AnswerEvent, InputError, TokenEvent, ToolCallEvent, ToolResultEvent
 from assistant.config import Settings, get_settings
+from assistant.imaging.progress import cancel_on
 from assistant.models.base import Message
 from assistant.reports.collect import scan_fingerprint
 from assistant.reports.conversations import conversation_of, restore_session
@@ -46,6 +48,7 @@ class ChatState:
     conversation_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # key of the saved conversation
     scan_path: str | None = None
     restored_history: list[Message] = field(default_factory=list)  # the agent's memory of a restored conversation
+    cancel: threading.Event = field(default_factory=threading.Event)  # set by the Cancel button, checked by long tool runs
 
 
 class ScanChatApp:
@@ -189,6 +192,12 @@ class ScanChatApp:
 
         return handler
 
+    @staticmethod
+    def cancel(state: ChatState | None) -> None:
+        """Ask the running turn's long tool run (registration, slice-by-slice model) to stop at its next step."""
+        if state is not None:
+            state.cancel.set()
+
     def respond(self, state: ChatState | None, message: str, history: list, window: str, show_overlays: bool, progress=gr.Progress()):
         state = state or ChatState()
         history = list(history or [])
@@ -201,6 +210,8 @@ class ScanChatApp:
             return
         info = self._model_info(agent)
         history.append(gr.ChatMessage(role="user", content=message or ""))
+        state.cancel.clear()
+        state.session.progress = cancel_on(state.cancel, lambda fraction, text: progress(fraction, desc=text))
         try:
             events = agent.run(message)
             answer_index = None
@@ -248,6 +259,8 @@ class ScanChatApp:
             gr.Warning(str(exc))
             yield state, history, message, *self._views(state, window, show_overlays), gr.update(), info
             return
+        finally:
+            state.session.progress = None
         try:
             downloads = self._downloads(state)
         except (OSError, ValueError) as exc:
@@ -283,7 +296,9 @@ class ScanChatApp:
                     with gr.Tab("Chat"):
                         chatbot = gr.Chatbot(label="Chat", height=560, elem_id="chat")
                         message = gr.Textbox(placeholder="Ask about the scan…", show_label=False, elem_id="message")
-                        send = gr.Button("Send", elem_id="send")
+                        with gr.Row():
+                            send = gr.Button("Send", elem_id="send")
+                            cancel = gr.Button("Cancel", elem_id="cancel", variant="stop")
                         model_info = gr.Markdown(elem_id="model-info")
                         downloads = gr.File(
                             label="Last mask (NIfTI; DICOM SEG for DICOM scans)", file_count="multiple", interactive=False
@@ -309,6 +324,7 @@ class ScanChatApp:
                     [state, message, chatbot, window, show_overlays],
                     [state, chatbot, message, *views, downloads, model_info],
                 )
+            cancel.click(self.cancel, [state], None, queue=False)
         return demo
 
 

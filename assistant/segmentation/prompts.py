@@ -2,18 +2,23 @@
 
 Prompts arrive in voxel indices or RAS millimetres; `points_prompt` and `box_prompt` turn them
 into voxel indices on the volume once, and refuse anything outside the scan. Structure names
-go through a small synonym table (`resolve_structure`) that knows which modality can show what.
+(any case, accents, English, Spanish, French or German, a side word anywhere) go through a synonym
+table in ``prompts/tools/segment_synonyms.txt``, then the term index's SNOMED anatomy for other
+wordings (`resolve_structure`), and are checked against what the modality can show.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
+from functools import cache
 from typing import Literal
 
 import numpy as np
 
 from assistant.volume import Modality, Volume
+from prompts import load_prompt
 
 Units = Literal["voxel", "mm"]
 Refinement = Literal["grow", "shrink", "remove_component", "keep_largest"]
@@ -50,7 +55,11 @@ class Structure:
 
     @property
     def uses_atlas(self) -> bool:
-        return bool(self.aal_patterns) or self.rule == "brain_mr"
+        return bool(self.aal_patterns) or self.rule in ("brain_mr", "ventricles_mr")
+
+    @property
+    def has_sides(self) -> bool:
+        return bool(self.aal_patterns) or self.rule == "ventricles_mr"
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,7 @@ _STRUCTURES: dict[str, tuple[tuple[Modality, ...], str | None, tuple[str, ...]]]
     "lungs": (_CT, "lungs", ()),
     "head": (_CT + _MR, "head", ()),
     "brain": (_CT + _MR, None, ()),
+    "lateral ventricles": (_MR, "ventricles_mr", ()),
     "hippocampus": (_MR, None, (r"Hippocampus",)),
     "parahippocampal gyrus": (_MR, None, (r"ParaHippocampal",)),
     "amygdala": (_MR, None, (r"Amygdala",)),
@@ -89,24 +99,9 @@ _STRUCTURES: dict[str, tuple[tuple[Modality, ...], str | None, tuple[str, ...]]]
     "basal ganglia": (_MR, None, (r"Caudate", r"Putamen", r"Pallidum")),
 }
 
-_SYNONYMS: dict[str, str] = {
-    "skull": "bone", "bones": "bone", "cranium": "bone", "calvarium": "bone", "skeleton": "bone",
-    "lung": "lungs", "airway": "air", "air spaces": "air", "sinuses": "air",
-    "soft tissues": "soft tissue", "body": "head", "whole head": "head", "scalp and skull": "head",
-    "whole brain": "brain", "brain parenchyma": "brain", "cerebrum": "brain", "encephalon": "brain",
-    "hippocampi": "hippocampus", "hippocampal formation": "hippocampus",
-    "amygdalae": "amygdala", "thalami": "thalamus", "caudate nucleus": "caudate",
-    "lentiform nucleus": "putamen", "globus pallidus": "pallidum", "insular cortex": "insula",
-    "motor cortex": "precentral gyrus", "primary motor cortex": "precentral gyrus",
-    "sensory cortex": "postcentral gyrus", "cingulum": "cingulate gyrus", "cingulate": "cingulate gyrus",
-    "frontal": "frontal lobe", "parietal": "parietal lobe", "temporal": "temporal lobe",
-    "occipital": "occipital lobe", "cerebellar hemisphere": "cerebellum",
-}  # fmt: skip
 
 # Structures users ask for that no installed atlas or rule provides, with the reason.
 _UNAVAILABLE: dict[str, str] = {
-    "ventricles": "none of the installed atlases (AAL, MNI152 masks) labels the ventricles",
-    "lateral ventricles": "none of the installed atlases (AAL, MNI152 masks) labels the ventricles",
     "tumor": "there is no tumour model; draw a box or click a point on the lesion instead",
     "tumour": "there is no tumour model; draw a box or click a point on the lesion instead",
     "lesion": "there is no lesion model; draw a box or click a point on the lesion instead",
@@ -115,19 +110,41 @@ _UNAVAILABLE: dict[str, str] = {
     "heart": "the installed models cover head scans only (no thoracic atlas)",
 }
 
-_SIDE_WORDS = {"left": "L", "l": "L", "lt": "L", "right": "R", "r": "R", "rt": "R"}
+_SIDE_WORDS = {
+    "left": "L", "l": "L", "lt": "L", "right": "R", "r": "R", "rt": "R",
+    "izquierdo": "L", "izquierda": "L", "izquierdos": "L", "izquierdas": "L", "izq": "L",
+    "derecho": "R", "derecha": "R", "derechos": "R", "derechas": "R", "der": "R",
+    "gauche": "L", "droit": "R", "droite": "R", "links": "L", "linke": "L", "linker": "L", "linken": "L",
+    "rechts": "R", "rechte": "R", "rechter": "R", "rechten": "R",
+}  # fmt: skip
+TERM_INDEX_MIN_SCORE = 0.85  # below this the term index's best anatomical concept is a guess, not a synonym
 
 
 class StructureError(ValueError):
     """The structure is unknown or cannot be segmented on this kind of scan."""
 
 
-def known_structures() -> list[str]:
-    return sorted(_STRUCTURES)
+def _words(text: str) -> list[str]:
+    """Lower-case words without accents or punctuation: 'Ventrículos' and 'ventriculos' are one word."""
+    plain = unicodedata.normalize("NFKD", text.lower()).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9 ]+", " ", plain.replace("_", " ")).split()
+
+
+@cache
+def synonyms() -> dict[str, str]:
+    """Phrase or term-index concept id -> structure, from ``prompts/tools/segment_synonyms.txt``."""
+    table = {}
+    for line in load_prompt("tools/segment_synonyms.txt").splitlines():
+        if line.strip() and not line.startswith("#"):
+            phrase, structure = line.split("\t")
+            if structure not in _STRUCTURES:
+                raise ValueError(f"segment_synonyms.txt maps {phrase!r} to the unknown structure {structure!r}.")
+            table[phrase if phrase.startswith("sct:") else " ".join(_words(phrase))] = structure
+    return table
 
 
 def _split_side(text: str) -> tuple[str, Literal["L", "R"] | None]:
-    words = re.sub(r"[^a-z0-9 ]+", " ", text.lower().replace("_", " ")).split()
+    words = _words(text)
     sides = {_SIDE_WORDS[w] for w in words if w in _SIDE_WORDS}
     if len(sides) > 1:
         raise StructureError(f"{text!r} names both sides; ask for the left and the right structure separately.")
@@ -135,34 +152,62 @@ def _split_side(text: str) -> tuple[str, Literal["L", "R"] | None]:
     return base, (sides.pop() if sides else None)  # type: ignore[return-value]
 
 
+def _from_term_index(phrase: str) -> str | None:
+    """The structure whose SNOMED concept the term index finds for `phrase` (DICOM anatomy), if confident."""
+    from assistant.terminology import get_term_index
+
+    hits = get_term_index().search(phrase, k=3, method="lexical", sources=["dicom"])
+    table = synonyms()
+    for hit in hits:
+        if hit.score >= TERM_INDEX_MIN_SCORE and hit.concept.id in table:
+            return table[hit.concept.id]
+    return None
+
+
+def _canonical(base: str) -> str:
+    """The structure table's name for `base`: itself, a listed synonym, a plural, or via the term index."""
+    if base in _STRUCTURES or base in _UNAVAILABLE:
+        return base
+    table = synonyms()
+    if base in table:
+        return table[base]
+    if base.endswith("s") and base[:-1] in _STRUCTURES:
+        return base[:-1]
+    return _from_term_index(base) or base
+
+
+def supported_structures(modality: Modality) -> list[str]:
+    return sorted(name for name, (mods, _, _) in _STRUCTURES.items() if modality in mods)
+
+
+def _supported_hint(modality: Modality) -> str:
+    possible = supported_structures(modality)
+    if not possible:
+        return f"No named structures are available for {modality.value} scans; give a point or a box instead."
+    sided = " (add 'left' or 'right' for paired brain structures)" if modality is Modality.MR else ""
+    return f"On {modality.value} I can segment: {', '.join(possible)}{sided}."
+
+
 def resolve_structure(text: str, modality: Modality) -> Structure:
     """The structure a user's phrase means, checked against what this modality can show."""
     if not text or not text.strip():
         raise StructureError("The structure name is empty; name what to segment, e.g. 'brain' or 'left hippocampus'.")
     base, side = _split_side(text)
-    base = _SYNONYMS.get(base, base)
-    if base.endswith("s") and base[:-1] in _STRUCTURES:
-        base = base[:-1]
+    base = _canonical(base)
     if base in _UNAVAILABLE:
         raise StructureError(f"Cannot segment {text!r}: {_UNAVAILABLE[base]}.")
     if base not in _STRUCTURES:
-        raise StructureError(
-            f"Unknown structure {text!r}. Known structures: {', '.join(known_structures())} "
-            "(add 'left' or 'right' for paired brain structures), or give a point or a box."
-        )
+        raise StructureError(f"Unknown structure {text!r}. {_supported_hint(modality)} Or give a point or a box.")
     modalities, rule, patterns = _STRUCTURES[base]
     if modality not in modalities:
-        possible = [name for name, (mods, _, _) in _STRUCTURES.items() if modality in mods]
-        hint = f"On {modality.value} I can segment: {', '.join(sorted(possible))}." if possible else (
-            f"No named structures are available for {modality.value} scans; give a point or a box instead."
-        )
         raise StructureError(
             f"{base!r} cannot be segmented on a {modality.value} scan "
-            f"(it needs {' or '.join(m.value for m in modalities)}). {hint}"
+            f"(it needs {' or '.join(m.value for m in modalities)}). {_supported_hint(modality)}"
         )
     if base == "brain":
         rule = "brain_ct" if modality is Modality.CT else "brain_mr"
-    if side and not patterns:
+    structure = Structure(name=base, modalities=modalities, rule=rule, aal_patterns=patterns)
+    if side and not structure.has_sides:
         raise StructureError(f"{base!r} has no left/right parts here; ask for {base!r} without a side.")
     name = f"{'left' if side == 'L' else 'right'} {base}" if side else base
     return Structure(name=name, modalities=modalities, rule=rule, aal_patterns=patterns, side=side)
