@@ -26,6 +26,7 @@ from pathlib import Path
 import sacrebleu
 import torch
 from rouge_score import rouge_scorer
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -70,7 +71,7 @@ def evaluate(data_dir: Path, model_dir: Path, limit: int | None, open_limit: int
     references: list[str] = []
     closed_latency, open_latency = [], []
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    for index, case in enumerate(eval_cases):
+    for index, case in enumerate(tqdm(eval_cases, desc="held-out cases", unit="case")):
         grid = features[case.case_id].float()
         description = scan_description(case, data_dir)
         for pair in case.qa:
