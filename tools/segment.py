@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ from pydantic import BaseModel, Field, model_validator
 from tqdm import tqdm
 
 from assistant.findings import Finding, Quantity
-from assistant.imaging.progress import ProgressCallback
+from assistant.imaging.progress import ProgressCallback, cancel_on
 from assistant.segmentation import (
     Backend,
     Segmentation,
@@ -153,13 +155,19 @@ def _cli(args: argparse.Namespace) -> int:
         units="mm" if args.mm else "voxel", backend=args.backend,
     )
     volume = load_scan(args.scan)
-    with tqdm(total=100, unit="%", leave=False) as bar:
+    # Ctrl-C inside SimpleITK's C++ loop is not seen until it returns; a flag checked at every step is
+    cancel = threading.Event()
+    previous_handler = signal.signal(signal.SIGINT, lambda *_: cancel.set())
+    try:
+        with tqdm(total=100, unit="%", leave=False) as bar:
 
-        def progress(fraction: float, message: str) -> None:
-            bar.set_description(message)
-            bar.update(int(fraction * 100) - bar.n)
+            def progress(fraction: float, message: str) -> None:
+                bar.set_description(message)
+                bar.update(int(fraction * 100) - bar.n)
 
-        segmentation = run_segmentation(volume, seg_args, progress=progress)
+            segmentation = run_segmentation(volume, seg_args, progress=cancel_on(cancel, progress))
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
     files = {"mask": str(save_nifti(segmentation, volume, args.out))}
     if args.seg:
         files["dicom_seg"] = str(save_dicom_seg(segmentation, volume, args.seg))
