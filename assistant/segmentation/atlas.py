@@ -163,8 +163,9 @@ def segment_structure(volume: Volume, structure: Structure, progress: ProgressCa
                   "within the head")
     elif structure.rule == "ventricles_mr":
         mask = _ventricles(volume, registration, structure.side)
-        source = (f"CSF-dark voxels over {VENTRICLE_DEPTH_MM:g} mm deep in the brain, connected to Colin27's lateral "
-                  "ventricles (the thin third and fourth ventricles are not separated from the cisterns)")
+        source = (f"this scan's CSF-dark voxels over {VENTRICLE_DEPTH_MM:g} mm deep in the brain, within "
+                  f"{VENTRICLE_SEARCH_MM:g} mm of and connected to Colin27's lateral ventricles (the third and fourth "
+                  "ventricles are left out: on T1 they merge with the cisterns)")
     else:
         ids = aal_label_ids(structure)
         if not ids:
