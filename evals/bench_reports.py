@@ -46,6 +46,7 @@ from assistant.reports.workflow import ReportDesk
 from assistant.scans.samples import load_sample
 from assistant.session import ScanSession, ToolRecord
 from assistant.terminology import get_term_index
+from tools.lookup_term import LookupTermArgs, lookup_term
 from tools.measure_distance import MeasureDistanceArgs, measure_distance
 from tools.probe_intensity import ProbeIntensityArgs, probe_intensity
 
@@ -92,7 +93,7 @@ def read_iu_reports(wheel: Path, limit: int) -> list[dict]:
     return reports
 
 
-def wording_variation(texts: list[str], index) -> dict:
+def wording_variation(mentions_per_text: list[list], index) -> dict:
     """How often one idea is written in different ways, within a report and across all of them.
 
     Mentions are grouped as the checker groups them (`group_mentions`: the same concept, or
@@ -100,8 +101,7 @@ def wording_variation(texts: list[str], index) -> dict:
     wordings is an inconsistency."""
     all_mentions = []
     reports_with_variants = 0
-    for text in texts:
-        mentions = index.normalize(text)
+    for mentions in mentions_per_text:
         all_mentions += mentions
         reports_with_variants += any(len({m.text.casefold() for m in group}) > 1
                                      for _, group in group_mentions(mentions, index))
@@ -114,15 +114,15 @@ def wording_variation(texts: list[str], index) -> dict:
         "concepts_with_several_wordings": len(varied),
         "share_concepts_with_several_wordings": len(varied) / max(len(groups), 1),
         "share_mentions_not_in_dominant_wording": minority / max(len(all_mentions), 1),
-        "share_reports_with_a_concept_in_several_wordings": reports_with_variants / max(len(texts), 1),
+        "share_reports_with_a_concept_in_several_wordings": reports_with_variants / max(len(mentions_per_text), 1),
         "examples": [sorted(g) for g in sorted(varied, key=lambda g: -sum(g.values()))[:5]],
     }
 
 
-def normalised_corpus(texts: list[str], index) -> list[str]:
+def normalised_corpus(texts: list[str], mentions_per_text: list[list], index) -> list[str]:
     """Every mention rewritten to its idea's dominant wording across the corpus, as the checker's
     fixes and the store's remembered wordings do for one patient's or department's reports."""
-    tagged = [(number, mention) for number, text in enumerate(texts) for mention in index.normalize(text)]
+    tagged = [(number, mention) for number, mentions in enumerate(mentions_per_text) for mention in mentions]
     by_mention = {id(m): n for n, m in tagged}
     replacements: list[list[tuple[int, int, str]]] = [[] for _ in texts]
     for _, group in group_mentions([m for _, m in tagged], index):
@@ -144,10 +144,15 @@ def bench_real_reports(wheel: Path, limit: int, index) -> dict:
     distinct = sorted(set(terms))
     mapped = {t: map_term(t, index).mapped for t in distinct}
     texts = [r["text"] for r in reports]
-    before = wording_variation(texts, index)
-    after = wording_variation(normalised_corpus(texts, index), index)
+    mentions = [index.normalize(text) for text in texts]
+    rewritten = normalised_corpus(texts, mentions, index)
+    # normalisation is deterministic: only the rewritten reports need to be read again
+    mentions_after = [found if new == old else index.normalize(new) for old, new, found in zip(texts, rewritten, mentions)]
+    before = wording_variation(mentions, index)
+    after = wording_variation(mentions_after, index)
     return {
         "reports": len(reports),
+        "reports_rewritten_by_normalisation": sum(old != new for old, new in zip(texts, rewritten)),
         "finding_terms": len(terms),
         "distinct_finding_terms": len(distinct),
         "share_terms_mapped": sum(mapped[t] for t in terms) / max(len(terms), 1),
@@ -164,14 +169,17 @@ def bench_real_reports(wheel: Path, limit: int, index) -> dict:
 
 def measured_session(sample: str) -> ScanSession:
     """A session on `sample` with real tool results: the scan description (added by the drafter),
-    a distance between two voxels and a mean intensity in a 5 mm sphere at the centre."""
+    a distance between two voxels, a mean intensity in a 5 mm sphere at the centre, and a term the
+    clinician looked up (so the report has a coded concept for the checker and the translator)."""
     session = ScanSession()
     session.load(load_sample(sample))
     volume = session.volume
     far = [max(1, n - 2) for n in volume.shape]
     distance = MeasureDistanceArgs(point_a=[1, 1, 1], point_b=far)
     probe = ProbeIntensityArgs(radius_mm=5.0)
+    term = LookupTermArgs(query="hydrocephalus", k=1)
     session.records += [
+        ToolRecord("lookup_term", term.model_dump(), lookup_term(**term.model_dump())),
         ToolRecord("measure_distance", distance.model_dump(), measure_distance(volume, distance)),
         ToolRecord("probe_intensity", probe.model_dump(), probe_intensity(volume, probe)),
     ]
@@ -293,6 +301,7 @@ def main() -> None:
     parser.add_argument("--lang", default="es", help="translation target ('' to skip)")
     parser.add_argument("--wheel", help="torchxrayvision wheel (default: pip download into the cache)")
     parser.add_argument("--no-llm", action="store_true", help="skip the default model's draft timing")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="JSON file to write")
     args = parser.parse_args()
     started = time.perf_counter()
     index = get_term_index()
@@ -301,9 +310,9 @@ def main() -> None:
         results["real_reports"] = bench_real_reports(find_wheel(args.wheel), args.reports, index)
     results["generated"] = bench_generated(args.samples, args.lang or None, not args.no_llm, index)
     print_table(results)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2, default=str))
-    print(f"\nwrote {RESULTS}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2, default=str))
+    print(f"\nwrote {args.out}")
 
 
 if __name__ == "__main__":
