@@ -44,7 +44,7 @@ class TermLookup(ToolResult):
             return f"No concept found for '{self.query}'."
         lines = [f"Concepts for '{self.query}' (best first):"]
         for rank, hit in enumerate(self.hits, start=1):
-            codes = ", ".join(f"{system} {code}" for system, code in hit.concept.codes.items())
+            codes = ", ".join(f"{system} {code}" for system, code in hit.concept.codes.items()) or "no code"
             label = f"; {self.language} label: '{hit.label}'" if self.language != "en" else ""
             if self.language != "en" and hit.label is None:
                 label = f"; no {self.language} label"

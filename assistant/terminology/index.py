@@ -47,6 +47,10 @@ MAX_QUERY_CHARS = 500
 MAX_TEXT_CHARS = 20_000
 MAX_K = 100
 CANDIDATES = 50
+# Exact matches, character n-grams, embeddings. Heavier embeddings (1.5-3x) or lighter n-grams
+# (0.5x) did no better on held-out synonyms and worse across languages (dev sample, not the
+# benchmark's; see evals/terms/README.md).
+FUSION_WEIGHTS = (10.0, 1.0, 1.0)
 # Sources whose strings are embedded; drug names are matched lexically (embedding a brand name
 # says nothing a string match would not).
 SEMANTIC_SOURCES = {"icd10", "icd10cm", "hpo", "dicom", GLOSSARY_SOURCE}
@@ -299,7 +303,7 @@ class TermIndex:
         ngram_ranking = [note(int(e), float(s)) for e, s in zip(ngram_rows, ngram_scores)]
         semantic_ranking = [note(int(e), float(s)) for e, s in zip(semantic_entries, semantic_scores)]
         fused = reciprocal_rank_fusion([list(dict.fromkeys(r)) for r in (exact_ranking, ngram_ranking, semantic_ranking)],
-                                       weights=[10.0, 1.0, 1.0])
+                                       weights=FUSION_WEIGHTS)
         ranked = sorted(fused, key=lambda c: (fused[c], best_entry[c][0]), reverse=True)[:k * 2]
         hits = []
         for concept_index in ranked:

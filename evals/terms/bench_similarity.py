@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +46,20 @@ def embedding_scores(vectors: dict[str, np.ndarray], pairs: list[tuple[str, str]
     return {"cosine": cosine, "dot": (a * b).sum(1), "euclidean": -np.linalg.norm(a - b, axis=1)}
 
 
+def embedding_speed(model: str, embedder, terms: list[str], batch_seconds: float) -> dict:
+    """Batch throughput (what building the index costs) and one-query latency (what a look-up
+    costs), wall clock and CPU time of the process."""
+    wall, cpu = [], []
+    for term in terms[:100]:
+        started, started_cpu = time.perf_counter(), time.process_time()
+        embedder.encode([term], query=True)
+        wall.append((time.perf_counter() - started) * 1000)
+        cpu.append((time.process_time() - started_cpu) * 1000)
+    return {"model": model, "batch terms/s": len(terms) / batch_seconds,
+            "query p50 ms": float(np.percentile(wall, 50)), "query p95 ms": float(np.percentile(wall, 95)),
+            "query CPU p50 ms": float(np.percentile(cpu, 50)), "query CPU p95 ms": float(np.percentile(cpu, 95))}
+
+
 def index_coverage(terms: list[str]) -> float | None:
     """Share of the terms the saved default index knows exactly; None when it is not built yet."""
     try:
@@ -67,9 +83,13 @@ def main(argv: list[str] | None = None) -> int:
         variants += [("minilm-onnx", "cls", False), ("minilm-onnx", "max", False)]
     if "e5-small" in args.models:
         variants.append(("e5-small", "mean", True))  # E5's advice for symmetric tasks: "query: " on both sides
+    speed_rows = []
     for model, pooling, as_query in variants:
         embedder = get_embedder(model, pooling)
+        started = time.perf_counter()
         vectors = dict(zip(terms, embedder.encode(terms, query=as_query, normalize=False)))
+        if pooling == "mean" and not as_query:
+            speed_rows.append(embedding_speed(model, embedder, terms, time.perf_counter() - started))
         pooling_name = POOLING_NAMES.get(model, f"{pooling} pooling")
         if model == "e5-small":
             pooling_name += ', "query: " prefix' if as_query else ', "passage: " prefix'
@@ -93,11 +113,14 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
     rows.sort(key=lambda r: -r["similarity rho"])
     print_table(rows, "UMNSRS Spearman correlation (every scorer scores every pair: coverage 1.0)")
+    print_table(speed_rows, f"Embedding speed on the {len(terms)} UMNSRS terms, one thread "
+                            f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
     coverage = index_coverage(terms)
     if coverage is not None:
         print(f"\nterm index coverage: {coverage:.3f} of the {len(terms)} UMNSRS terms are an indexed term or synonym")
     path = write_results("terms_similarity", {"pairs": {n: len(p) for n, (p, _) in datasets.items()},
-                                              "scorer_coverage": 1.0, "index_term_coverage": coverage, "rows": rows})
+                                              "scorer_coverage": 1.0, "index_term_coverage": coverage, "rows": rows,
+                                              "embedding_speed": speed_rows})
     print(f"\nwrote {path}")
     return 0
 
