@@ -45,13 +45,16 @@ def ensure_scan_described(session: ScanSession) -> None:
         session.records.insert(0, ToolRecord(name="describe_scan", arguments={}, result=description))
 
 
+def tool_findings(session: ScanSession) -> list[Finding]:
+    """Every finding of every successful tool call, in call order (failed calls contribute nothing)."""
+    return [f for record in session.records if record.ok and record.result is not None
+            for f in record.result.findings(record.arguments)]
+
+
 def collect_findings(session: ScanSession) -> list[Finding]:
-    """Every finding of every successful tool call, in call order (failed calls contribute nothing),
-    then what a vision model observed, labelled as such."""
+    """The tools' findings, then what a vision model observed, labelled as such."""
     session.require_volume()
-    findings = [f for record in session.records if record.ok and record.result is not None
-                for f in record.result.findings(record.arguments)]
-    findings += session.observations  # labelled model observations; drafting caps them at "possible"
+    findings = tool_findings(session) + session.observations  # labelled model observations; drafting caps them at "possible"
     if not findings:
         raise ReportError(
             "There are no findings to report yet: ask for a description, a measurement or a segmentation first."

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from assistant.findings import Finding
 from assistant.models.base import Message
-from assistant.reports.collect import require_same_scan, scan_reference
+from assistant.reports.collect import require_same_scan, scan_reference, tool_findings
 from assistant.reports.model import ReportError, ScanReference
 from assistant.session import ScanSession, ToolRecord
 from assistant.volume import Volume
@@ -49,10 +49,8 @@ class StoredFindings(ToolResult):
 def conversation_of(session: ScanSession, conversation_id: str, messages: list[Message] | None = None,
                     scan_path: str | None = None) -> SavedConversation:
     """What to save of `session` (which must have a scan): its findings, observations and the chat."""
-    findings = [f for record in session.records if record.ok and record.result is not None
-                for f in record.result.findings(record.arguments)]
     return SavedConversation(conversation_id=conversation_id, scan=scan_reference(session.require_volume()),
-                             scan_path=scan_path, messages=list(messages or []), findings=findings,
+                             scan_path=scan_path, messages=list(messages or []), findings=tool_findings(session),
                              observations=list(session.observations))
 
 
