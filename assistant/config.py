@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     max_archive_members: int = Field(20_000)
     max_message_chars: int = Field(4000, description="Longer chat messages are refused with a message.")
 
-    reports_db: Path | None = Field(None, description="SQLite file of report versions; default cache_dir/reports.sqlite3.")
+    reports_db: Path | None = Field(None, description="SQLite file of report versions and saved conversations; default cache_dir/reports.sqlite3.")
     term_embedder: Literal["minilm-onnx", "minilm", "e5-small"] = Field(
         "minilm-onnx", description="Embedding model of the term index, chosen by evals/terms (see its README): the "
                                    "int8 ONNX MiniLM ties the fp32 one on UMNSRS and synonyms, needs no torch and "
