@@ -7,7 +7,15 @@ from collections import Counter
 import pytest
 
 from assistant.choosers import NO_TOOL, example_bank
-from evals.toolcalls.dataset import TRAIN, build_training_examples, kind_of, load_examples, template_of
+from evals.toolcalls.dataset import (
+    HELDOUT,
+    TRAIN,
+    build_training_examples,
+    kind_of,
+    load_examples,
+    normalized_request,
+    template_of,
+)
 from tools import TOOL_CLASSES, tool_class
 
 SCHEMAS = {cls.model_fields["name"].default: cls.model_fields["args_schema"].default
@@ -62,3 +70,11 @@ def test_quoted_texts_are_copied_exactly_into_the_arguments(bank):
     """In this turn, or in the earlier turn a follow-up refers to ("now into Spanish")."""
     for example in (e for e in bank if "text" in e.arguments):
         assert example.arguments["text"] in example.text + (example.previous or ""), example.id
+
+
+def test_held_out_requests_never_appear_in_the_training_bank(bank):
+    """The held-out split measures generalisation only if none of its requests was trained on."""
+    trained = {normalized_request(e.text) for e in bank}
+    held_out = load_examples(HELDOUT)
+    assert len(held_out) >= 80
+    assert [e.text for e in held_out if normalized_request(e.text) in trained] == []

@@ -710,6 +710,11 @@ def _scan_for(tool: str, template: str, rng: random.Random) -> str | None:
     return rng.choice([CT, MR])
 
 
+def normalized_request(text: str) -> str:
+    """Case, spacing and end punctuation aside: how two requests count as the same."""
+    return " ".join(text.lower().strip(" ?.!").split())
+
+
 def build_training_examples(seed: int = 7) -> list[ToolCallExample]:
     rng = random.Random(seed)
     # (kind, template group, text, tool, arguments, previous, scan)
@@ -736,9 +741,11 @@ def build_training_examples(seed: int = 7) -> list[ToolCallExample]:
             scan = CT if re.search(r"\b(skull|bone|air)\b", previous) else MR
             add(kind, f"f{number}", text, tool, arguments, None if tool in TEXT_TOOLS else scan, previous=previous)
 
+    held_out = {normalized_request(e.text) for e in load_examples(HELDOUT)}  # never train on a measured request
     unique: dict[tuple[str, str | None], tuple] = {}
     for draft in drafts:
-        unique.setdefault((draft[2].lower(), draft[5]), draft)
+        if normalized_request(draft[2]) not in held_out:
+            unique.setdefault((draft[2].lower(), draft[5]), draft)
     numbers: Counter[str] = Counter()
     examples = []
     for kind, group, text, tool, arguments, previous, scan in unique.values():
