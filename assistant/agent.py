@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from assistant.choosers import NO_TOOL, example_index, make_chooser
 from assistant.config import Settings, get_settings
-from assistant.grounding import GroundingReport, check_grounding, invented_arguments
+from assistant.grounding import GroundingReport, check_grounding, invented_arguments, invented_texts, quoted_or_whole
 from assistant.models.base import ChatModel, Message, ModelError
 from assistant.session import ScanSession, ToolRecord
 from prompts import load_prompt
@@ -216,6 +216,7 @@ class Agent:
             return {}
         sources = [m.content for m in [*self.history, *state["messages"]]]
         optional = {name for name, field in tool.args_schema.model_fields.items() if not field.is_required()}
+        verbatim = [name for name, field in schema["properties"].items() if field.get("verbatim")]
         error = ""
         arguments: dict[str, Any] = {}
         for _ in range(2):
@@ -228,7 +229,7 @@ class Agent:
                 error, arguments = "Your previous answer was not complete JSON. Reply with short, complete JSON.", {}
                 continue
             self._count_usage()
-            invented = invented_arguments(arguments, sources)
+            invented = invented_arguments(arguments, sources) + invented_texts(arguments, verbatim, sources)
             arguments = {k: v for k, v in arguments.items() if not (k in invented and k in optional)}
             try:
                 tool.args_schema.model_validate(arguments)
@@ -238,6 +239,9 @@ class Agent:
             if not invented or set(invented) <= optional:
                 return arguments
             error = f"These values were not given by the user: {', '.join(invented)}. Use only values from the conversation."
+        if still_invented := invented_texts(arguments, verbatim, sources):  # copy the user's words rather than the model's
+            log.info("arguments %s of %s not from the conversation; using the request's words", still_invented, tool.name)
+            arguments = {**arguments, **{name: quoted_or_whole(state["messages"][0].content) for name in still_invented}}
         return arguments  # still invalid: the tool reports the validation error to the model
 
     def choice_context(self, messages: list[Message]) -> list[Message]:

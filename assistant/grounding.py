@@ -87,3 +87,35 @@ def invented_arguments(arguments: dict[str, object], sources: Iterable[str]) -> 
         name for name, value in arguments.items()
         if any(n not in known for n in _numbers_of(value))
     ]
+
+
+VERBATIM = {"verbatim": True}  # json_schema_extra of an argument the model must copy from the conversation
+_WORD = re.compile(r"[^\W\d_]{3,}")
+
+
+def _words(text: str) -> list[str]:
+    return [w.casefold() for w in _WORD.findall(text)]
+
+
+def invented_texts(arguments: dict[str, object], verbatim_fields: Iterable[str], sources: Iterable[str]) -> list[str]:
+    """Verbatim argument names (a text to translate, a term to look up) whose words mostly appear
+    nowhere in the conversation: a small model tends to copy its few-shot example's text instead.
+
+    A word counts as present when it shares its first four letters with a word of the conversation
+    ("seizure" / "seizures", "hippocampus" / "hippo").
+    """
+    stems = {w[:4] for text in sources for w in _words(text)}
+    invented = []
+    for name in verbatim_fields:
+        value = arguments.get(name)
+        words = _words(value) if isinstance(value, str) else []
+        if words and sum(w[:4] in stems for w in words) < 0.5 * len(words):
+            invented.append(name)
+    return invented
+
+
+def quoted_or_whole(request: str) -> str:
+    """The quoted part of a request ('...' or "..."), else the request itself: the fallback for a
+    verbatim argument the model would not copy."""
+    quoted = re.findall(r"(?<!\w)[\"“'‘]([^\"”'’]{3,})[\"”'’](?!\w)", request)
+    return max(quoted, key=len) if quoted else request.strip()

@@ -41,3 +41,23 @@ def test_argument_numbers_not_in_the_conversation_are_invented():
     assert invented_arguments({"point": [50, 50, 50], "radius_mm": 10, "units": "voxel"}, question) == ["point", "radius_mm"]
     assert invented_arguments({"point": [30, 45, 12]}, ["HU at voxel (30, 45, 12)?"]) == []
     assert invented_arguments({"text": "no bleeding", "k": 5}, ["look up 5 terms for bleeding"]) == []
+
+
+def test_verbatim_texts_copied_from_a_few_shot_example_are_invented():
+    from assistant.grounding import invented_texts
+
+    request = ["Give me the HPO term for seizures."]
+    assert invented_texts({"query": "cerebral oedema"}, ["query"], request) == ["query"]
+    assert invented_texts({"query": "seizure"}, ["query"], request) == []  # plural and singular share the stem
+    assert invented_texts({"query": "seizure", "language": "hpo"}, ["query"], request) == []  # only verbatim fields count
+    report = ["Which diagnoses are here? 'Known type 2 diabetes and hypertension, on metformin.'"]
+    assert invented_texts({"text": "Chronic small vessel ischaemic changes."}, ["text"], report) == ["text"]
+    assert invented_texts({"text": "type 2 diabetes and hypertension"}, ["text"], report) == []
+
+
+def test_the_fallback_for_a_verbatim_argument_is_the_quoted_part_or_the_request():
+    from assistant.grounding import quoted_or_whole
+
+    assert quoted_or_whole("In the ED note it says 'r/o PE'. What does PE stand for?") == "r/o PE"
+    assert quoted_or_whole('Translate "No acute haemorrhage." into Spanish') == "No acute haemorrhage."
+    assert quoted_or_whole("What's the code for the patient's PE? ") == "What's the code for the patient's PE?"  # apostrophes are no quotes

@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from assistant.config import Settings
 from assistant.findings import Finding
+from assistant.grounding import VERBATIM
 from assistant.terminology import TermHit, get_term_index
 from assistant.terminology.glossary import GLOSSARY_SOURCE
 from assistant.terminology.index import check_search
@@ -16,7 +17,8 @@ from tools.base import ScanTool, ToolError, ToolResult
 
 
 class LookupTermArgs(BaseModel):
-    query: str = Field(description="The term, abbreviation or code to look up, e.g. 'heart attack', 'PE', 'I21.9'.")
+    query: str = Field(description="The term, abbreviation or code to look up, e.g. 'heart attack', 'PE', 'I21.9'.",
+                       json_schema_extra=VERBATIM)
     k: int = Field(5, ge=1, le=20, description="How many concepts to return.")
     language: str = Field("en", description="Language for the labels: 'en', 'de', 'es', 'fr' or 'pt'.")
     sources: list[str] | None = Field(
@@ -40,17 +42,23 @@ class TermLookup(ToolResult):
                         source_tool="lookup_term", parameters=arguments)]
 
     def summary(self) -> str:
+        """The best concept first, without retrieval scores: a small answering model quoted a score of
+        1.00 as if it were the code."""
         if not self.hits:
             return f"No concept found for '{self.query}'."
-        lines = [f"Concepts for '{self.query}' (best first):"]
-        for rank, hit in enumerate(self.hits, start=1):
-            codes = ", ".join(f"{system} {code}" for system, code in hit.concept.codes.items()) or "no code"
-            label = f"; {self.language} label: '{hit.label}'" if self.language != "en" else ""
-            if self.language != "en" and hit.label is None:
-                label = f"; no {self.language} label"
-            lines.append(f"{rank}. {hit.concept.preferred} [{codes}] (source {hit.concept.source}, "
-                         f"matched '{hit.matched}', score {hit.score:.2f}{label})")
+        best, *others = self.hits
+        lines = [f"Best match for '{self.query}': {self._line(best)}"]
+        if others:
+            lines.append("Other candidates:")
+            lines += [f"- {self._line(hit)}" for hit in others]
         return "\n".join(lines)
+
+    def _line(self, hit: TermHit) -> str:
+        codes = ", ".join(f"{system} {code}" for system, code in hit.concept.codes.items()) or "no code"
+        label = ""
+        if self.language != "en":
+            label = f"; {self.language} label: '{hit.label}'" if hit.label else f"; no {self.language} label"
+        return f"{hit.concept.preferred} [{codes}]{label} (source {hit.concept.source}, matched '{hit.matched}')"
 
 
 def lookup_term(query: str, k: int = 5, language: str = "en", sources: list[str] | None = None,

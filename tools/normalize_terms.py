@@ -8,13 +8,15 @@ from pydantic import BaseModel, Field
 
 from assistant.config import Settings
 from assistant.findings import Finding
+from assistant.grounding import VERBATIM
 from assistant.terminology import TermMention, get_term_index
 from assistant.terminology.index import check_text
 from tools.base import ScanTool, ToolError, ToolResult
 
 
 class NormalizeTermsArgs(BaseModel):
-    text: str = Field(description="The sentence, finding or report whose medical terms should be identified.")
+    text: str = Field(description="The sentence, finding or report whose medical terms should be identified.",
+                      json_schema_extra=VERBATIM)
     language: str = Field("en", description="Language of the labels to report: 'en', 'de', 'es', 'fr' or 'pt'.")
 
 
@@ -39,8 +41,7 @@ class NormalizedTerms(ToolResult):
             codes = ", ".join(f"{system} {code}" for system, code in mention.concept.codes.items())
             label = mention.concept.label(self.language)
             translated = f", {self.language}: '{label}'" if self.language != "en" and label else ""
-            lines.append(f"'{mention.text}' [{mention.start}:{mention.end}] -> {mention.concept.preferred} "
-                         f"[{codes}] (source {mention.concept.source}, score {mention.score:.2f}{translated})")
+            lines.append(f"'{mention.text}' -> {mention.concept.preferred} [{codes}] (source {mention.concept.source}{translated})")
         return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from tqdm import tqdm
 
 from assistant.config import Settings
+from assistant.grounding import VERBATIM
 from assistant.imaging.progress import ProgressCallback
 from assistant.models.base import ChatModel
 from assistant.terminology.glossary import load_glossary
@@ -20,7 +21,7 @@ from tools.base import ScanTool, ToolError, ToolResult
 
 
 class TranslateTextArgs(BaseModel):
-    text: str = Field(description="The text to translate: a sentence, a finding or a whole report.")
+    text: str = Field(description="The text to translate: a sentence, a finding or a whole report.", json_schema_extra=VERBATIM)
     target_language: str = Field(description="Code of the language to translate into, e.g. 'es' or 'pt'.")
     source_language: str = Field("en", description="Code of the language the text is written in.")
     glossary_path: str | None = Field(None, description="Path of the user's CSV or TBX glossary, if they gave one.")
