@@ -1,16 +1,18 @@
-"""Anomaly detection on controlled in-silico lesions in held-out real brain MRs, per method and lesion size.
+"""Anomaly detection on controlled in-silico lesions in held-out real brain MRs, per method, lesion size and kind.
 
 Leave-one-subject-out over the normal subjects (MNI152 average, Colin27, ITK T1): each fold fits
 every method on the other subjects (its thresholds calibrated leave-one-subject-out among them) and
 tests on the held-out subject. Test cases are built in the subject's native space, as a real scan
 arrives: augmented re-scans, with and without a synthetic lesion (hyper/hypo, sphere/ellipsoid/
-irregular, 5-30 mm, half with mass effect) inserted inside the native brain, then registered to the
-template like any input. Prints a table and writes JSON to evals/results/bench_anomaly.json.
+irregular, 5-30 mm, one in three hyperintense ones with mass effect) inserted inside the native brain,
+then registered to the template like any input. Rows per size, and for lesions >= 10 mm (the target
+sizes) split by polarity and mass effect. Prints a table and writes JSON to evals/results/bench_anomaly.json.
 
 Image scores are divided by each fold's calibrated image threshold (voxel scores by the voxel
 threshold) before pooling the folds, so that AUROC measures the calibrated operating scale.
 
-    nice python evals/bench_anomaly.py [--methods zscore normative feature_memory autoencoder] [--per-size 4]
+    nice python evals/bench_anomaly.py --per-size 3 --cases /tmp/anomaly_cases.pkl \
+        --methods zscore normative autoencoder feature_memory --end-to-end normative
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import pickle
 import time
 from dataclasses import dataclass
 from itertools import cycle
@@ -43,10 +46,14 @@ class Case:
     """One held-out test scan on the template grid (not yet intensity-normalised) and its lesion mask there."""
 
     subject: str
-    size_mm: int | None  # None: a normal scan
+    spec: LesionSpec | None  # None: a normal scan
     warped: np.ndarray
     lesion: np.ndarray
     registration_seconds: float
+
+    @property
+    def size_mm(self) -> int | None:
+        return None if self.spec is None else int(self.spec.diameter_mm)
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -86,16 +93,48 @@ def held_out_cases(subject: str, per_size: int, seed: int) -> list[Case]:
         warped = warp_to_template(dataclasses.replace(volume, data=native), space)
         seconds = time.perf_counter() - started
         lesion_on_template = warped.registration.warp_to_template(lesion_mask.astype(np.float32)) > 0.5
-        cases.append(Case(subject, spec and int(spec.diameter_mm), warped.image, lesion_on_template, seconds))
+        cases.append(Case(subject, spec, warped.image, lesion_on_template, seconds))
     return cases
+
+
+GROUPS = {  # lesion subsets of the target sizes (>= 10 mm), reported beside the per-size rows
+    ">=10mm hyper": lambda spec: spec.diameter_mm >= 10 and spec.polarity == "hyper",
+    ">=10mm hypo": lambda spec: spec.diameter_mm >= 10 and spec.polarity == "hypo",
+    ">=10mm mass effect": lambda spec: spec.diameter_mm >= 10 and spec.mass_effect_mm > 0,
+    ">=10mm no mass effect": lambda spec: spec.diameter_mm >= 10 and spec.mass_effect_mm == 0,
+}
+
+
+@dataclass
+class Scored:
+    """One held-out case scored by a fold's model, on that fold's calibrated scale (1 = threshold)."""
+
+    case: Case
+    relative_score: float
+    relative_map: np.ndarray
+
+
+def metrics(normals: list[Scored], lesioned: list[Scored], mask: np.ndarray, rng: np.random.Generator) -> dict:
+    """Image AUROC against all held-out normals; voxel AUROC and best Dice over the lesioned maps."""
+    voxel_scores = np.concatenate([s.relative_map[mask] for s in lesioned])
+    voxel_labels = np.concatenate([s.case.lesion[mask] for s in lesioned])
+    keep = np.union1d(np.flatnonzero(voxel_labels), rng.choice(len(voxel_scores), VOXEL_SAMPLE, replace=False))
+    image_scores = np.array([s.relative_score for s in normals + lesioned])
+    return {
+        "cases": len(lesioned),
+        "image_auroc": auroc(image_scores, np.array([0] * len(normals) + [1] * len(lesioned))),
+        "voxel_auroc": auroc(voxel_scores[keep], voxel_labels[keep]),
+        "best_dice": best_dice([s.relative_map for s in lesioned], [s.case.lesion for s in lesioned], mask),
+        "detected_at_threshold": float(np.mean([s.relative_score > 1.0 for s in lesioned])),
+    }
 
 
 def evaluate(method: str, cases_by_subject: dict[str, list[Case]]) -> dict:
     """Fit per fold, score every held-out case, and pool the folds on the calibrated scale."""
     space = template_space()
     mask = space.brain_mask
-    rows = {size: {"image_scores": [], "labels": [], "maps": [], "masks": [], "detected": []} for size in SIZES_MM}
-    fit_seconds, score_seconds, false_positives, normals = [], [], 0, 0
+    scored: list[Scored] = []
+    fit_seconds, score_seconds = [], []
     for subject, cases in cases_by_subject.items():
         started = time.perf_counter()
         model = fit_normal_model(method, scans=tuple(s for s in cases_by_subject if s != subject))
@@ -105,36 +144,17 @@ def evaluate(method: str, cases_by_subject: dict[str, list[Case]]) -> dict:
             score_map = model.method.score(space.normalize_intensity(case.warped), mask)
             score = image_score(score_map, mask, model.voxel_threshold)
             score_seconds.append(time.perf_counter() - started)
-            relative_score = score / max(model.image_threshold, 1e-3)
-            if case.size_mm is None:
-                normals += 1
-                false_positives += score > model.image_threshold
-                for row in rows.values():
-                    row["image_scores"].append(relative_score)
-                    row["labels"].append(0)
-                continue
-            row = rows[case.size_mm]
-            row["image_scores"].append(relative_score)
-            row["labels"].append(1)
-            row["maps"].append(score_map / model.voxel_threshold)
-            row["masks"].append(case.lesion)
-            row["detected"].append(score > model.image_threshold)
+            scored.append(Scored(case, score / max(model.image_threshold, 1e-3), score_map / model.voxel_threshold))
+    normals = [s for s in scored if s.case.spec is None]
+    lesioned = [s for s in scored if s.case.spec is not None]
     rng = np.random.default_rng(0)
-    per_size = {}
-    for size, row in rows.items():
-        voxel_scores = np.concatenate([m[mask] for m in row["maps"]])
-        voxel_labels = np.concatenate([m[mask] for m in row["masks"]])
-        keep = np.union1d(np.flatnonzero(voxel_labels), rng.choice(len(voxel_scores), VOXEL_SAMPLE, replace=False))
-        per_size[size] = {
-            "image_auroc": auroc(np.array(row["image_scores"]), np.array(row["labels"])),
-            "voxel_auroc": auroc(voxel_scores[keep], voxel_labels[keep]),
-            "best_dice": best_dice(row["maps"], row["masks"], mask),
-            "detected_at_threshold": float(np.mean(row["detected"])),
-        }
+    per_size = {size: metrics(normals, [s for s in lesioned if s.case.size_mm == size], mask, rng) for size in SIZES_MM}
+    groups = {name: metrics(normals, [s for s in lesioned if keep(s.case.spec)], mask, rng) for name, keep in GROUPS.items()}
     return {
         "per_size": per_size,
-        "false_positive_rate_on_held_out_normals": false_positives / max(normals, 1),
-        "held_out_normals": normals,
+        "groups": groups,
+        "false_positive_rate_on_held_out_normals": float(np.mean([s.relative_score > 1.0 for s in normals])),
+        "held_out_normals": len(normals),
         "fit_seconds_per_fold": float(np.mean(fit_seconds)),
         "score_seconds_per_volume": float(np.median(score_seconds)),
     }
@@ -152,14 +172,16 @@ def end_to_end_seconds(method: str) -> float:
 def print_table(results: dict) -> None:
     print(f"subjects (leave-one-out folds): {', '.join(results['subjects'])}; "
           f"registration {results['registration_seconds_per_volume']:.1f} s/volume")
-    print(f"{'method':15} {'size':>5} {'img AUROC':>9} {'vox AUROC':>9} {'best Dice':>9} {'det@thr':>7}")
+    print(f"{'method':15} {'lesions':>21} {'cases':>5} {'img AUROC':>9} {'vox AUROC':>9} {'best Dice':>9} {'det@thr':>7}")
     for method, info in results["methods"].items():
         print_method(method, info)
 
 
 def print_method(method: str, info: dict) -> None:
-    for size, m in info["per_size"].items():
-        print(f"{method:15} {size:>4}mm {m['image_auroc']:9.3f} {m['voxel_auroc']:9.3f} {m['best_dice']:9.3f} {m['detected_at_threshold']:7.2f}")
+    rows = {f"{size}mm": m for size, m in info["per_size"].items()} | info.get("groups", {})
+    for name, m in rows.items():
+        print(f"{method:15} {name:>21} {m['cases']:5} {m['image_auroc']:9.3f} {m['voxel_auroc']:9.3f} "
+              f"{m['best_dice']:9.3f} {m['detected_at_threshold']:7.2f}")
     if "false_positive_rate_on_held_out_normals" in info:
         print(f"{method:15} FPR on {info['held_out_normals']} held-out normals {info['false_positive_rate_on_held_out_normals']:.2f}, "
               f"fit {info['fit_seconds_per_fold']:.0f} s/fold, score {info['score_seconds_per_volume']:.1f} s/volume"
@@ -171,23 +193,33 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=sorted(METHODS), choices=sorted(METHODS))
     parser.add_argument("--subjects", nargs="+", default=list(NORMAL_MR_SCANS), choices=NORMAL_MR_SCANS)
     parser.add_argument("--per-size", type=int, default=4, help="lesioned (and normal) volumes per size and fold")
-    parser.add_argument("--end-to-end", nargs="*", default=[], help="methods to time through the full tool path")
+    parser.add_argument("--end-to-end", nargs="*", default=[], choices=sorted(METHODS),
+                        help="methods (of --methods) to time through the full tool path; fits and caches their normal model")
+    parser.add_argument("--cases", type=Path, help="pickle of the registered test cases: read if present, else written "
+                                                   "(registration is most of the run time; the cases do not depend on the methods)")
+    parser.add_argument("--cases-only", action="store_true", help="build (and with --cases store) the test cases, then stop")
     args = parser.parse_args()
-    torch.set_num_threads(2)
-    cases = {subject: held_out_cases(subject, args.per_size, seed=7) for subject in args.subjects}
+    if args.cases and args.cases.exists():
+        cases = pickle.loads(args.cases.read_bytes())  # our own file, written below
+    else:
+        cases = {subject: held_out_cases(subject, args.per_size, seed=7) for subject in args.subjects}
+        if args.cases:
+            args.cases.write_bytes(pickle.dumps(cases))
+    if args.cases_only:
+        return
     results: dict = {
-        "subjects": args.subjects, "per_size": args.per_size, "methods": {},
+        "subjects": list(cases), "per_size": sum(c.spec is None for c in next(iter(cases.values()))), "methods": {},
         "registration_seconds_per_volume": float(np.median([c.registration_seconds for cs in cases.values() for c in cs])),
     }
-    for method in args.methods:
-        results["methods"][method] = evaluate(method, cases)
-        print_method(method, results["methods"][method])
-    for method in args.end_to_end:
-        results["methods"].setdefault(method, {"per_size": {}})["end_to_end_seconds"] = end_to_end_seconds(method)
-    print_table(results)
     output = Path(__file__).parent / "results" / "bench_anomaly.json"
     output.parent.mkdir(exist_ok=True)
-    output.write_text(json.dumps(results, indent=2, default=str))
+    for method in args.methods:  # the JSON is rewritten after each method, so a long run keeps what it measured
+        results["methods"][method] = evaluate(method, cases)
+        if method in args.end_to_end:
+            results["methods"][method]["end_to_end_seconds"] = end_to_end_seconds(method)
+        print_method(method, results["methods"][method])
+        output.write_text(json.dumps(results, indent=2, default=str))
+    print_table(results)
     print(f"wrote {output}")
 
 

