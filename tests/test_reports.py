@@ -125,6 +125,24 @@ def test_versions_and_sign_off_survive_reopening_the_database(desk, ct_session):
         db.execute("UPDATE versions SET content = '{}' WHERE report_id = ? AND number = 2", (rid,))
 
 
+def test_text_typed_but_not_saved_survives_a_closed_browser(desk, ct_session):
+    first = desk.draft(ct_session, "Dr A")
+    typed = first.content.text.model_copy(update={"impression": "Typed, never saved."})
+    desk.store.keep_unsaved(first.report_id, first.number, "Dr A", typed)
+
+    reopened = ReportDesk(desk.settings, ReportStore(desk.store.path), desk.index)  # a restart: nothing in memory
+    latest = reopened.latest_for_scan(ct_session.volume)
+    assert latest.report_id == first.report_id
+    unsaved = reopened.store.unsaved(latest.report_id)
+    assert unsaved is not None and unsaved.based_on == first.number and unsaved.text.impression == "Typed, never saved."
+
+    reopened.edit(latest.report_id, unsaved.text, "Dr A", unsaved.based_on, ct_session.volume)
+    assert reopened.store.unsaved(latest.report_id) is None  # a saved version supersedes the kept text
+    assert reopened.store.latest(latest.report_id).content.text.impression == "Typed, never saved."
+    with pytest.raises(ReportError, match="no saved report"):
+        reopened.latest_for_scan(load_sample("mr-t1-mni152"))
+
+
 def test_fhir_bundle_validates_and_carries_the_measured_values(desk, ct_session):
     version = desk.sign(desk.draft(ct_session, "Dr A").report_id, "Dr A", ct_session.volume)
     bundle = Bundle.model_validate(fhir_bundle(version))

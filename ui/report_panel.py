@@ -9,6 +9,8 @@ state (an object with a ``session`` attribute and, once the chat has started, an
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,8 @@ from assistant.reports.export import report_markdown, status_line
 from assistant.reports.model import SECTION_TITLES, SECTIONS, ReportError, ReportText, ReportVersion
 from assistant.reports.workflow import EXPORT_FORMATS, ReportDesk
 from assistant.translation.refine import LANGUAGE_NAMES
+
+log = logging.getLogger(__name__)
 
 _USER_ERRORS = (ReportError, ValueError)
 
@@ -70,6 +74,7 @@ def build_report_panel(state_component: gr.State, settings: Settings | None = No
             clinical = gr.Textbox(label="Clinical information", scale=3)
         with gr.Row():
             draft_button = gr.Button("Draft report from findings", variant="primary")
+            open_button = gr.Button("Open this scan's last report")
             use_model = gr.Checkbox(False, label="Let the chat model phrase the impression")
         status = gr.Markdown()
         title = gr.Textbox(label="Title")
@@ -93,9 +98,14 @@ def build_report_panel(state_component: gr.State, settings: Settings | None = No
             export_button = gr.Button("Export")
         downloads = gr.File(label="Downloads", file_count="multiple", interactive=False)
 
-    def show(version: ReportVersion):
+    def show(version: ReportVersion, restore_unsaved: bool = False):
         flags = get_desk().check(version)
-        text = version.content.text
+        text, status_text = version.content.text, status_line(version)
+        unsaved = get_desk().store.unsaved(version.report_id) if restore_unsaved else None
+        if unsaved is not None and unsaved.based_on == version.number:
+            text = unsaved.text
+            status_text += (f"\n\nUnsaved edits typed by {unsaved.author} at {unsaved.updated:%Y-%m-%d %H:%M} are restored "
+                            "below; press **Save edits** to keep them as a version.")
         choices = [(f"v{v.number} · {v.author} · {v.created:%Y-%m-%d %H:%M}"
                     + (f" · signed by {v.signed_by}" if v.signed else "") + (f" · {v.change_note}" if v.change_note else ""),
                     v.number) for v in get_desk().store.versions(version.report_id)]
@@ -103,17 +113,17 @@ def build_report_panel(state_component: gr.State, settings: Settings | None = No
                                   f"{'n/a' if t.term_success_rate is None else f'{t.term_success_rate:.0%}'})\n\n"
                                   + "\n\n".join([*t.highlighted.values(), *(f"> {n}" for n in t.notes)])
                                   for t in version.content.translations)
-        return (version.report_id, status_line(version), text.title, *(text.section(s) for s in SECTIONS),
+        return (version.report_id, status_text, text.title, *(text.section(s) for s in SECTIONS),
                 version.number, inline_flags(text, flags), flag_list(flags),
                 gr.update(choices=choices, value=version.number), translation)
 
     outputs = [report_id, status, title, *sections.values(), version_number, highlighted, flags_md, versions,
                translation_view]
 
-    def shown(action) -> tuple:
+    def shown(action, restore_unsaved: bool = False) -> tuple:
         """Run one report action and show the resulting version; user errors become a Gradio message."""
         try:
-            return show(action())
+            return show(action(), restore_unsaved)
         except _USER_ERRORS as exc:
             raise gr.Error(str(exc)) from exc
 
@@ -124,6 +134,17 @@ def build_report_panel(state_component: gr.State, settings: Settings | None = No
         model = agent.model if with_model and agent is not None else None
         return shown(lambda: get_desk().draft(chat_state.session, who, model=model, clinical_information=clinical_text,
                                               progress=lambda f, m: progress(f, desc=m)))
+
+    def open_last(chat_state):
+        return shown(lambda: get_desk().latest_for_scan(volume_of(chat_state)), restore_unsaved=True)
+
+    def keep_typing(rid, who, based_on, title_text, *bodies):
+        """Every edit is kept as it is typed (not as a version), so a closed browser loses nothing."""
+        if rid and based_on is not None:
+            try:
+                get_desk().store.keep_unsaved(rid, int(based_on), who, ReportText(title=title_text, **dict(zip(SECTIONS, bodies))))
+            except sqlite3.Error:
+                log.exception("could not keep the unsaved report text")
 
     def save(chat_state, rid, who, based_on, title_text, *bodies):
         text = ReportText(title=title_text, **dict(zip(SECTIONS, bodies)))
@@ -152,6 +173,10 @@ def build_report_panel(state_component: gr.State, settings: Settings | None = No
             raise gr.Error(str(exc)) from exc
 
     draft_button.click(draft, [state_component, author, clinical, use_model], outputs)
+    open_button.click(open_last, [state_component], outputs)
+    for box in (title, *sections.values()):
+        box.input(keep_typing, [report_id, author, version_number, title, *sections.values()], None,
+                  trigger_mode="always_last", show_progress="hidden")
     save_button.click(save, [state_component, report_id, author, version_number, title, *sections.values()], outputs)
     fix_button.click(fix, [state_component, report_id, author], outputs)
     sign_button.click(sign, [state_component, report_id, author], outputs)
@@ -159,7 +184,7 @@ def build_report_panel(state_component: gr.State, settings: Settings | None = No
     versions.change(view_version, [report_id, versions], version_view)
     export_button.click(export, [state_component, report_id, formats], downloads)
     return {"report_id": report_id, "status": status, "sections": sections, "flags": flags_md, "versions": versions,
-            "downloads": downloads, "draft": draft_button, "sign": sign_button, "translate": translate_button}
+            "downloads": downloads, "draft": draft_button, "open": open_button, "sign": sign_button, "translate": translate_button}
 
 
 def _required(report_id: str | None) -> str:

@@ -94,3 +94,12 @@ class ReportVersion(BaseModel):
     @property
     def signed(self) -> bool:
         return self.signed_at is not None
+
+
+class UnsavedEdit(BaseModel):
+    """Text typed into the report editor after version `based_on` and not saved yet."""
+
+    based_on: int
+    author: str
+    updated: datetime
+    text: ReportText

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from assistant.config import Settings, get_settings
 from assistant.reports.conversations import SavedConversation
-from assistant.reports.model import ReportContent, ReportError, ReportVersion
+from assistant.reports.model import ReportContent, ReportError, ReportText, ReportVersion, UnsavedEdit
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS reports (
@@ -48,6 +48,13 @@ CREATE TABLE IF NOT EXISTS conversations (
     scan_id TEXT NOT NULL,
     updated TEXT NOT NULL,
     content TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS unsaved_edits (
+    report_id TEXT PRIMARY KEY REFERENCES reports(id),
+    based_on INTEGER NOT NULL,
+    author TEXT NOT NULL,
+    updated TEXT NOT NULL,
+    text TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS reports_by_scan ON reports(scan_id);
 CREATE INDEX IF NOT EXISTS conversations_by_scan ON conversations(scan_id, updated);
@@ -155,6 +162,12 @@ class ReportStore:
                                (finding.concept_id, finding.what, report_id))
         return latest.model_copy(update={"signed_by": _author(signer), "signed_at": signed_at})
 
+    def keep_unsaved(self, report_id: str, based_on: int, author: str, text: ReportText) -> None:
+        """Keep the editor's text as it is typed, so a closed browser loses nothing; a saved version clears it."""
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO unsaved_edits (report_id, based_on, author, updated, text) VALUES (?, ?, ?, ?, ?)",
+                       (report_id, based_on, _author(author), _now().isoformat(), text.model_dump_json()))
+
     def save_conversation(self, conversation: SavedConversation) -> None:
         """Replace the stored state of this conversation with `conversation`, in one transaction."""
         with self._transaction() as db:
@@ -164,6 +177,7 @@ class ReportStore:
 
     @staticmethod
     def _insert(db: sqlite3.Connection, version: ReportVersion) -> None:
+        db.execute("DELETE FROM unsaved_edits WHERE report_id = ?", (version.report_id,))
         db.execute(
             "INSERT INTO versions (report_id, number, author, created, change_note, changed_sections, content) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -190,6 +204,16 @@ class ReportStore:
         if not rows:
             raise ReportError(f"There is no report {report_id!r} in {self.path}.")
         return [_version(row) for row in rows]
+
+    def unsaved(self, report_id: str) -> UnsavedEdit | None:
+        """Text typed since the last saved version, if any."""
+        with self._connect() as db:
+            row = db.execute("SELECT based_on, author, updated, text FROM unsaved_edits WHERE report_id = ?",
+                             (report_id,)).fetchone()
+        if row is None:
+            return None
+        return UnsavedEdit(based_on=row[0], author=row[1], updated=datetime.fromisoformat(row[2]),
+                           text=ReportText.model_validate_json(row[3]))
 
     def reports_for_scan(self, scan_id: str) -> list[str]:
         with self._connect() as db:

@@ -12,10 +12,10 @@ from assistant.config import Settings, get_settings
 from assistant.imaging.progress import ProgressCallback
 from assistant.models.base import ChatModel
 from assistant.reports.checks import ReportFlag, apply_all_fixes, check_report
-from assistant.reports.collect import require_same_scan
+from assistant.reports.collect import require_same_scan, scan_fingerprint
 from assistant.reports.draft import draft_report
 from assistant.reports.export import ExportPaths, export_report, require_exportable
-from assistant.reports.model import ReportText, ReportVersion
+from assistant.reports.model import ReportError, ReportText, ReportVersion
 from assistant.reports.store import ReportStore
 from assistant.reports.translate import translate_report, with_translation
 from assistant.session import ScanSession
@@ -49,6 +49,15 @@ class ReportDesk:
 
     def check(self, version: ReportVersion) -> list[ReportFlag]:
         return check_report(version.content.text, version.content.findings, self.index)
+
+    def latest_for_scan(self, volume: Volume | None) -> ReportVersion:
+        """The newest report of this scan (after a restart or a closed browser), to go on editing."""
+        if volume is None:
+            raise ReportError("Load the scan whose report you want to open.")
+        reports = self.store.reports_for_scan(scan_fingerprint(volume))
+        if not reports:
+            raise ReportError("This scan has no saved report yet; draft one from the findings.")
+        return self.store.latest(reports[-1])
 
     def edit(self, report_id: str, text: ReportText, author: str, based_on: int, volume: Volume | None,
              note: str = "") -> ReportVersion:
