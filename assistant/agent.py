@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,7 +32,14 @@ from pydantic import ValidationError
 
 from assistant.choosers import NO_TOOL, example_index, make_chooser
 from assistant.config import Settings, get_settings
-from assistant.grounding import GroundingReport, check_grounding, invented_arguments, invented_texts, quoted_or_whole
+from assistant.grounding import (
+    GroundingReport,
+    check_grounding,
+    coordinate_triples,
+    invented_arguments,
+    invented_texts,
+    quoted_or_whole,
+)
 from assistant.models.base import ChatModel, Message, ModelError
 from assistant.session import ScanSession, ToolRecord
 from prompts import load_prompt
@@ -124,6 +132,23 @@ class _State(TypedDict):
     records: list[ToolRecord]
     pending: tuple[str, dict[str, Any]] | None
     steps: int
+
+
+_DECISION_REQUEST = re.compile(
+    r"\b(diagnos\w*|prognos\w*|differential)\b"
+    r"|\bdo(es)? (he|she|they|the patient|this patient|my patient|it) (have|suffer)\b"
+    r"|\b(is|could) (it|this|that) (be )?(a |an )?(cancer|malignan\w*|benign|tumou?r|metasta\w*|alzheimer\w*|dementia|stroke|ms|lymphoma)\b"
+    r"|\b(should|shall|can|could|do|must) (we|i|you|they) (operate|treat|start|stop|give|prescribe|discharge|admit|"
+    r"anticoagulate|thrombolyse|thrombolyze|biopsy|resect|irradiate)\b"
+    r"|\b(dose|dosage|dosing)\b|\b(need|needs|require|requires) (surgery|an operation|treatment|a biopsy)\b"
+    r"|\b(treatment|therapy|management) (plan|decision|options?)\b",
+    re.IGNORECASE,
+)
+
+
+def asks_for_a_decision(request: str) -> bool:
+    """A request for a diagnosis or a treatment decision, which the answer must decline however it is phrased."""
+    return bool(_DECISION_REQUEST.search(request))
 
 
 class Agent:
@@ -239,9 +264,16 @@ class Agent:
             if not invented or set(invented) <= optional:
                 return arguments
             error = f"These values were not given by the user: {', '.join(invented)}. Use only values from the conversation."
+        request = state["messages"][0].content
         if still_invented := invented_texts(arguments, verbatim, sources):  # copy the user's words rather than the model's
             log.info("arguments %s of %s not from the conversation; using the request's words", still_invented, tool.name)
-            arguments = {**arguments, **{name: quoted_or_whole(state["messages"][0].content) for name in still_invented}}
+            arguments = {**arguments, **{name: quoted_or_whole(request) for name in still_invented}}
+        points = [name for name in tool.args_schema.model_fields
+                  if isinstance(arguments.get(name), list) and len(arguments[name]) == 3]
+        invented_points = set(points) & set(invented_arguments(arguments, sources))
+        if invented_points and len(triples := coordinate_triples(request)) >= len(points):  # the user's points, in order
+            log.info("coordinates %s of %s not from the conversation; using the request's points", invented_points, tool.name)
+            arguments = {**arguments, **dict(zip(points, triples))}
         return arguments  # still invalid: the tool reports the validation error to the model
 
     def choice_context(self, messages: list[Message]) -> list[Message]:
@@ -309,6 +341,10 @@ class Agent:
         if not report.ok or not text:
             text = _fallback_answer(text, report, state["records"])
             replaced = True
+        if asks_for_a_decision(state["messages"][0].content) and "clinician" not in text.lower():
+            notice = load_prompt("agent/decision_notice.md").strip()  # said in code: a small model forgets the rule
+            write(TokenEvent(f"\n\n{notice}"))
+            text = f"{text}\n\n{notice}".strip()
         write(AnswerEvent(text=text, grounding=report, replaced=replaced))
         self.history.extend(state["messages"] + [Message(role="assistant", content=text)])
         return {"messages": state["messages"] + [Message(role="assistant", content=text)]}

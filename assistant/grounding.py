@@ -119,3 +119,12 @@ def quoted_or_whole(request: str) -> str:
     verbatim argument the model would not copy."""
     quoted = re.findall(r"(?<!\w)[\"“'‘]([^\"”'’]{3,})[\"”'’](?!\w)", request)
     return max(quoted, key=len) if quoted else request.strip()
+
+
+_TRIPLE = re.compile(r"(-?\d+(?:\.\d+)?)\s*[,;\s]\s*(-?\d+(?:\.\d+)?)\s*[,;\s]\s*(-?\d+(?:\.\d+)?)")
+
+
+def coordinate_triples(text: str) -> list[list[float]]:
+    """Points written as three numbers ("100,100,50", "(150, 120, 50)", "x 1 2 3"), in reading order:
+    the fallback for coordinates a small model would not copy."""
+    return [[float(n) if "." in n else int(n) for n in match] for match in _TRIPLE.findall(text)]

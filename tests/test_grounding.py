@@ -61,3 +61,23 @@ def test_the_fallback_for_a_verbatim_argument_is_the_quoted_part_or_the_request(
     assert quoted_or_whole("In the ED note it says 'r/o PE'. What does PE stand for?") == "r/o PE"
     assert quoted_or_whole('Translate "No acute haemorrhage." into Spanish') == "No acute haemorrhage."
     assert quoted_or_whole("What's the code for the patient's PE? ") == "What's the code for the patient's PE?"  # apostrophes are no quotes
+
+
+def test_points_written_by_the_user_are_read_in_order():
+    from assistant.grounding import coordinate_triples
+
+    assert coordinate_triples("distance between 100,100,50 and (150, 120, 50)?") == [[100, 100, 50], [150, 120, 50]]
+    assert coordinate_triples("HU at voxel 12 34 56") == [[12, 34, 56]]
+    assert coordinate_triples("point 1.5, -2, 3 mm") == [[1.5, -2, 3]]
+    assert coordinate_triples("how thick are the slices?") == []
+
+
+def test_requests_for_a_diagnosis_or_treatment_decision_are_recognised():
+    from assistant.agent import asks_for_a_decision
+
+    for request in ("Does this patient have Alzheimer disease? Yes or no.", "Should we operate?",
+                    "What dose of alteplase should I give?", "Is this a tumour?", "what's the diagnosis"):
+        assert asks_for_a_decision(request), request
+    for request in ("What is the slice thickness?", "how big is the left hippocampus", "is anything abnormal?",
+                    "Give me the ICD-10 code for stroke", "translate 'no acute infarct' into Spanish"):
+        assert not asks_for_a_decision(request), request
