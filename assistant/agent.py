@@ -42,6 +42,7 @@ from assistant.grounding import (
 )
 from assistant.models.base import ChatModel, Message, ModelError
 from assistant.session import ScanSession, ToolRecord
+from assistant.terminology.languages import languages_named
 from prompts import load_prompt
 from tools import build_tools
 from tools.base import ScanTool, ToolError
@@ -230,18 +231,22 @@ class Agent:
         return name if name in self.tools and name not in called else NO_TOOL
 
     def _fill_arguments(self, state: _State, tool: ScanTool) -> dict[str, Any]:
-        """Constrained argument generation, checked twice before the tool runs.
-
-        Optional arguments whose numbers appear nowhere in the conversation are dropped (the tool's
-        default applies: "the centre" stays the centre); arguments failing the schema's validators
-        get one repair round with the validation error shown to the model.
-        """
+        """Constrained argument generation, checked twice before the tool runs, then corrected with
+        the user's own values where the model's still contradict the request."""
         schema = tool.args_schema.model_json_schema()
         if not schema.get("properties"):
             return {}
         sources = [m.content for m in [*self.history, *state["messages"]]]
-        optional = {name for name, field in tool.args_schema.model_fields.items() if not field.is_required()}
         verbatim = [name for name, field in schema["properties"].items() if field.get("verbatim")]
+        arguments = self._generate_arguments(state, tool, schema, sources, verbatim)
+        return _with_users_values(arguments, tool, state["messages"][0].content, sources, verbatim)
+
+    def _generate_arguments(self, state: _State, tool: ScanTool, schema: dict[str, Any], sources: list[str],
+                            verbatim: list[str]) -> dict[str, Any]:
+        """Optional arguments whose numbers appear nowhere in the conversation are dropped (the tool's
+        default applies: "the centre" stays the centre); arguments failing the schema's validators or
+        made up get one repair round with the problem shown to the model."""
+        optional = {name for name, field in tool.args_schema.model_fields.items() if not field.is_required()}
         error = ""
         arguments: dict[str, Any] = {}
         for _ in range(2):
@@ -264,16 +269,6 @@ class Agent:
             if not invented or set(invented) <= optional:
                 return arguments
             error = f"These values were not given by the user: {', '.join(invented)}. Use only values from the conversation."
-        request = state["messages"][0].content
-        if still_invented := invented_texts(arguments, verbatim, sources):  # copy the user's words rather than the model's
-            log.info("arguments %s of %s not from the conversation; using the request's words", still_invented, tool.name)
-            arguments = {**arguments, **{name: quoted_or_whole(request) for name in still_invented}}
-        points = [name for name in tool.args_schema.model_fields
-                  if isinstance(arguments.get(name), list) and len(arguments[name]) == 3]
-        invented_points = set(points) & set(invented_arguments(arguments, sources))
-        if invented_points and len(triples := coordinate_triples(request)) >= len(points):  # the user's points, in order
-            log.info("coordinates %s of %s not from the conversation; using the request's points", invented_points, tool.name)
-            arguments = {**arguments, **dict(zip(points, triples))}
         return arguments  # still invalid: the tool reports the validation error to the model
 
     def choice_context(self, messages: list[Message]) -> list[Message]:
@@ -324,14 +319,15 @@ class Agent:
 
     def _answer(self, state: _State) -> dict[str, Any]:
         write = get_stream_writer()
-        messages = self._context(state) + [Message(role="user", content=load_prompt("agent/answer.md"))]
-        pieces: list[str] = []
-        for piece in self.model.stream(messages, volume=self.session.volume, max_new_tokens=ANSWER_TOKENS):
-            pieces.append(piece)
-            write(TokenEvent(piece))
-        self._count_usage()
-        text = "".join(pieces).strip()
-        if getattr(self.model, "last_looked_at_volume", False) and text:
+        results = [r.result for r in state["records"]]
+        direct = [result.direct_answer() if result is not None else None for result in results]
+        answered_directly = bool(direct) and all(direct)  # e.g. a translation: shown exactly, not reworded
+        if answered_directly:
+            text = "\n\n".join(direct)
+            write(TokenEvent(text))
+        else:
+            text = self._model_answer(state, write)
+        if getattr(self.model, "last_looked_at_volume", False) and text and not answered_directly:
             from assistant.vlm.backends import model_observation
 
             self.session.observations.append(model_observation(text, self.model.name, state["messages"][0].content))
@@ -348,6 +344,15 @@ class Agent:
         write(AnswerEvent(text=text, grounding=report, replaced=replaced))
         self.history.extend(state["messages"] + [Message(role="assistant", content=text)])
         return {"messages": state["messages"] + [Message(role="assistant", content=text)]}
+
+    def _model_answer(self, state: _State, write) -> str:
+        messages = self._context(state) + [Message(role="user", content=load_prompt("agent/answer.md"))]
+        pieces: list[str] = []
+        for piece in self.model.stream(messages, volume=self.session.volume, max_new_tokens=ANSWER_TOKENS):
+            pieces.append(piece)
+            write(TokenEvent(piece))
+        self._count_usage()
+        return "".join(pieces).strip()
 
     def _count_usage(self) -> None:
         """Add the model's last generation to the turn (backends make a new `Usage` per generation)."""
@@ -396,6 +401,25 @@ def _brief(exc: ValidationError | Exception) -> str:
     if isinstance(exc, ValidationError):
         return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors())
     return str(exc)
+
+
+def _with_users_values(arguments: dict[str, Any], tool: ScanTool, request: str, sources: list[str],
+                       verbatim: list[str]) -> dict[str, Any]:
+    """The user's own words, language and points where the model's arguments still contradict them."""
+    if still_invented := invented_texts(arguments, verbatim, sources):  # the model copied an example's text
+        log.info("arguments %s of %s not from the conversation; using the request's words", still_invented, tool.name)
+        arguments = {**arguments, **{name: quoted_or_whole(request) for name in still_invented}}
+    named = [code for code in languages_named(request) if code != "en"]
+    if "target_language" in arguments and len(named) == 1 and arguments["target_language"] != named[0]:
+        log.info("target language %r of %s contradicts the request; using %r", arguments["target_language"], tool.name, named[0])
+        arguments = {**arguments, "target_language": named[0]}  # "into Spanish" means es, whatever the model copied
+    points = [name for name in tool.args_schema.model_fields
+              if isinstance(arguments.get(name), list) and len(arguments[name]) == 3]
+    invented_points = set(points) & set(invented_arguments(arguments, sources))
+    if invented_points and len(triples := coordinate_triples(request)) >= len(points):  # the user's points, in order
+        log.info("coordinates %s of %s not from the conversation; using the request's points", invented_points, tool.name)
+        arguments = {**arguments, **dict(zip(points, triples))}
+    return arguments
 
 
 def _fallback_answer(draft: str, report: GroundingReport, records: list[ToolRecord]) -> str:

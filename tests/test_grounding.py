@@ -81,3 +81,12 @@ def test_requests_for_a_diagnosis_or_treatment_decision_are_recognised():
     for request in ("What is the slice thickness?", "how big is the left hippocampus", "is anything abnormal?",
                     "Give me the ICD-10 code for stroke", "translate 'no acute infarct' into Spanish"):
         assert not asks_for_a_decision(request), request
+
+
+def test_languages_named_in_a_request_become_codes():
+    from assistant.terminology.languages import languages_named
+
+    assert languages_named("Put this into Spanish for the family") == ["es"]
+    assert languages_named("en português, por favor") == ["pt"]
+    assert languages_named("German and French, please") == ["de", "fr"]
+    assert languages_named("how thick are the slices") == []

@@ -242,3 +242,13 @@ def test_tool_and_cli_report_engine_terms_and_flags(glossary, capsys):
     assert output["engine"] == "apertium" and output["flagged_sentences"] == []
     assert output["terms"][0]["found"] is True and "derrame pleural" in output["translation"]
     assert main(["translate", "Pulmonary embolism.", "--to", "fr"]) == 1
+
+
+def test_the_agent_shows_a_translation_exactly_with_its_term_checks():
+    """The translation is the answer (no model rewording), with each required term marked found or missing."""
+    from tools.translate_text import run_translation
+
+    answer = run_translation("The patient has a pulmonary embolism.", "es").direct_answer()
+    assert answer.splitlines()[0].startswith("El paciente") and "embolia pulmonar ✓" in answer
+    refused = run_translation("The patient has a pulmonary embolism.", "de").direct_answer()
+    assert "no translation was made" in refused and "Lungenembolie" in refused

@@ -50,6 +50,11 @@ class ToolResult(BaseModel):
         """What of this result belongs in a report (none by default); `arguments` are the call's."""
         return []
 
+    def direct_answer(self) -> str | None:
+        """The answer itself, when no model should reword it (a translation must reach the user exactly);
+        None lets the model phrase the answer from `summary()`."""
+        return None
+
 
 class ScanTool(BaseTool):
     """A LangChain tool bound to one conversation's `ScanSession`.

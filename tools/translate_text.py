@@ -42,6 +42,19 @@ class TranslateTextResult(TranslationResult, ToolResult):
         }, ensure_ascii=False)
 
 
+    def direct_answer(self) -> str:
+        if self.translation is None:
+            known = "; ".join(f"{term.source} → {term.target}" for term in self.terms if term.target)
+            return self.message + (f"\n\nGlossary and term-index entries: {known}" if known else "")
+        lines = [self.translation, ""]
+        if self.terms:
+            lines.append("Required terms: " + "; ".join(f"{term.target} {'✓' if term.found else '✗ missing'}"
+                                                         for term in self.terms))
+        lines += [f"Check this sentence, {', '.join(s.missing)} missing: {s.text}" for s in self.flagged_sentences]
+        lines.append(f"({self.engine})")
+        return "\n".join(lines).strip()
+
+
 def run_translation(text: str, target_language: str, source_language: str = "en", glossary_path: str | Path | None = None,
                     engine: str | None = None, refiner: ChatModel | None = None, settings: Settings | None = None,
                     progress: ProgressCallback | None = None) -> TranslateTextResult:

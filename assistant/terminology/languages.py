@@ -20,3 +20,18 @@ def normalize_lang(code: str) -> str:
     if not _LANG_TAG.match(tag):
         raise ValueError(f"{code!r} is not a language code; use a code such as 'en', 'de', 'es', 'fr' or 'pt'.")
     return re.split(r"[-_]", tag)[0].lower()
+
+
+# How requests name languages (English and the languages' own names), for reading "into Spanish" as "es".
+LANGUAGE_WORDS: dict[str, str] = {
+    "english": "en", "spanish": "es", "español": "es", "espanol": "es", "castellano": "es", "portuguese": "pt",
+    "português": "pt", "portugues": "pt", "brazilian": "pt", "german": "de", "deutsch": "de", "french": "fr",
+    "français": "fr", "francais": "fr", "italian": "it", "dutch": "nl", "japanese": "ja", "chinese": "zh",
+    "arabic": "ar", "russian": "ru", "polish": "pl", "turkish": "tr",
+}
+
+
+def languages_named(text: str) -> list[str]:
+    """Codes of the languages a request names, in order of appearance, without repeats."""
+    codes = [LANGUAGE_WORDS[w] for w in re.findall(r"[^\W\d_]+", text.casefold()) if w in LANGUAGE_WORDS]
+    return list(dict.fromkeys(codes))
