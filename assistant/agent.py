@@ -141,6 +141,8 @@ _DECISION_REQUEST = re.compile(
     r"|\b(is|could) (it|this|that) (be )?(a |an )?(cancer|malignan\w*|benign|tumou?r|metasta\w*|alzheimer\w*|dementia|stroke|ms|lymphoma)\b"
     r"|\b(should|shall|can|could|do|must) (we|i|you|they) (operate|treat|start|stop|give|prescribe|discharge|admit|"
     r"anticoagulate|thrombolyse|thrombolyze|biopsy|resect|irradiate)\b"
+    r"|\bshould (we|i|they|the patient)\b.*\b(theatre|theater|surgery|operat\w*|treat\w*|admit\w*|discharg\w*|give|"
+    r"start|stop|anticoagul\w*|thromboly\w*|biops\w*|intubat\w*|transfer\w*|send)\b"
     r"|\b(dose|dosage|dosing)\b|\b(need|needs|require|requires) (surgery|an operation|treatment|a biopsy)\b"
     r"|\b(treatment|therapy|management) (plan|decision|options?)\b",
     re.IGNORECASE,

@@ -128,3 +128,17 @@ def coordinate_triples(text: str) -> list[list[float]]:
     """Points written as three numbers ("100,100,50", "(150, 120, 50)", "x 1 2 3"), in reading order:
     the fallback for coordinates a small model would not copy."""
     return [[float(n) if "." in n else int(n) for n in match] for match in _TRIPLE.findall(text)]
+
+
+_INSTRUCTION = re.compile(
+    r"\b(ignore|disregard|forget|override)\b.{0,40}\b(instructions?|prompts?|rules?|above|previous)\b"
+    r"|\b(reply|respond|answer|say|output)\s+only\b|\bsystem prompt\b|\byou are now\b|\bact as\b"
+    r"|\bcall (the )?\w+ tool\b|\bdo not (tell|mention|report)\b",
+    re.IGNORECASE,
+)
+
+
+def reads_like_instruction(text: str) -> bool:
+    """File-header or pasted text that addresses the assistant (prompt injection): withheld from the model,
+    which a small model would otherwise obey."""
+    return bool(_INSTRUCTION.search(text))

@@ -9,6 +9,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from assistant.findings import Finding, Quantity
+from assistant.grounding import reads_like_instruction
 from assistant.volume import Volume
 from tools.base import ScanTool, ToolResult
 
@@ -58,12 +59,12 @@ class ScanDescription(ToolResult):
             f"orientation {self.orientation}",
             f"intensity {i.minimum:.1f} to {i.maximum:.1f} {i.unit} (mean {i.mean:.1f}, median {i.p50:.1f})",
         ]
-        if self.body_part:
-            parts.append(f"body part {self.body_part}")
-        if self.series_description:
-            parts.append(f"series '{self.series_description}'")
-        if self.contrast_agent:
-            parts.append(f"contrast agent {self.contrast_agent}")
+        for label, text in (("body part", self.body_part), ("series", self.series_description),
+                            ("contrast agent", self.contrast_agent)):
+            if text and reads_like_instruction(text):
+                parts.append(f"{label} text withheld: it reads like an instruction, not a description")
+            elif text:
+                parts.append(f"{label} '{text}'")
         return "; ".join(parts) + "."
 
     def findings(self, arguments: dict) -> list[Finding]:

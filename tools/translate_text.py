@@ -24,7 +24,8 @@ class TranslateTextArgs(BaseModel):
     text: str = Field(description="The text to translate: a sentence, a finding or a whole report.", json_schema_extra=VERBATIM)
     target_language: str = Field(description="Code of the language to translate into, e.g. 'es' or 'pt'.")
     source_language: str = Field("en", description="Code of the language the text is written in.")
-    glossary_path: str | None = Field(None, description="Path of the user's CSV or TBX glossary, if they gave one.")
+    glossary_path: str | None = Field(None, description="Path of the user's CSV or TBX glossary, if they gave one.",
+                                      json_schema_extra=VERBATIM)
 
 
 class TranslateTextResult(TranslationResult, ToolResult):
