@@ -38,6 +38,7 @@ from assistant.grounding import (
     coordinate_triples,
     invented_arguments,
     invented_texts,
+    numbers_in,
     quoted_or_whole,
 )
 from assistant.models.base import ChatModel, Message, ModelError
@@ -339,6 +340,12 @@ class Agent:
         if not report.ok or not text:
             text = _fallback_answer(text, report, state["records"])
             replaced = True
+        measured = [r.result.summary() for r in state["records"]
+                    if r.result is not None and any(f.quantities for f in r.result.findings(r.arguments))]
+        if measured and not replaced and not answered_directly and not numbers_in(text):
+            addition = "Measured: " + "\n".join(measured)  # the answer must carry the tools' figures
+            write(TokenEvent(f"\n\n{addition}"))
+            text = f"{text}\n\n{addition}".strip()
         if asks_for_a_decision(state["messages"][0].content) and "clinician" not in text.lower():
             notice = load_prompt("agent/decision_notice.md").strip()  # said in code: a small model forgets the rule
             write(TokenEvent(f"\n\n{notice}"))
