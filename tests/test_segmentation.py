@@ -216,3 +216,14 @@ def test_registration_maps_the_scan_brain_onto_the_template_brain(itk_t1):
     on_template = registration.warp_to_template(label("mr-t1-itk", "skull_strip").astype(np.uint8), nearest=True) > 0
     assert on_template.shape == template.volume.shape
     assert dice(on_template, template.brain_mask) > 0.8
+
+
+def test_a_new_prompt_with_a_copied_refinement_and_empty_lists_still_segments():
+    """Small models fill every field: empty lists are absent, and a new structure wins over a follow-up."""
+    from tools.segment import SegmentArgs
+
+    args = SegmentArgs.model_validate({"structure": "brain", "points": [], "box": [], "refine": "keep_largest"})
+    assert (args.structure, args.points, args.box, args.refine) == ("brain", None, None, None)
+    assert SegmentArgs.model_validate({"refine": "keep_largest", "points": []}).refine == "keep_largest"
+    with pytest.raises(ValueError, match="exactly one"):
+        SegmentArgs.model_validate({"points": [], "box": []})

@@ -51,6 +51,18 @@ class SegmentArgs(BaseModel):
     component: int = Field(1, ge=1, description="Which component to remove, 1 = the largest.")
     backend: Backend = Field("auto", description="Leave 'auto' unless the user asks for a specific method.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _new_prompt_over_follow_up(cls, data: Any) -> Any:
+        """Empty values count as not given, and a new prompt starts a new mask: a refinement given with it
+        (small models copy one from their examples) is dropped rather than the call refused."""
+        if not isinstance(data, dict):
+            return data
+        data = {k: v for k, v in data.items() if v not in ([], "", None)}
+        if data.get("refine") and any(data.get(name) for name in ("structure", "points", "box")):
+            data.pop("refine")
+        return data
+
     @model_validator(mode="after")
     def _one_prompt(self) -> "SegmentArgs":
         given = [name for name in ("structure", "points", "box", "refine") if getattr(self, name) is not None]
