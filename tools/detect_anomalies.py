@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from tqdm import tqdm
 
 from assistant.anomaly import DEFAULT_METHOD, METHODS, AnomalyResult, detect_anomalies, get_normal_model
+from assistant.grounding import VERBATIM
 from assistant.session import Overlay
 from tools.base import ScanTool
 
@@ -20,7 +21,8 @@ MethodName = Literal["zscore", "normative", "feature_memory", "autoencoder"]
 class DetectAnomaliesArgs(BaseModel):
     """Screen the scan on screen for areas that deviate from normal brain MR scans."""
 
-    method: MethodName | None = Field(None, description="Scoring method; leave empty for the default chosen by the benchmark.")
+    method: MethodName | None = Field(None, description="Scoring method; leave empty for the default chosen by the benchmark.",
+                                      json_schema_extra=VERBATIM)  # only when the user names one
     max_regions: int = Field(5, ge=1, le=10, description="How many of the most deviating areas to list.")
 
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, model_validator
 from tqdm import tqdm
 
 from assistant.findings import Finding, Quantity
+from assistant.grounding import VERBATIM
 from assistant.imaging.progress import ProgressCallback, cancel_on
 from assistant.segmentation import (
     Backend,
@@ -49,7 +50,8 @@ class SegmentArgs(BaseModel):
     )
     amount_mm: float = Field(2.0, gt=0, le=50, description="Distance to grow or shrink by, in mm.")
     component: int = Field(1, ge=1, description="Which component to remove, 1 = the largest.")
-    backend: Backend = Field("auto", description="Leave 'auto' unless the user asks for a specific method.")
+    backend: Backend = Field("auto", description="Leave 'auto' unless the user asks for a specific method.",
+                             json_schema_extra=VERBATIM)  # only when the user names one
 
     @model_validator(mode="before")
     @classmethod
