@@ -46,8 +46,8 @@ def _tqdm_progress(bar: tqdm):
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("anomaly", help="screen a scan for deviations from normal (brain T1 MR); 'fit' fits the normal models")
-    p.add_argument("scan", help="scan path or sample name, or 'fit' to fit and cache the normal models")
+    p = subparsers.add_parser("anomaly", help="screen a scan for deviations from normal (brain T1 MR); 'fit' fits a normal model")
+    p.add_argument("scan", help="scan path or sample name, or 'fit' to fit and cache the normal model of --method (default: the default method)")
     p.add_argument("--method", choices=sorted(METHODS), default=None, help=f"default: {DEFAULT_METHOD}")
     p.add_argument("--map", help="write the voxel anomaly map (scan grid) to this NIfTI file")
     p.add_argument("--json", action="store_true", help="print the typed result as JSON")
@@ -59,8 +59,7 @@ def _cli(args: argparse.Namespace) -> int:
 
     with tqdm(total=100, unit="%", leave=False) as bar:
         if args.scan == "fit":
-            for method in [args.method] if args.method else sorted(METHODS):
-                get_normal_model(method, progress=_tqdm_progress(bar))
+            get_normal_model(args.method or DEFAULT_METHOD, progress=_tqdm_progress(bar))
             return 0
         volume = load_scan(args.scan)
         result = detect_anomalies(volume, method=args.method, progress=_tqdm_progress(bar))
