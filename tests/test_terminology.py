@@ -14,7 +14,7 @@ import pytest
 from assistant.config import Settings
 from assistant.terminology.glossary import GlossaryError, load_glossary
 from assistant.terminology.index import IndexOptions, TermIndex, index_folder, open_term_index
-from assistant.terminology.sources import icd10_labels
+from assistant.terminology.sources import icd10_labels, read_concepts
 from tools.base import ToolError
 from tools.lookup_term import TermLookup, lookup_term
 from tools.normalize_terms import NormalizedTerms, normalize_terms
@@ -95,6 +95,16 @@ def test_sources_link_by_code_and_keep_inclusion_terms_and_xrefs(index):
     assert "Myocardial infarction (acute)" in index.concept("icd10cm:I21.9").synonyms
     mi = index.concept("hpo:HP:0001658")
     assert mi.codes["SNOMED"] == "22298006" and "UMLS" in mi.codes
+
+
+def test_icd10cm_coding_instructions_are_not_synonyms():
+    """Inclusion notes such as 'Any condition in I00 with pericarditis' point at other codes; a
+    user never types them, and as synonyms they only pull searches towards the wrong concept."""
+    concepts = {c.id: c for c in read_concepts(["icd10cm"])}
+    assert concepts["icd10cm:I01.0"].synonyms == ["Rheumatic pericarditis (acute)"]
+    assert concepts["icd10cm:Z85.3"].synonyms == []
+    assert not any("should be coded" in s or s.startswith("Conditions classifiable")
+                   for c in concepts.values() for s in c.synonyms)
 
 
 # --- search -------------------------------------------------------------------------------------

@@ -51,6 +51,10 @@ CANDIDATES = 50
 # (0.5x) did no better on held-out synonyms and worse across languages (dev sample, not the
 # benchmark's; see evals/terms/README.md).
 FUSION_WEIGHTS = (10.0, 1.0, 1.0)
+# Reciprocal rank fusion's k. Cormack et al.'s 60 flattens the top of each ranking; 10 gave a better
+# MRR on held-out synonyms and on German, Spanish and French labels alike (development sample, not
+# the benchmark's: evals/terms/dev_fusion_weights.py, figures in evals/terms/README.md).
+FUSION_K = 10
 # Sources whose strings are embedded; drug names are matched lexically (embedding a brand name
 # says nothing a string match would not).
 SEMANTIC_SOURCES = {"icd10", "icd10cm", "hpo", "dicom", GLOSSARY_SOURCE}
@@ -303,7 +307,7 @@ class TermIndex:
         ngram_ranking = [note(int(e), float(s)) for e, s in zip(ngram_rows, ngram_scores)]
         semantic_ranking = [note(int(e), float(s)) for e, s in zip(semantic_entries, semantic_scores)]
         fused = reciprocal_rank_fusion([list(dict.fromkeys(r)) for r in (exact_ranking, ngram_ranking, semantic_ranking)],
-                                       weights=FUSION_WEIGHTS)
+                                       k=FUSION_K, weights=FUSION_WEIGHTS)
         ranked = sorted(fused, key=lambda c: (fused[c], best_entry[c][0]), reverse=True)[:k * 2]
         hits = []
         for concept_index in ranked:

@@ -130,12 +130,20 @@ def _icd10cm_info() -> SourceInfo:
                  "ICD-10-CM: public domain (US government work)", _icd10cm_file().name)
 
 
+# Inclusion notes that are coding instructions pointing at other codes ("Conditions classifiable to
+# C50.-", "Any condition in I00 with myocarditis", "An amputation not identified as partial or
+# complete should be coded to complete"), not names a user would search for.
+_CODING_INSTRUCTION = re.compile(r"^(?:any )?conditions? (?:in|classifiable|listed)\b|\bshould be coded\b|^this category\b",
+                                 re.IGNORECASE)
+
+
 def _read_icd10cm() -> Iterator[Concept]:
     """Categories and subcategories; 7th-character extensions (encounter types) are left out."""
     root = ET.parse(_icd10cm_file()).getroot()
     for diag in root.iter("diag"):
         code = diag.findtext("name", "").strip()
-        inclusions = [note.text.strip() for note in diag.findall("./inclusionTerm/note") if note.text]
+        inclusions = [note.text.strip() for note in diag.findall("./inclusionTerm/note")
+                      if note.text and not _CODING_INSTRUCTION.search(note.text)]
         synonyms = [term for term in inclusions if not term.upper().endswith(" NOS")]
         synonyms += [term[:-4] for term in inclusions if term.upper().endswith(" NOS")]
         yield Concept(id=f"icd10cm:{code}", preferred=diag.findtext("desc", "").strip(),

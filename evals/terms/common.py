@@ -54,3 +54,11 @@ def rank_metrics(ranks: list[int | None]) -> dict[str, float]:
         "mrr": float(np.mean([1.0 / r if r else 0.0 for r in ranks])),
         "queries": n,
     }
+
+
+def rank_buckets(ranks: list[int | None]) -> dict[str, float]:
+    """Share of queries whose right answer sits at each depth: how far a miss is from the top 10."""
+    n = len(ranks) or 1
+    edges = [(1, 1, "rank 1"), (2, 10, "2-10"), (11, 20, "11-20"), (21, 50, "21-50"), (51, 100, "51-100")]
+    shares = {name: sum(1 for r in ranks if r is not None and low <= r <= high) / n for low, high, name in edges}
+    return {**shares, "absent": sum(1 for r in ranks if r is None) / n}
