@@ -55,11 +55,14 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(4000, description="Longer chat messages are refused with a message.")
 
     reports_db: Path | None = Field(None, description="SQLite file of report versions and saved conversations; default cache_dir/reports.sqlite3.")
-    term_embedder: Literal["minilm-onnx", "minilm", "e5-small"] = Field(
+    term_embedder: Literal["minilm-onnx", "minilm", "e5-small", "minilm-synonyms"] = Field(
         "minilm-onnx", description="Embedding model of the term index, chosen by evals/terms (see its README): the "
                                    "int8 ONNX MiniLM ties the fp32 one on UMNSRS and synonyms, needs no torch and "
                                    "builds and queries 3-4x faster than e5-small, which wins only cross-lingual "
                                    "look-ups of labels the index does not hold.")
+    term_synonym_model: Path | None = Field(
+        None, description="The MiniLM fine-tuned on terminology synonyms (embedder 'minilm-synonyms', made by "
+                          "`python -m assistant.terminology.finetune`); default cache_dir/models/minilm-synonyms.")
     term_glossary: Path | None = Field(
         None, description="A CSV or TBX glossary merged into the term index (source 'glossary'); "
                           "the index is rebuilt when the file changes.")
@@ -76,6 +79,10 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.cache_dir / "models"
+
+    @property
+    def synonym_model_dir(self) -> Path:
+        return self.term_synonym_model or self.models_dir / "minilm-synonyms"
 
     @property
     def samples_dir(self) -> Path:
