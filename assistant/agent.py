@@ -39,7 +39,6 @@ from assistant.grounding import (
     invented_arguments,
     invented_texts,
     numbers_in,
-    quoted_or_whole,
 )
 from assistant.models.base import ChatModel, Message, ModelError
 from assistant.session import ScanSession, ToolRecord
@@ -262,7 +261,7 @@ class Agent:
                 error, arguments = "Your previous answer was not complete JSON. Reply with short, complete JSON.", {}
                 continue
             self._count_usage()
-            invented = invented_arguments(arguments, sources) + invented_texts(arguments, verbatim, sources)
+            invented = invented_arguments(arguments, sources)  # copied texts are replaced afterwards, not retried
             arguments = {k: v for k, v in arguments.items() if not (k in invented and k in optional)}
             try:
                 tool.args_schema.model_validate(arguments)
@@ -346,6 +345,15 @@ class Agent:
             addition = "Measured: " + "\n".join(measured)  # the answer must carry the tools' figures
             write(TokenEvent(f"\n\n{addition}"))
             text = f"{text}\n\n{addition}".strip()
+        failures = [f"The {r.name} tool could not do it: {r.error}" for r in state["records"]
+                    if r.error and r.error not in text]
+        if failures and not replaced:  # said in code: a small model smooths a failure over
+            write(TokenEvent("\n\n" + "\n".join(failures)))
+            text = "\n\n".join([text, *failures]).strip()
+        if not replaced and not answered_directly and (missing := _missing_key_facts(text, state["records"])):
+            addition = "\n".join(missing)  # a code or requested label the model's wording dropped
+            write(TokenEvent(f"\n\n{addition}"))
+            text = f"{text}\n\n{addition}".strip()
         if asks_for_a_decision(state["messages"][0].content) and "clinician" not in text.lower():
             notice = load_prompt("agent/decision_notice.md").strip()  # said in code: a small model forgets the rule
             write(TokenEvent(f"\n\n{notice}"))
@@ -414,21 +422,45 @@ def _brief(exc: ValidationError | Exception) -> str:
 
 def _with_users_values(arguments: dict[str, Any], tool: ScanTool, request: str, sources: list[str],
                        verbatim: list[str]) -> dict[str, Any]:
-    """The user's own words, language and points where the model's arguments still contradict them."""
-    if still_invented := invented_texts(arguments, verbatim, sources):  # the model copied an example's text
-        log.info("arguments %s of %s not from the conversation; using the request's words", still_invented, tool.name)
-        arguments = {**arguments, **{name: quoted_or_whole(request) for name in still_invented}}
+    """The user's own words, language and points where the model's arguments contradict or omit them,
+    then what the tool itself reads from the request (`ScanTool.with_request`)."""
+    arguments = dict(arguments)
+    for name in invented_texts(arguments, verbatim, sources):  # the model copied or blended an example's text
+        value = tool.users_words(name, request)
+        log.info("argument %s of %s not from the conversation; using %r", name, tool.name, value)
+        if value is None:
+            arguments.pop(name)
+        else:
+            arguments[name] = value
+    fields = tool.args_schema.model_fields
     named = [code for code in languages_named(request) if code != "en"]
-    if "target_language" in arguments and len(named) == 1 and arguments["target_language"] != named[0]:
-        log.info("target language %r of %s contradicts the request; using %r", arguments["target_language"], tool.name, named[0])
-        arguments = {**arguments, "target_language": named[0]}  # "into Spanish" means es, whatever the model copied
-    points = [name for name in tool.args_schema.model_fields
-              if isinstance(arguments.get(name), list) and len(arguments[name]) == 3]
-    invented_points = set(points) & set(invented_arguments(arguments, sources))
-    if invented_points and len(triples := coordinate_triples(request)) >= len(points):  # the user's points, in order
-        log.info("coordinates %s of %s not from the conversation; using the request's points", invented_points, tool.name)
-        arguments = {**arguments, **dict(zip(points, triples))}
-    return arguments
+    for name in ("target_language", "language"):  # "into Spanish" means es, whatever the model copied
+        if name in fields and len(named) == 1:
+            arguments[name] = named[0]
+        elif name in fields and not named and not fields[name].is_required():
+            arguments.pop(name, None)  # no language asked for: the tool's default, not a copied one
+    schema = tool.args_schema.model_json_schema()["properties"]
+    points = [name for name, field in schema.items() if _is_point(field)]
+    wrong = [name for name in points
+             if not isinstance(arguments.get(name), list) or name in invented_arguments(arguments, sources)]
+    if wrong and len(triples := coordinate_triples(request)) >= len(points):  # the user's points, in order
+        log.info("coordinates %s of %s missing or not from the conversation; using the request's points", wrong, tool.name)
+        arguments.update(zip(points, triples))
+    return tool.with_request(arguments, request)
+
+
+def _is_point(field: dict[str, Any]) -> bool:
+    """A schema field holding one x, y, z point."""
+    return any(option.get("type") == "array" and option.get("minItems") == option.get("maxItems") == 3
+               for option in field.get("anyOf", [field]))
+
+
+def _missing_key_facts(answer: str, records: list[ToolRecord]) -> list[str]:
+    """The sentences stating the tools' key values that the answer does not contain, each once."""
+    folded = answer.casefold()
+    sentences = [sentence for r in records if r.result is not None
+                 for value, sentence in r.result.key_facts().items() if value.casefold() not in folded]
+    return list(dict.fromkeys(sentences))
 
 
 def _fallback_answer(draft: str, report: GroundingReport, records: list[ToolRecord]) -> str:

@@ -30,6 +30,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from assistant.config import get_settings
+from assistant.grounding import without_quoted
 from assistant.models.base import ChatModel, Message
 from prompts import load_prompt
 
@@ -150,7 +151,9 @@ class LLMChooser(ToolChooser):
 
 class _RouterModel:
     """Tool probabilities for a request: logistic regression on [request embedding, previous-request
-    embedding (zeros when there is none), character 2-4-grams of the request]."""
+    embedding (zeros when there is none), character 2-4-grams of the request], each request read
+    without its quoted passages (`without_quoted`: a pasted report that says "call translate" is
+    not a request to translate)."""
 
     PREVIOUS_WEIGHT = 0.5  # the earlier turn informs, the request itself dominates
 
@@ -158,18 +161,19 @@ class _RouterModel:
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
 
-        index = example_index()
-        self.embedder = index.embedder
-        cached = _bank_cache(examples, "router", ".pkl")
+        self.embedder = example_index().embedder
+        cached = _bank_cache(examples, "router-long-quotes-set-aside", ".pkl")
         try:  # our own file in the user's cache, written below
             self.ngrams, self.classifier = pickle.loads(cached.read_bytes())
             return
         except (OSError, pickle.UnpicklingError, EOFError, ValueError, AttributeError):
             pass
         self.ngrams = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True, min_df=2)
-        self.ngrams.fit([e.text.lower() for e in examples])
-        previous = self._embed([e.previous for e in examples], query=False)
-        features = self._features(index.vectors, previous, [e.text for e in examples])
+        texts = [without_quoted(e.text) for e in examples]
+        self.ngrams.fit([t.lower() for t in texts])
+        requests = self._embed(texts, query=False)
+        previous = self._embed([without_quoted(e.previous) if e.previous else None for e in examples], query=False)
+        features = self._features(requests, previous, texts)
         self.classifier = LogisticRegression(C=16.0, max_iter=3000).fit(features, [e.tool for e in examples])
         cached.parent.mkdir(parents=True, exist_ok=True)
         cached.write_bytes(pickle.dumps((self.ngrams, self.classifier)))
@@ -188,6 +192,7 @@ class _RouterModel:
         return sparse.hstack([dense, self.ngrams.transform([t.lower() for t in texts])]).tocsr()
 
     def probabilities(self, request: str, previous: str | None) -> dict[str, float]:
+        request, previous = without_quoted(request), without_quoted(previous) if previous else None
         features = self._features(self._embed([request], query=True), self._embed([previous], query=True), [request])
         return {str(tool): float(p) for tool, p in zip(self.classifier.classes_, self.classifier.predict_proba(features)[0])}
 

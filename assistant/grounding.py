@@ -98,8 +98,9 @@ def _words(text: str) -> list[str]:
 
 
 def invented_texts(arguments: dict[str, object], verbatim_fields: Iterable[str], sources: Iterable[str]) -> list[str]:
-    """Verbatim argument names (a text to translate, a term to look up) whose words mostly appear
-    nowhere in the conversation: a small model tends to copy its few-shot example's text instead.
+    """Verbatim argument names (a text to translate, a term to look up) with a word that appears
+    nowhere in the conversation: a small model tends to copy its few-shot example's text, or to
+    blend it with the user's ("Mild generalised cerebral atrophy" for "Mild cerebral atrophy").
 
     A word counts as present when it shares its first four letters with a word of the conversation
     ("seizure" / "seizures", "hippocampus" / "hippo").
@@ -109,16 +110,39 @@ def invented_texts(arguments: dict[str, object], verbatim_fields: Iterable[str],
     for name in verbatim_fields:
         value = arguments.get(name)
         words = _words(value) if isinstance(value, str) else []
-        if words and sum(w[:4] in stems for w in words) < 0.5 * len(words):
+        if any(w[:4] not in stems for w in words):
             invented.append(name)
     return invented
 
 
-def quoted_or_whole(request: str) -> str:
-    """The quoted part of a request ('...' or "..."), else the request itself: the fallback for a
-    verbatim argument the model would not copy."""
-    quoted = re.findall(r"(?<!\w)[\"“'‘]([^\"”'’]{3,})[\"”'’](?!\w)", request)
-    return max(quoted, key=len) if quoted else request.strip()
+_QUOTED = re.compile(r"(?<!\w)[\"“'‘]([^\"”'’]{3,})[\"”'’](?!\w)")
+
+
+def users_passage(request: str) -> str:
+    """The material a request hands over, in the user's own words: the quoted part, else what follows
+    the last colon or dash ("Translate into Spanish: ..."), else the request itself."""
+    quoted = _QUOTED.findall(request)
+    if quoted:
+        return max(quoted, key=len)
+    after = re.split(r":\s+|\s[-–—]\s", request)[-1].strip()
+    return after if len(after.split()) >= 2 else request.strip()
+
+
+_SIDE = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+
+
+def side_named(text: str) -> str | None:
+    """'left' or 'right' when the text names exactly one side."""
+    sides = {m.casefold() for m in _SIDE.findall(text)}
+    return sides.pop() if len(sides) == 1 else None
+
+
+def without_quoted(request: str, min_words: int = 6) -> str:
+    """The request with quoted passages of `min_words` or more reduced to '"…"': such a passage is
+    material to work on (a pasted report, a sentence to translate), and its words must not decide
+    which tool runs. A short quoted term stays: in "what is 'pulmonary embolism' in Spanish?" it is
+    what tells a term look-up from a translation."""
+    return _QUOTED.sub(lambda m: '"…"' if len(m.group(1).split()) >= min_words else m.group(0), request)
 
 
 _TRIPLE = re.compile(r"(-?\d+(?:\.\d+)?)\s*[,;\s]\s*(-?\d+(?:\.\d+)?)\s*[,;\s]\s*(-?\d+(?:\.\d+)?)")

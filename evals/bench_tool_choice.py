@@ -120,9 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="chat model (default: the configured one)")
     parser.add_argument("--runtime", default=None)
     parser.add_argument("--limit", type=int, default=None, help="first N held-out examples (quick runs)")
+    parser.add_argument("--every", type=int, default=1,
+                        help="every Nth held-out example: a subset that keeps every tool's share (slow LLM choosers)")
     parser.add_argument("--no-arguments", action="store_true", help="measure the tool choice only")
     args = parser.parse_args(argv)
-    examples = load_examples(HELDOUT)[: args.limit]
+    examples = load_examples(HELDOUT)[:: args.every][: args.limit]
     results = [
         run_chooser(c, args.model, args.runtime, examples, with_arguments=not args.no_arguments)
         for c in args.choosers.split(",")

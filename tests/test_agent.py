@@ -66,3 +66,18 @@ def test_empty_and_huge_messages_are_refused_before_the_model(message):
     with pytest.raises(InputError):
         list(agent.run(message))
     assert agent.traces == []
+
+
+def test_a_tool_failure_is_stated_in_the_answer(ct):
+    trace = _agent(ct).ask("Segment the lungs and give me their volume.")
+    failed = [r for r in trace.tool_calls if r.error]
+    assert [r.name for r in failed] == ["segment"]  # no lungs in a head CT
+    assert failed[0].error in trace.answer
+    assert "mL" not in trace.answer
+
+
+def test_the_label_asked_for_reaches_the_answer():
+    trace = _agent(None, model_name="smollm2-135m").ask("What is 'pulmonary embolism' in Spanish?")
+    lookups = [r.result for r in trace.tool_calls if r.name == "lookup_term" and r.result is not None]
+    assert lookups and lookups[0].language == "es"
+    assert lookups[0].hits[0].label.casefold() in trace.answer.casefold()

@@ -37,8 +37,8 @@ def test_shipped_bank_is_what_the_generator_writes(bank):
 def test_every_tool_and_no_tool_have_a_fair_share(bank):
     counts = Counter(e.tool for e in bank)
     assert set(counts) == {*SCHEMAS, NO_TOOL}
-    assert 700 <= len(bank) <= 1000
-    assert min(counts.values()) >= 0.5 * max(counts.values())  # segment and none span more sub-cases
+    assert 700 <= len(bank) <= 1600
+    assert min(counts.values()) >= 0.4 * max(counts.values())  # segment (names, points, boxes, follow-ups) spans more sub-cases
     assert len({e.id for e in bank}) == len(bank)
     assert len({(e.text.lower(), e.previous) for e in bank}) == len(bank)
 

@@ -23,6 +23,7 @@ from langchain_core.tools import BaseTool
 from pydantic import BaseModel, ConfigDict
 
 from assistant.findings import Finding
+from assistant.grounding import users_passage
 from prompts import load_prompt
 
 
@@ -50,6 +51,11 @@ class ToolResult(BaseModel):
         """What of this result belongs in a report (none by default); `arguments` are the call's."""
         return []
 
+    def key_facts(self) -> dict[str, str]:
+        """Values the answer must contain (a code, a requested translation), each with the sentence that
+        states it: when the model's answer leaves one out, the agent appends that sentence."""
+        return {}
+
     def direct_answer(self) -> str | None:
         """The answer itself, when no model should reword it (a translation must reach the user exactly);
         None lets the model phrase the answer from `summary()`."""
@@ -74,6 +80,16 @@ class ScanTool(BaseTool):
     def model_post_init(self, context: Any) -> None:
         if not self.description:
             self.description = load_prompt(f"tools/{self.name}.md")
+
+    def users_words(self, field: str, request: str) -> Any:
+        """The user's own value for a verbatim `field` that the model did not copy from the conversation:
+        the quoted or handed-over part of the request for a required text, None (the default applies) otherwise."""
+        return users_passage(request) if self.args_schema.model_fields[field].is_required() else None
+
+    def with_request(self, arguments: dict[str, Any], request: str) -> dict[str, Any]:
+        """The model's arguments corrected by what the request plainly says, where the tool knows how to
+        read it (a side, a follow-up on the last mask)."""
+        return arguments
 
     def execute(self, args: BaseModel) -> ToolResult:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 from pydantic import BaseModel, Field
@@ -12,6 +13,7 @@ from assistant.grounding import VERBATIM
 from assistant.terminology import TermHit, get_term_index
 from assistant.terminology.glossary import GLOSSARY_SOURCE
 from assistant.terminology.index import check_search
+from assistant.terminology.lexical import looks_like_code
 from assistant.terminology.sources import SOURCE_NAMES
 from tools.base import ScanTool, ToolError, ToolResult
 
@@ -40,6 +42,16 @@ class TermLookup(ToolResult):
         concept = self.hits[0].concept
         return [Finding(kind="term", what=concept.preferred, concept_id=concept.id, codes=concept.codes,
                         source_tool="lookup_term", parameters=arguments)]
+
+    def key_facts(self) -> dict[str, str]:
+        """The best concept's code and, when another language was asked for, its label there."""
+        if not self.hits:
+            return {}
+        best = self.hits[0]
+        facts = {code: f"Best match for '{self.query}': {self._line(best)}" for code in list(best.concept.codes.values())[:1]}
+        if self.language != "en" and best.label:
+            facts[best.label] = f"{best.concept.preferred} in {self.language}: '{best.label}'"
+        return facts
 
     def summary(self) -> str:
         """The best concept first, without retrieval scores: a small answering model quoted a score of
@@ -76,6 +88,17 @@ class LookupTermTool(ScanTool):
     name: str = "lookup_term"
     args_schema: type[BaseModel] = LookupTermArgs
     needs_scan: ClassVar[bool] = False
+
+    def users_words(self, field: str, request: str) -> str:
+        """For the query: the first term the index finds mentioned in the request ("give me the HPO term
+        for seizures" -> "seizures"), else a code written in it, else the quoted or handed-over part."""
+        if field != "query":
+            return super().users_words(field, request)
+        mentions = sorted(get_term_index().normalize(request), key=lambda m: m.start)
+        if mentions:
+            return request[mentions[0].start : mentions[0].end]
+        codes = [token for token in re.findall(r"[\w.:]+", request) if looks_like_code(token.strip("."))]
+        return codes[0].strip(".") if codes else super().users_words(field, request)
 
     def execute(self, args: LookupTermArgs) -> TermLookup:
         return lookup_term(args.query, args.k, args.language, args.sources)

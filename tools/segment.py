@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import threading
 from pathlib import Path
@@ -13,7 +14,7 @@ from pydantic import BaseModel, Field, model_validator
 from tqdm import tqdm
 
 from assistant.findings import Finding, Quantity
-from assistant.grounding import VERBATIM
+from assistant.grounding import VERBATIM, coordinate_triples, side_named
 from assistant.imaging.progress import ProgressCallback, cancel_on
 from assistant.segmentation import (
     Backend,
@@ -25,7 +26,7 @@ from assistant.segmentation import (
     resolve_structure,
     segment,
 )
-from assistant.segmentation.prompts import Prompt, Refinement, Units
+from assistant.segmentation.prompts import Prompt, Refinement, Units, structure_named
 from assistant.segmentation.result import measure
 from assistant.session import Overlay
 from assistant.volume import Volume
@@ -37,7 +38,8 @@ OVERLAY_NAME = "segmentation"
 
 class SegmentArgs(BaseModel):
     structure: str | None = Field(
-        None, description="Name of what to segment, e.g. 'brain', 'skull', 'left hippocampus', 'right thalamus'."
+        None, description="Name of what to segment, e.g. 'brain', 'skull', 'left hippocampus', 'right thalamus'.",
+        json_schema_extra=VERBATIM,
     )
     points: list[list[float]] | None = Field(None, description="One or more x, y, z points inside the object.")
     box: list[float] | None = Field(
@@ -119,6 +121,14 @@ def run_segmentation(
         raise ToolError(str(exc)) from exc
 
 
+_REFINEMENT_WORDS = [  # a follow-up on the last mask, in the words clinicians use for it
+    ("keep_largest", re.compile(r"\b(islands?|largest (piece|part|component)|biggest (piece|part|component)|keep (only )?the largest)\b", re.I)),
+    ("grow", re.compile(r"\b(grow|expand|dilate|enlarge|widen|bigger|larger)\b", re.I)),
+    ("shrink", re.compile(r"\b(shrink|erode|contract|tighten|smaller|thinner)\b", re.I)),
+]
+_SIDE_WORDS = re.compile(r"\b(left|right)\b\s*", re.I)
+
+
 class SegmentTool(ScanTool):
     name: str = "segment"
     args_schema: type[BaseModel] = SegmentArgs
@@ -134,6 +144,26 @@ class SegmentTool(ScanTool):
         target = last.target if last is not None else "previous mask"
         backend = last.backend if last is not None else "unknown"
         return measure(overlay.data, volume, target=target, backend=backend)
+
+    def users_words(self, field: str, request: str) -> Any:
+        """For the structure: the one the request names, by the structure table and its synonyms."""
+        return structure_named(request) if field == "structure" else super().users_words(field, request)
+
+    def with_request(self, arguments: dict[str, Any], request: str) -> dict[str, Any]:
+        """Points the request writes (the strongest prompt), the side it names ("what about the left
+        one?") and a follow-up it plainly asks for ("erode the mask by 1 mm"), over what the model filled in."""
+        if points := coordinate_triples(request):
+            return {"points": points, **{k: v for k, v in arguments.items() if k == "units"}}
+        refine = next((name for name, pattern in _REFINEMENT_WORDS if pattern.search(request)), None)
+        if refine and not any(arguments.get(name) for name in ("structure", "points", "box")):
+            arguments = {**arguments, "refine": refine}
+            amount = re.search(r"(\d+(?:\.\d+)?)\s*mm\b", request)
+            if amount and refine in ("grow", "shrink"):
+                arguments["amount_mm"] = float(amount.group(1))
+        structure = arguments.get("structure")
+        if isinstance(structure, str) and (side := side_named(request)):
+            arguments = {**arguments, "structure": f"{side} {_SIDE_WORDS.sub('', structure).strip()}"}
+        return arguments
 
     def execute(self, args: SegmentArgs) -> SegmentResult:
         volume = self.session.require_volume()

@@ -188,6 +188,21 @@ def _supported_hint(modality: Modality) -> str:
     return f"On {modality.value} I can segment: {', '.join(possible)}{sided}."
 
 
+def structure_named(text: str, longest_words: int = 4) -> str | None:
+    """The structure a sentence names ("how large is the left thalamus in mL" -> "left thalamus"), from
+    the structure table and its synonyms, longest phrase first; None when it names none."""
+    words = _words(text)
+    known = set(_STRUCTURES) | set(_UNAVAILABLE) | set(synonyms())
+    for n in range(longest_words, 0, -1):
+        for start in range(len(words) - n + 1):
+            phrase = " ".join(words[start : start + n])
+            if phrase in known or (phrase.endswith("s") and phrase[:-1] in _STRUCTURES):
+                sides = {_SIDE_WORDS[w] for w in words if w in _SIDE_WORDS}
+                side = {"L": "left ", "R": "right "}[sides.pop()] if len(sides) == 1 else ""
+                return side + phrase
+    return None
+
+
 def resolve_structure(text: str, modality: Modality) -> Structure:
     """The structure a user's phrase means, checked against what this modality can show."""
     if not text or not text.strip():

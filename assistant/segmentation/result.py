@@ -92,8 +92,9 @@ def measure(
     voxels = np.argwhere(mask)
     if voxels.size == 0:
         raise EmptySegmentationError(
-            f"Nothing was segmented for {target} with the {backend} backend; "
-            "check that the prompt lies on the structure, or try another point, a box or a different backend."
+            f"Nothing was segmented for {target} with the {backend} backend: it may not be in this scan's "
+            "field of view; if it is, check that the prompt lies on the structure, or try another point, a box "
+            "or a different backend."
         )
     corners = volume.voxel_to_world(np.array([voxels.min(axis=0) - 0.5, voxels.max(axis=0) + 0.5]))
     _, sizes = label_components(mask)

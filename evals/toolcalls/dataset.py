@@ -166,11 +166,19 @@ POINT_STYLES = ["{0}, {1}, {2}", "{0},{1},{2}", "({0}, {1}, {2})", "[{0}, {1}, {
 
 # --- templates: (kind, text, arguments); {slots} are filled from the values above ----------------
 # kinds: plain (full question), terse (notes, abbreviations), polite, purpose (names the clinical
-# aim, not the tool), boundary (uses another tool's words), nonnative; "none" has its own subtypes.
+# aim, not the tool), boundary (uses another tool's words), nonnative, pasted (quoted material around a
+# request of its own: the request decides the tool); "none" has its own subtypes.
 
 TEMPLATES: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
     "describe_scan": [
         ("plain", "what kind of scan is this?", {}),
+        ("plain", "which scan is loaded right now?", {}),
+        ("plain", "what study do you have open at the moment?", {}),
+        ("plain", "what did I just upload?", {}),
+        ("terse", "current scan?", {}),
+        ("pasted", "Referral note: \"{report}\" Which modality is the study I uploaded?", {}),
+        ("pasted", "from the previous report: '{report}' - how many slices does this series have?", {}),
+        ("pasted", "The old report said \"{report}\". What is the slice thickness of the current scan?", {}),
         ("plain", "Is this a CT or an MRI?", {}),
         ("plain", "how many slices are there", {}),
         ("plain", "What's the slice thickness?", {}),
@@ -314,6 +322,7 @@ TEMPLATES: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
     ],
     "segment": [
         ("plain", "segment the {st}", {"structure": "{structure}"}),
+        ("pasted", "Clinical note: \"{report}\" Please segment the {st}.", {"structure": "{structure}"}),
         ("plain", "how big is the {st}?", {"structure": "{structure}"}),
         ("plain", "what's the volume of the {st}", {"structure": "{structure}"}),
         ("polite", "outline the {st} please", {"structure": "{structure}"}),
@@ -620,8 +629,8 @@ FOLLOW_UPS: list[tuple[str, str, str, str, dict[str, Any]]] = [
 ]
 
 # drawings per slot-filled template, so that each tool ends up with a similar share of the bank
-DRAWS = {"describe_scan": 3, "probe_intensity": 2, "measure_distance": 3, "segment": 3, "detect_anomalies": 3,
-         "lookup_term": 3, "normalize_terms": 4, "translate_text": 4, NO_TOOL: 1}
+DRAWS = {"describe_scan": 5, "probe_intensity": 4, "measure_distance": 5, "segment": 5, "detect_anomalies": 5,
+         "lookup_term": 5, "normalize_terms": 6, "translate_text": 6, NO_TOOL: 2}
 FOLLOW_UP_DRAWS = 2
 TYPO_SHARE = 0.16  # no case variants: the MiniLM embedder lowercases, so they would add nothing
 NO_TYPO_KINDS = {"empty", "injection"}
