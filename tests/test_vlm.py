@@ -210,6 +210,33 @@ def test_gpu_quantization_on_a_cpu_machine_is_a_clear_error():
         load_llm("unused", "4bit")
 
 
+def test_answer_only_loss_of_a_left_padded_batch_equals_each_example_alone():
+    """The training loss (logits at answer positions only, left padding) is the plain causal-LM loss."""
+    from assistant.vlm.model import ScanChatVLM, VLMConfig, load_llm, prompt_text
+    from assistant.vlm.train import Example, collate, default_llm_folder
+
+    torch.manual_seed(0)
+    folder = default_llm_folder(get_settings())
+    _, tokenizer = load_llm(folder)
+    llm = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2)).eval()
+    model = ScanChatVLM(VLMConfig(encoder="symmetry-grid", feature_dim=6, grid=(3, 2, 3), llm_folder=folder), llm, tokenizer).eval()
+    examples = [Example("a", prompt_text("Is there a focal lesion in this scan?", 18), "yes"),
+                Example("b", prompt_text("How large is it?", 18), "About 21 mm in diameter.")]
+    features = {"a": torch.randn(6, 3, 2, 3), "b": torch.randn(6, 3, 2, 3)}
+    batch = collate(examples, tokenizer, features)
+    assert (batch["attention_mask"][:, -1] == 1).all() and (batch["attention_mask"][:, 0] == 0).any()  # left-padded
+    with torch.no_grad():
+        loss = model.answer_loss(**batch)
+        total, tokens = 0.0, 0
+        for example in examples:
+            alone = collate([example], tokenizer, features)
+            out = model.llm(inputs_embeds=model.input_embeddings(alone["input_ids"], alone["grids"]), labels=alone["labels"])
+            count = int((alone["labels"] != -100).sum())
+            total, tokens = total + float(out.loss) * count, tokens + count
+    assert float(loss) == pytest.approx(total / tokens, rel=1e-4)
+
+
 @pytest.mark.slow
 def test_trained_vlm_answers_from_the_volume_and_falls_back_on_a_2d_image(tmp_path):
     from assistant.vlm.backends import ScanChatVLMChatModel, load_vision_model_or_text

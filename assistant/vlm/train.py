@@ -56,13 +56,13 @@ def case_features(data_dir: Path, cases: list[Case], encoder: str) -> dict[str, 
     return cached_features(data_dir / f"features-{encoder}.pt", items, encoder)
 
 
-def examples_for(cases: list[Case], tokenizer, visual_tokens: int) -> list[Example]:
-    return [Example(case.case_id, prompt_text(tokenizer, pair.question, visual_tokens), pair.answer)
+def examples_for(cases: list[Case], visual_tokens: int) -> list[Example]:
+    return [Example(case.case_id, prompt_text(pair.question, visual_tokens), pair.answer)
             for case in cases for pair in case.qa]
 
 
 def collate(examples: list[Example], tokenizer, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Right-padded ids; the loss sees only the answer and its end-of-turn token."""
+    """Left-padded ids, so that every row's answer ends the row; the loss sees only the answer and its end-of-turn token."""
     rows, labels = [], []
     for example in examples:
         prompt = tokenizer(example.prompt).input_ids
@@ -72,9 +72,9 @@ def collate(examples: list[Example], tokenizer, features: dict[str, torch.Tensor
     width = max(len(row) for row in rows)
     pad = tokenizer.pad_token_id or tokenizer.eos_token_id
     return {
-        "input_ids": torch.tensor([row + [pad] * (width - len(row)) for row in rows]),
-        "attention_mask": torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows]),
-        "labels": torch.tensor([label + [-100] * (width - len(label)) for label in labels]),
+        "input_ids": torch.tensor([[pad] * (width - len(row)) + row for row in rows]),
+        "attention_mask": torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows]),
+        "labels": torch.tensor([[-100] * (width - len(label)) + label for label in labels]),
         "grids": torch.stack([features[example.case_id].float() for example in examples]),
     }
 
@@ -91,7 +91,7 @@ def _run_stage(model: ScanChatVLM, accelerator, examples: list[Example], feature
             batch = collate(rng.sample(examples, min(batch_size, len(examples))), model.tokenizer, features)
             batch = {key: value.to(accelerator.device) for key, value in batch.items()}
             with accelerator.autocast():
-                loss = model(**batch).loss
+                loss = model.answer_loss(**batch)
             accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad()
@@ -102,11 +102,13 @@ def _run_stage(model: ScanChatVLM, accelerator, examples: list[Example], feature
 
 
 def train(data_dir: Path, out: Path, *, encoder: str = "merlin", align_steps: int = 60, tune_steps: int = 120,
-          batch_size: int = 8, learning_rate: float = 1e-3, lora_learning_rate: float = 2e-4, qlora: bool = False,
+          batch_size: int = 8, learning_rate: float = 1e-3, lora_learning_rate: float = 2e-4, qlora: bool = False, bf16: bool = True,
           seed: int = 0, llm_folder: str | None = None, settings: Settings | None = None) -> dict:
     """Train and save the VLM into `out`; returns a summary (losses, seconds) also written as train_log.json.
 
     `llm_folder` is any transformers causal-LM folder (default: the packaged Qwen2.5-Coder-0.5B).
+    `bf16` runs the steps under bfloat16 autocast (weights stay float32): about 1.6x faster on this
+    CPU (AVX512-BF16), and the usual choice on a GPU.
     """
     from accelerate import Accelerator
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -129,8 +131,9 @@ def train(data_dir: Path, out: Path, *, encoder: str = "merlin", align_steps: in
         llm = prepare_model_for_kbit_training(llm)
     llm.requires_grad_(False)
     model = ScanChatVLM(config, llm, tokenizer)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())  # the LLM is already placed (device_map); not re-wrapped
-    examples = examples_for(cases, tokenizer, config.visual_tokens)
+    # the LLM is already placed (device_map); not re-wrapped
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if bf16 else "no")
+    examples = examples_for(cases, config.visual_tokens)
 
     align = _run_stage(model, accelerator, examples, features, align_steps, batch_size, learning_rate, "alignment (projector)", rng)
     model.llm = get_peft_model(model.llm, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.05,
@@ -141,7 +144,8 @@ def train(data_dir: Path, out: Path, *, encoder: str = "merlin", align_steps: in
     summary = {"encoder": get_encoder(encoder).info.name, "train_cases": len(cases), "examples": len(examples),
                "align_loss_first_last": [align[0], sum(align[-10:]) / len(align[-10:])] if align else [],
                "tune_loss_first_last": [tune[0], sum(tune[-10:]) / len(tune[-10:])] if tune else [],
-               "seconds": round(time.perf_counter() - started, 1), "device": str(accelerator.device), "qlora": qlora}
+               "seconds": round(time.perf_counter() - started, 1), "device": str(accelerator.device), "qlora": qlora, "bf16": bf16,
+               "steps": {"align": align_steps, "tune": tune_steps, "batch_size": batch_size}}
     (out / "train_log.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -154,6 +158,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tune-steps", type=int, default=120)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--qlora", action="store_true", help="4-bit LLM + LoRA (CUDA and bitsandbytes only)")
+    parser.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32 instead of bfloat16 autocast")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--llm", default=None, help="transformers LLM folder (default: the packaged Qwen2.5-Coder-0.5B)")
 
@@ -161,7 +166,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_from_args(args: argparse.Namespace) -> int:
     settings = get_settings()
     summary = train(args.data or default_data_dir(settings), args.out or default_output(settings), encoder=args.encoder,
-                    align_steps=args.align_steps, tune_steps=args.tune_steps, batch_size=args.batch_size, qlora=args.qlora,
+                    align_steps=args.align_steps, tune_steps=args.tune_steps, batch_size=args.batch_size, qlora=args.qlora, bf16=args.bf16,
                     seed=args.seed, llm_folder=args.llm, settings=settings)
     print(json.dumps(summary, indent=2))
     return 0
