@@ -30,7 +30,8 @@ class AnomalyResult(ToolResult):
 
     method: str
     body_model: str = Field(description="Normal model used, e.g. 'brain MR (T1)'.")
-    image_score: float
+    image_score: float = Field(description="The largest of score_parts: 1 = the highest score among held-out normal scans.")
+    score_parts: dict[str, float] = Field({}, description="Each image-score component relative to held-out normal scans.")
     threshold: float = Field(description="Image-level threshold calibrated on normal scans.")
     exceeds_threshold: bool
     voxel_threshold: float
@@ -43,7 +44,8 @@ class AnomalyResult(ToolResult):
         verdict = "ABOVE" if self.exceeds_threshold else "below"
         lines = [
             f"Anomaly screening ({self.method}, normal model: {self.body_model}): image score {self.image_score:.2f}, "
-            f"{verdict} the calibrated threshold {self.threshold:.2f}.",
+            f"{verdict} the calibrated threshold {self.threshold:.2f}"
+            + (f" ({', '.join(f'{name} {value:.2f}' for name, value in self.score_parts.items())})." if self.score_parts else "."),
         ]
         if self.regions:
             lines.append("Areas deviating most from the normal model:")

@@ -42,6 +42,14 @@ class TemplateSpace:
     def shape(self) -> tuple[int, int, int]:
         return self.template.volume.shape
 
+    def mirror(self, image: np.ndarray) -> np.ndarray:
+        """`image` reflected about the mid-sagittal plane (MNI x = 0).
+
+        nilearn's MNI152 template is symmetric and its 2 mm grid is centred on x = 0 (voxel 49 of 99),
+        so after registration the mirror image is a flip of the first (left-right) axis.
+        """
+        return image[::-1]
+
     def normalize_intensity(self, warped: np.ndarray) -> np.ndarray:
         """Remove the scan's smooth intensity drift relative to the template, then map its brain intensities onto the template's.
 
