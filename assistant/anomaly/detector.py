@@ -35,7 +35,7 @@ from tools.base import ToolError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_METHOD = "feature_memory"  # best image AUROC of the four at every size >= 10 mm, no false alarms (evals/bench_anomaly.py)
+DEFAULT_METHOD = "feature_memory"  # image AUROC within noise of normative's, most lesions above threshold, no false alarms (evals/README.md)
 BODY_MODEL = "brain T1 MR"
 MODEL_VERSION = 5
 MIN_TEMPLATE_CORRELATION = 0.4  # below this the scan does not look like a brain MR aligned to the template
