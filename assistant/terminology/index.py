@@ -42,7 +42,7 @@ from assistant.terminology.sources import SOURCE_NAMES, check_sources, read_conc
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: ICD-10-CM coding instructions are no longer synonyms
 MAX_QUERY_CHARS = 500
 MAX_TEXT_CHARS = 20_000
 MAX_K = 100

@@ -1,11 +1,14 @@
 """Synonym retrieval with held-out synonyms, and synonym-pair classification (AUROC).
 
-Concepts of ICD-10-CM (inclusion terms) and HPO that have synonyms are sampled; one synonym of
-each is removed from the index and used as the query. Reported per retriever (lexical only,
-semantic only, fused) and per embedder: recall@1, recall@10 and MRR of the right concept. Then a
-binary pair set in the style of Schulz & Juric (AAAI 2020): (held-out synonym, preferred term)
-positives against random negatives and hard, string-similar negatives (the most similar other
-preferred term by character 3-gram TF-IDF), scored by each embedder's cosine and the lexical one.
+Concepts of ICD-10-CM (inclusion terms) and HPO that have synonyms are sampled from the 20%
+evaluation part (`assistant.terminology.finetune.is_evaluation_concept`: no name of these concepts
+is in the `minilm-synonyms` training pairs); one synonym of each is removed from the index and
+used as the query. The rest of the index is drawn from all concepts. Reported per retriever
+(lexical only, semantic only, fused) and per embedder: recall@1, recall@10 and MRR of the right
+concept. Then a binary pair set in the style of Schulz & Juric (AAAI 2020): (held-out synonym,
+preferred term) positives against random negatives and hard, string-similar negatives (the most
+similar other preferred term by character 3-gram TF-IDF), scored by each embedder's cosine and the
+lexical one.
 
     python -m evals.terms.bench_synonyms [--targets 300] [--pool 3000] [--models minilm-onnx e5-small]
 """
@@ -20,6 +23,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from assistant.terminology.embeddings import get_embedder
+from assistant.terminology.finetune import is_evaluation_concept
 from assistant.terminology.index import IndexOptions, TermIndex
 from assistant.terminology.lexical import CharNgramIndex
 from assistant.terminology.models import Concept
@@ -30,14 +34,14 @@ SOURCES = ["icd10cm", "hpo"]
 
 
 def held_out_sample(targets: int, pool: int, seed: int) -> tuple[list[Concept], list[tuple[str, str]]]:
-    """`pool` concepts (half per source) of which `targets` lose one synonym; returns the
-    concepts to index and (query synonym, concept id) pairs."""
+    """`pool` concepts (half per source) of which `targets`, all evaluation concepts, lose one
+    synonym; returns the concepts to index and (query synonym, concept id) pairs."""
     random = rng(seed)
     by_source = {name: [c for c in read_concepts([name]) if c.source == name] for name in SOURCES}
     chosen: list[Concept] = []
     queries: list[tuple[str, str]] = []
     for name, concepts in by_source.items():
-        with_synonyms = [c for c in concepts if c.synonyms]
+        with_synonyms = [c for c in concepts if c.synonyms and is_evaluation_concept(c.id)]
         target_concepts = random.sample(with_synonyms, targets // len(SOURCES))
         target_ids = {c.id for c in target_concepts}
         others = random.sample([c for c in concepts if c.id not in target_ids], pool // len(SOURCES) - len(target_ids))
