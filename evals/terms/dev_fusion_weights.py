@@ -4,7 +4,7 @@ the figures reported. Each setting (RRF k, candidates per retriever, n-gram and 
 re-fuses the same queries (query vectors computed once). Then, for the index's current setting,
 where the right concept ranks in each retriever when the fused list misses it (ranks up to 100).
 
-    python -m evals.terms.dev_fusion_weights [--seed 7] [--targets 1000 --pool 8000]
+    python -m evals.terms.dev_fusion_weights [--seed 7] [--targets 1000 --pool 8000] [--embedder minilm-synonyms]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 import assistant.terminology.index as term_index
+from assistant.terminology.embeddings import DEFAULT_EMBEDDER, EMBEDDERS
 from assistant.terminology.index import IndexOptions, SearchMethod, TermIndex
 from assistant.terminology.sources import read_concepts
 from evals.terms.bench_crosslingual import LANGUAGES
@@ -26,7 +27,7 @@ from evals.terms.common import print_table, rank_buckets, rank_metrics, rng, wri
 # (RRF k, candidates per retriever, n-gram weight, embedding weight); exact matches keep 10
 GRID = [(60, 50, 1.0, 1.0), (60, 50, 1.0, 1.5), (60, 50, 0.5, 1.0), (60, 100, 1.0, 1.0),
         (30, 50, 1.0, 1.0), (20, 50, 1.0, 1.0), (10, 50, 1.0, 1.0), (10, 100, 1.0, 1.0),
-        (10, 100, 0.5, 1.0), (5, 100, 1.0, 1.0)]
+        (10, 100, 0.5, 1.0), (10, 100, 0.25, 1.0), (10, 100, 0.0, 1.0), (5, 100, 1.0, 1.0)]
 BENCHMARK_SEED = 13
 DEEP_K = 100
 # The setting `assistant.terminology.index` ships, kept before the grid overwrites it.
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--targets", type=int, default=1000, help="held-out synonym queries before exclusion")
     parser.add_argument("--pool", type=int, default=8000, help="concepts in the synonym index")
+    parser.add_argument("--embedder", choices=EMBEDDERS, default=DEFAULT_EMBEDDER)
     args = parser.parse_args(argv)
     if args.seed == BENCHMARK_SEED:
         parser.error("use another seed than the benchmarks' (13)")
@@ -56,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         synonyms = TermIndex.build(Path(folder) / "synonyms", IndexOptions(
-            sources=SOURCES, embedded_synonyms=100, embedded_icd10cm_length=9), concepts=concepts)
-        crosslingual = TermIndex.build(Path(folder) / "crosslingual", IndexOptions(sources=["icd10"]),
+            sources=SOURCES, embedder=args.embedder, embedded_synonyms=100, embedded_icd10cm_length=9),
+            concepts=concepts)
+        crosslingual = TermIndex.build(Path(folder) / "crosslingual",
+                                       IndexOptions(sources=["icd10"], embedder=args.embedder),
                                        concepts=english_only)
         tasks = {"synonyms": (synonyms, queries)}
         tasks |= {f"labels {lang}": (crosslingual, [(c.labels[lang], c.id) for c in targets]) for lang in LANGUAGES}
@@ -79,12 +83,14 @@ def main(argv: list[str] | None = None) -> int:
         deep += [{"retriever": method, "queries": len(misses),
                   **rank_buckets(_ranks(synonyms, missed, missed_vectors, method, DEEP_K))}
                  for method in ("lexical", "semantic")]
-    print_table(rows, f"Fused retrieval by setting, development sample (seed {args.seed}, {len(queries)} "
-                      f"synonyms in {len(concepts)} concepts; 150 labels per language in 1,500 concepts)")
+    print_table(rows, f"Fused retrieval by setting, {args.embedder}, development sample (seed {args.seed}, "
+                      f"{len(queries)} synonyms in {len(concepts)} concepts; 150 labels per language in 1,500 "
+                      "concepts)")
     print_table(deep, f"Where the right concept ranks when fused retrieval misses the top 10 (shipped setting: "
                       f"RRF k {SHIPPED[0]}, {SHIPPED[1]} candidates, weights {SHIPPED[2]})")
-    path = write_results("terms_dev_fusion_weights", {"seed": args.seed, "queries": len(queries),
-                                                      "concepts": len(concepts), "rows": rows, "misses": deep})
+    path = write_results("terms_dev_fusion_weights", {"seed": args.seed, "embedder": args.embedder,
+                                                      "queries": len(queries), "concepts": len(concepts),
+                                                      "rows": rows, "misses": deep})
     print(f"\nwrote {path}")
     return 0
 
