@@ -342,22 +342,16 @@ class Agent:
         measured = [r.result.summary() for r in state["records"]
                     if r.result is not None and any(f.quantities for f in r.result.findings(r.arguments))]
         if measured and not replaced and not answered_directly and not numbers_in(text):
-            addition = "Measured: " + "\n".join(measured)  # the answer must carry the tools' figures
-            write(TokenEvent(f"\n\n{addition}"))
-            text = f"{text}\n\n{addition}".strip()
+            text = _appended(text, "Measured: " + "\n".join(measured), write)  # the answer must carry the tools' figures
         failures = [f"The {r.name} tool could not do it: {r.error}" for r in state["records"]
                     if r.error and r.error not in text]
         if failures and not replaced:  # said in code: a small model smooths a failure over
-            write(TokenEvent("\n\n" + "\n".join(failures)))
-            text = "\n\n".join([text, *failures]).strip()
+            text = _appended(text, "\n".join(failures), write)
         if not replaced and not answered_directly and (missing := _missing_key_facts(text, state["records"])):
-            addition = "\n".join(missing)  # a code or requested label the model's wording dropped
-            write(TokenEvent(f"\n\n{addition}"))
-            text = f"{text}\n\n{addition}".strip()
+            text = _appended(text, "\n".join(missing), write)  # a code or requested label the model's wording dropped
         if asks_for_a_decision(state["messages"][0].content) and "clinician" not in text.lower():
             notice = load_prompt("agent/decision_notice.md").strip()  # said in code: a small model forgets the rule
-            write(TokenEvent(f"\n\n{notice}"))
-            text = f"{text}\n\n{notice}".strip()
+            text = _appended(text, notice, write)
         write(AnswerEvent(text=text, grounding=report, replaced=replaced))
         self.history.extend(state["messages"] + [Message(role="assistant", content=text)])
         return {"messages": state["messages"] + [Message(role="assistant", content=text)]}
@@ -453,6 +447,12 @@ def _is_point(field: dict[str, Any]) -> bool:
     """A schema field holding one x, y, z point."""
     return any(option.get("type") == "array" and option.get("minItems") == option.get("maxItems") == 3
                for option in field.get("anyOf", [field]))
+
+
+def _appended(text: str, addition: str, write) -> str:
+    """The answer with a paragraph the agent adds itself, streamed like the rest."""
+    write(TokenEvent(f"\n\n{addition}"))
+    return f"{text}\n\n{addition}".strip()
 
 
 def _missing_key_facts(answer: str, records: list[ToolRecord]) -> list[str]:
