@@ -128,10 +128,11 @@ def check_training(bundle: Path, work: Path, quantized: bool, shape: str) -> dic
 
 
 def check_project_vlm(bundle: Path, work: Path, quantized: bool, shape: str) -> dict:
+    from assistant.vlm.encoder import feature_cache_name
     from assistant.vlm.model import load_vlm
 
     vlm = load_vlm(work / "vlm", "4bit" if quantized else "none")
-    grid = next(iter(torch.load(bundle / "data" / f"features-{ENCODER}.pt").values())).float()
+    grid = next(iter(torch.load(bundle / "data" / feature_cache_name(ENCODER)).values())).float()
     started = time.perf_counter()
     scores = vlm.option_log_likelihoods(grid, "Is there a focal lesion in this scan?", ["yes", "no"])
     forward_s = time.perf_counter() - started

@@ -15,7 +15,7 @@ from assistant.vlm.cases import read_cases
 from assistant.vlm.data import base_volume, case_questions, generate_cases, lobe_of, volume_world_x
 from assistant.vlm.encoder import SymmetryGridEncoder
 from assistant.vlm.m3d import M3DLaMed, M3DVisionConfig, load_m3d_checkpoint, map_checkpoint_key
-from assistant.vlm.model import load_llm
+from assistant.vlm.model import left_minus_right, load_llm
 from assistant.vlm.preprocess import SliceSelection, VolumeNotSupported, axial_slices, check_volume, m3d_input
 from assistant.volume import Modality, ScanLoadError, ScanMetadata, Volume
 
@@ -195,12 +195,14 @@ def test_weight_free_features_show_presence_and_side_on_a_held_out_base():
                                                               for seed, (side, contrast) in enumerate(lesions)]
 
     normal, with_lesions = features("mr-t1-mni152")
-    assert normal.shape == (6, 3, 2, 3)  # [C, z, x, y]; x cell 0 is the patient's left
+    assert normal.shape == (7, 3, 2, 3)  # [C, z, x, y]; x cell 0 is the patient's left
+    assert float(normal[6].max()) == 0.0 and float(encoder.features(base_volume("ct-head").volume)[6].min()) > 0.3  # air in HU: CT only
     threshold = (float(normal[0].max()) + min(float(f[0].max()) for f in with_lesions)) / 2
     normal, with_lesions = features("mr-t1-colin27")
     assert float(normal[0].max()) < threshold < min(float(f[0].max()) for f in with_lesions)
     for (side, _), grid in zip(lesions, with_lesions):
         assert ("left", "right")[int(grid[1].amax(dim=(0, 2)).argmax())] == side
+        assert (float(left_minus_right(grid[None])[0, 1]) > 0) == (side == "left")  # the VLM's hemisphere token
 
 
 def test_gpu_quantization_on_a_cpu_machine_is_a_clear_error():
@@ -220,10 +222,11 @@ def test_answer_only_loss_of_a_left_padded_batch_equals_each_example_alone():
     _, tokenizer = load_llm(folder)
     llm = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                        num_attention_heads=4, num_key_value_heads=2)).eval()
-    model = ScanChatVLM(VLMConfig(encoder="symmetry-grid", feature_dim=6, grid=(3, 2, 3), llm_folder=folder), llm, tokenizer).eval()
-    examples = [Example("a", prompt_text("Is there a focal lesion in this scan?", 18), "yes"),
-                Example("b", prompt_text("How large is it?", 18), "About 21 mm in diameter.")]
-    features = {"a": torch.randn(6, 3, 2, 3), "b": torch.randn(6, 3, 2, 3)}
+    model = ScanChatVLM(VLMConfig(encoder="symmetry-grid", feature_dim=7, grid=(3, 2, 3), llm_folder=folder), llm, tokenizer).eval()
+    tokens = model.config.visual_tokens
+    examples = [Example("a", "presence", prompt_text("Is there a focal lesion in this scan?", tokens), "yes"),
+                Example("b", "size", prompt_text("How large is it?", tokens), "About 21 mm in diameter.")]
+    features = {"a": torch.randn(7, 3, 2, 3), "b": torch.randn(7, 3, 2, 3)}
     batch = collate(examples, tokenizer, features)
     assert (batch["attention_mask"][:, -1] == 1).all() and (batch["attention_mask"][:, 0] == 0).any()  # left-padded
     with torch.no_grad():

@@ -33,6 +33,7 @@ class EncoderInfo:
     name: str
     feature_dim: int
     pretrained: bool
+    version: int = 1  # raised whenever the features change, so cached feature files are not reused
 
 
 class VolumeEncoder(torch.nn.Module):
@@ -86,11 +87,15 @@ class SymmetryGridEncoder(VolumeEncoder):
     (x cell 0 is the patient's left, 1 the right). Channels per cell: (0) the largest compact
     asymmetry (opened |difference from the mirror|), (1) odd-blob evidence: how much more the
     asymmetric region on this side stands out from its surroundings than its mirror does,
-    (2) brighter than the mirror, (3) darker than the mirror, (4) mean intensity (modality),
-    (5) the cell's height in dm (coverage: a scan of the upper head only has short cells).
+    (2) brighter than the mirror, (3) darker than the mirror, (4) mean normalised intensity,
+    (5) the cell's height in dm (coverage: a scan of the upper head only has short cells),
+    (6) the share of the volume at air density in Hounsfield units (below -500), the same in every
+    cell: a CT's air lies near -1000 HU while MR intensities are never negative, so this tells the
+    modality from the stored values themselves (the normalised intensities of channel 4 do not:
+    a head CT's brain window and a T1's scaled range overlap).
     """
 
-    info = EncoderInfo("symmetry-grid (weight-free)", 6, pretrained=False)
+    info = EncoderInfo("symmetry-grid (weight-free)", 7, pretrained=False, version=3)
     cells = (3, 3)  # (y, z) cells per hemisphere
     spacing_mm = 2.0
 
@@ -106,6 +111,7 @@ class SymmetryGridEncoder(VolumeEncoder):
         right = plane.right_side(image.shape)
         evidence = _odd_blob_evidence(image, asymmetry, brain, right)
         grid = np.zeros((self.info.feature_dim, self.cells[1], 2, self.cells[0]), dtype=np.float32)  # [C, z, x, y]
+        grid[6] = float(np.mean(volume.data < -500))
         y_edges, z_edges = (_thirds(np.nonzero(head.any(axis=axes))[0], count) for axes, count in (((0, 2), self.cells[0]), ((0, 1), self.cells[1])))
         for side, hemisphere in enumerate((~right, right)):
             for j, (y0, y1) in enumerate(y_edges):
@@ -223,12 +229,21 @@ def _ball(radius: int) -> np.ndarray:
 ENCODERS: dict[str, Callable[[], VolumeEncoder]] = {"merlin": MerlinEncoder, "symmetry-grid": SymmetryGridEncoder}
 
 
+def _encoder_class(name: str) -> Callable[[], VolumeEncoder]:
+    if name not in ENCODERS:
+        raise ModelError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
+    return ENCODERS[name]
+
+
+def feature_cache_name(name: str) -> str:
+    """The cache file of an encoder's features, named with its feature version so stale caches are never read."""
+    return f"features-{name}-v{_encoder_class(name).info.version}.pt"
+
+
 @cache
 def get_encoder(name: str = "merlin") -> VolumeEncoder:
     """Loaded once per process and shared; frozen and in eval mode."""
-    if name not in ENCODERS:
-        raise ModelError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
-    encoder = ENCODERS[name]().eval()
+    encoder = _encoder_class(name)().eval()
     for parameter in encoder.parameters():
         parameter.requires_grad_(False)
     return encoder

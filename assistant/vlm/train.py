@@ -25,7 +25,7 @@ from tqdm import tqdm
 from assistant.config import Settings, get_settings
 from assistant.models.base import ModelError
 from assistant.vlm.cases import Case, default_data_dir, load_case_volume, read_cases
-from assistant.vlm.encoder import cached_features, get_encoder
+from assistant.vlm.encoder import cached_features, feature_cache_name, get_encoder
 from assistant.vlm.model import ScanChatVLM, VLMConfig, load_llm, prompt_text
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ DEFAULT_VLM_NAME = "scanchat-vlm-0.5b"
 @dataclass(frozen=True)
 class Example:
     case_id: str
+    topic: str
     prompt: str
     answer: str
 
@@ -53,12 +54,22 @@ def default_output(settings: Settings) -> Path:
 
 def case_features(data_dir: Path, cases: list[Case], encoder: str) -> dict[str, torch.Tensor]:
     items = [(case.case_id, lambda case=case: load_case_volume(data_dir, case)) for case in cases]
-    return cached_features(data_dir / f"features-{encoder}.pt", items, encoder)
+    return cached_features(data_dir / feature_cache_name(encoder), items, encoder)
 
 
 def examples_for(cases: list[Case], visual_tokens: int) -> list[Example]:
-    return [Example(case.case_id, prompt_text(pair.question, visual_tokens), pair.answer)
+    return [Example(case.case_id, pair.topic, prompt_text(pair.question, visual_tokens), pair.answer)
             for case in cases for pair in case.qa]
+
+
+def topic_balanced_batch(examples: list[Example], batch_size: int, rng: random.Random) -> list[Example]:
+    """A topic drawn uniformly, then an example of it: side and lobe questions exist only for lesioned cases,
+    so uniform sampling over examples would show them half as often as modality or coverage."""
+    by_topic: dict[str, list[Example]] = {}
+    for example in examples:
+        by_topic.setdefault(example.topic, []).append(example)
+    topics = sorted(by_topic)
+    return [rng.choice(by_topic[rng.choice(topics)]) for _ in range(batch_size)]
 
 
 def collate(examples: list[Example], tokenizer, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -88,7 +99,7 @@ def _run_stage(model: ScanChatVLM, accelerator, examples: list[Example], feature
     model.train()
     with tqdm(range(steps), desc=name, unit="step") as bar:
         for _ in bar:
-            batch = collate(rng.sample(examples, min(batch_size, len(examples))), model.tokenizer, features)
+            batch = collate(topic_balanced_batch(examples, batch_size, rng), model.tokenizer, features)
             batch = {key: value.to(accelerator.device) for key, value in batch.items()}
             with accelerator.autocast():
                 loss = model.answer_loss(**batch)
