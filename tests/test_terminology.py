@@ -1,7 +1,8 @@
 """The medical term index: sources, glossary, search, normalisation and its on-disk cache.
 
 The index built here is small (concepts filtered by code prefix) but real: real source files,
-the default ONNX embedder, FAISS and the lexical layer, so that it builds in well under a minute.
+the default embedder (the fine-tuned int8 ONNX MiniLM that scripts/setup trains), FAISS and the
+lexical layer, so that it builds in well under a minute.
 """
 
 from __future__ import annotations
