@@ -1,9 +1,9 @@
 """Fit, cache and apply normal models: `detect_anomalies(volume)` is the one entry point for tools and the CLI.
 
-The image score is the larger of two components, each relative to held-out normal scans: the largest
-compact area of deviation from the normal model, and the same for deviation in excess of the mirror image
-across the mid-sagittal plane (focal lesions are nearly always one-sided; much of how a new normal brain
-differs from the model is not).
+The image score is the larger of two components, each relative to held-out normal scans: how far the
+largest compact area of deviation from the normal model stands out from the scan's next largest ones, and
+the same for deviation in excess of the mirror image across the mid-sagittal plane (focal lesions are
+nearly always one-sided; much of how a new normal brain differs from the model is not).
 
 Only brain T1 MR has a normal model (the offline normal scans are brain MRs); any other modality or
 body region is refused with a message instead of a guess. Fitted models live under
@@ -37,12 +37,14 @@ log = logging.getLogger(__name__)
 
 DEFAULT_METHOD = "feature_memory"  # image AUROC within noise of normative's, most lesions above threshold, no false alarms (evals/README.md)
 BODY_MODEL = "brain T1 MR"
-MODEL_VERSION = 5
+MODEL_VERSION = 6
 MIN_TEMPLATE_CORRELATION = 0.4  # below this the scan does not look like a brain MR aligned to the template
 AUGMENTATIONS_PER_SCAN = 8
 CALIBRATION_AUGMENTATIONS = 8
 VOXEL_PERCENTILE = 99.5  # of voxel scores on held-out normal scans: the map's threshold for regions
 SCORE_PERCENTILE = 95.0  # of a component's voxel values on held-out normals: where the image score starts counting
+BACKGROUND_AREAS = 5  # the largest area is compared with the mean of the next this many
+BACKGROUND_FLOOR = 0.005  # of the largest normal area's excess, so scans with (almost) no other areas are not divided by 0
 MIN_SLICES = 8
 
 
@@ -66,6 +68,7 @@ class ComponentCalibration:
     """One image-score component calibrated on held-out normal scans: where its voxels start counting and its top normal score."""
 
     voxel_threshold: float
+    background_floor: float  # added to the mean of the background areas' excess (score x mL)
     normal_maximum: float  # the component's largest image score over the held-out normal scans
 
 
@@ -95,7 +98,8 @@ def score_parts(score_map: np.ndarray, components: dict[str, ComponentCalibratio
     """Each component's image score relative to the held-out normals (1 = the highest of them)."""
     space = template_space()
     return {
-        name: largest_compact_excess(SCORE_COMPONENTS[name](score_map, space), space.brain_mask, calibration.voxel_threshold)
+        name: standout(compact_area_excesses(SCORE_COMPONENTS[name](score_map, space), space.brain_mask,
+                                             calibration.voxel_threshold), calibration.background_floor)
         / max(calibration.normal_maximum, 1e-6)
         for name, calibration in components.items()
     }
@@ -114,26 +118,42 @@ def calibrated_components(maps: list[np.ndarray]) -> dict[str, ComponentCalibrat
     for name, component in SCORE_COMPONENTS.items():
         values = [component(score_map, space) for score_map in maps]
         threshold = float(np.percentile(np.concatenate([v[space.brain_mask] for v in values]), SCORE_PERCENTILE))
-        normal_maximum = max(largest_compact_excess(v, space.brain_mask, threshold) for v in values)
-        components[name] = ComponentCalibration(threshold, normal_maximum)
+        areas = [compact_area_excesses(v, space.brain_mask, threshold) for v in values]
+        floor = BACKGROUND_FLOOR * max((a[0] for a in areas if len(a)), default=0.0) + 1e-6
+        components[name] = ComponentCalibration(threshold, floor, max(standout(a, floor) for a in areas))
     return components
 
 
-def largest_compact_excess(score_map: np.ndarray, mask: np.ndarray, voxel_threshold: float) -> float:
-    """Excess score summed over the largest compact area above the voxel threshold (score x mL at 2 mm).
+def compact_area_excesses(score_map: np.ndarray, mask: np.ndarray, voxel_threshold: float) -> np.ndarray:
+    """Excess score summed over each compact area above the voxel threshold (score x mL at 2 mm), largest first.
 
     A lesion raises a solid block of neighbouring voxels, while registration and anatomy differences
     between subjects leave isolated voxels and thin shells along tissue borders. An opening with a
-    one-voxel cross removes everything thinner than 3 voxels (6 mm) before the largest area is taken,
+    one-voxel cross removes everything thinner than 3 voxels (6 mm) before the areas are taken,
     so lesions under about 6 mm do not count towards the image score (they still show in the map).
     """
     excess = np.where(mask, score_map - voxel_threshold, 0.0)
     compact = ndimage.binary_opening(excess > 0, structure=ndimage.generate_binary_structure(3, 1))
     components, count = ndimage.label(compact)
-    if count == 0:
+    masses = ndimage.sum_labels(excess, components, np.arange(1, count + 1)) if count else np.zeros(0)
+    return np.sort(masses)[::-1] * (TEMPLATE_RESOLUTION_MM / 10) ** 3
+
+
+def standout(area_excesses: np.ndarray, floor: float) -> float:
+    """How many times the largest area's excess is the mean of the next few areas' (plus a small floor).
+
+    Each subject's brain misfits the normal model in several places of similar size (ventricles, sulci,
+    the brain's edge), and how much differs by subject: in a scan that misfits everywhere the largest area
+    is large but not alone. A focal lesion is one area far above the scan's others. On a development set
+    (seed 11, not the reported cases) this ranked lesions >= 10 mm against held-out normals at image AUROC
+    0.87 (normative) and 0.90 (feature_memory), against 0.77 and 0.79 for the largest area's excess alone
+    (evals/README.md). Several lesions
+    of similar size in one scan lower each other's standing.
+    """
+    if len(area_excesses) == 0:
         return 0.0
-    masses = ndimage.sum_labels(excess, components, np.arange(1, count + 1))
-    return float(masses.max()) * (TEMPLATE_RESOLUTION_MM / 10) ** 3
+    background = area_excesses[1:1 + BACKGROUND_AREAS]
+    return float(area_excesses[0] / ((background.sum() / BACKGROUND_AREAS) + floor))
 
 
 @cache
