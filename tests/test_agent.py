@@ -81,3 +81,10 @@ def test_the_label_asked_for_reaches_the_answer():
     lookups = [r.result for r in trace.tool_calls if r.name == "lookup_term" and r.result is not None]
     assert lookups and lookups[0].language == "es"
     assert lookups[0].hits[0].label.casefold() in trace.answer.casefold()
+
+
+def test_a_screening_answer_states_the_score_and_its_threshold():
+    trace = _agent(load_sample("mr-t1-mni152"), model_name="smollm2-135m").ask("Is anything abnormal in this brain MRI?")
+    screens = [r.result for r in trace.tool_calls if r.name == "detect_anomalies" and r.result is not None]
+    assert screens, trace.tool_calls
+    assert f"{screens[0].image_score:.2f}" in trace.answer and f"{screens[0].threshold:.2f}" in trace.answer
