@@ -20,7 +20,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from assistant.terminology.index import IndexOptions, TermIndex, _faiss_index, index_folder, open_term_index
+from assistant.terminology.index import CANDIDATES, IndexOptions, TermIndex, _faiss_index, index_folder, open_term_index
 from evals.terms.common import print_table, rng, write_results
 
 K = 10
@@ -126,9 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     ngrams = index._ngrams
     stages = [
         ("query embedding alone", lambda text: index._embed_queries([text])),
-        ("char 3-gram top-50: posting lists (now)", lambda text: ngrams.search(text, 50)),
-        ("char 3-gram top-50: sklearn transform + sparse product (before)",
-         lambda text: _sparse_product_top_k(ngrams, text, 50)),
+        (f"char 3-gram top-{CANDIDATES} (search()'s candidates): posting lists (now)", lambda text: ngrams.search(text, CANDIDATES)),
+        (f"char 3-gram top-{CANDIDATES}: sklearn transform + sparse product (before)",
+         lambda text: _sparse_product_top_k(ngrams, text, CANDIDATES)),
     ]
     end_to_end = [timing_row(name, run, texts) for name, run in stages]
     end_to_end += [timing_row(f"search() {method}", lambda text, m=method: index.search(text, k=K, method=m), texts)
