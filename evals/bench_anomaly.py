@@ -10,7 +10,8 @@ sizes) split by polarity and mass effect. Prints a table and writes JSON to eval
 
 Image scores are relative to each fold's held-out normals (1 = the highest of them; voxel scores are
 divided by the voxel threshold) before pooling the folds, so that AUROC measures the calibrated operating
-scale. Each image-score component (deviation, one-sided deviation) also gets its own image AUROC per size.
+scale. Each image-score component (deviation, one-sided deviation, one-sided blob) also gets its own image AUROC
+per size.
 
     nice python evals/bench_anomaly.py --per-size 3 --cases /tmp/anomaly_cases.pkl \
         --methods zscore normative autoencoder feature_memory --end-to-end normative

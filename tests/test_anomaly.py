@@ -7,9 +7,10 @@ import dataclasses
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
-from assistant.anomaly.detector import (AUGMENTATIONS_PER_SCAN, CALIBRATION_AUGMENTATIONS, check_scan,
+from assistant.anomaly.detector import (AUGMENTATIONS_PER_SCAN, CALIBRATION_AUGMENTATIONS, blob_peaks, check_scan,
                                         compact_area_excesses, fit_normal_model, normal_images, one_sided_deviation,
                                         score_parts, standout)
 from assistant.anomaly.lesions import LesionSpec, insert_lesion
@@ -62,6 +63,24 @@ def test_one_area_far_above_the_scans_others_stands_out_more_than_the_largest_of
     assert lone_areas[0] == crowded_areas[0]
     assert standout(lone_areas, floor=0.01) > 2 * standout(crowded_areas, floor=0.01)
     assert standout(np.zeros(0), floor=0.01) == 0.0
+
+
+def test_blob_detector_scores_a_ball_of_deviation_above_a_sheet_and_a_tube_of_the_same_volume():
+    """Misfit along a ventricle wall (sheet) or a sulcus (tube) is as large as a lesion to the compact-area step."""
+    space = template_space()
+    offset = np.indices(space.shape) - np.array([30, 60, 45])[:, None, None, None]  # left hemisphere, inside the brain
+    shapes = {
+        "ball": (offset**2).sum(axis=0) <= 5**2,  # 20 mm across
+        "sheet": (np.abs(offset[0]) <= 1) & (np.abs(offset[1]) <= 6) & (np.abs(offset[2]) <= 6),
+        "tube": (np.abs(offset[0]) <= 2) & (np.abs(offset[1]) <= 2) & (np.abs(offset[2]) <= 10),
+    }
+    maps = {name: np.where(space.brain_mask, ndimage.gaussian_filter(shape * 3.0, 1.0), 0.0).astype(np.float32)
+            for name, shape in shapes.items()}
+    assert all(abs(int(shape.sum()) - 515) < 20 and np.all(space.brain_mask[shape]) for shape in shapes.values())
+    areas = {name: compact_area_excesses(m, space.brain_mask, 0.5)[0] for name, m in maps.items()}
+    peaks = {name: blob_peaks(m, space.brain_mask)[0] for name, m in maps.items()}
+    assert min(areas.values()) > 0.8 * areas["ball"]
+    assert peaks["ball"] > 2 * max(peaks["sheet"], peaks["tube"])
 
 
 def test_template_mirror_is_the_reflection_about_the_mid_sagittal_plane():
@@ -128,8 +147,8 @@ def test_normative_localises_20mm_lesion_inserted_in_native_held_out_brain(colin
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="known gap: normative's image AUROC for 20 mm lesions is 0.91 in evals/bench_anomaly.py "
-                          "(2026-11-28 04:00), so one lesioned scan does not always outscore its normal copy", strict=False)
+@pytest.mark.xfail(reason="known gap: normative's image AUROC for 20 mm lesions is 0.90 in evals/bench_anomaly.py "
+                          "(2026-11-28 06:10), so one lesioned scan does not always outscore its normal copy", strict=False)
 def test_20mm_lesion_scores_above_the_same_brain_without_it(colin_with_and_without_lesion):
     scores, _, _ = colin_with_and_without_lesion
     assert scores[1] > scores[0]
@@ -142,8 +161,8 @@ def test_held_out_normal_brain_stays_below_the_calibrated_threshold(normative_wi
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="known gap: 5 of 9 20 mm lesions (7 of 9 at 30 mm) exceed normative's image threshold in "
-                          "evals/bench_anomaly.py (2026-11-28 04:00): the held-out normal copies set it high", strict=False)
+@pytest.mark.xfail(reason="known gap: 7 of 9 20 mm lesions (7 of 9 at 30 mm) exceed normative's image threshold in "
+                          "evals/bench_anomaly.py (2026-11-28 06:10): the held-out normal copies set it high", strict=False)
 def test_20mm_lesion_exceeds_the_calibrated_threshold(normative_without_colin, colin_with_and_without_lesion):
     scores, _, _ = colin_with_and_without_lesion
     assert scores[1] > normative_without_colin.image_threshold
