@@ -1,6 +1,6 @@
 """Benchmark ScanChat's 3D VLM on held-out in-silico cases, against a text-only LLM and chance, in one run.
 
-    python evals/bench_vlm.py [--data DIR] [--model DIR] [--limit N] [--open-limit N]
+    python evals/bench_vlm.py [--data DIR] [--model DIR] [--limit N] [--open-limit N] [--dev-base BASE --no-text-baseline]
 
 M3D-Bench-style metrics on the evaluation base volumes (never seen in training): closed-question
 accuracy by topic (modality, presence, side, lobe, coverage; options scored by log-likelihood),
@@ -53,19 +53,36 @@ def parse_size(text: str) -> float | None:
     return float(found.group(1)) if found else None
 
 
-def evaluate(data_dir: Path, model_dir: Path, limit: int | None, open_limit: int | None = None) -> dict:
+def model_train_bases(model_dir: Path) -> list[str] | None:
+    """The base volumes the model was trained on, from its training log (None for a model trained before it was logged)."""
+    log_file = model_dir / "train_log.json"
+    return json.loads(log_file.read_text()).get("train_bases") if log_file.is_file() else None
+
+
+def evaluate(data_dir: Path, model_dir: Path, limit: int | None, open_limit: int | None = None, dev_base: str | None = None,
+             text_baseline: bool = True) -> dict:
     """Closed questions on every held-out case; open ones (caption, size) on the first `open_limit` cases only,
-    since generation dominates the run on a shared CPU."""
+    since generation dominates the run on a shared CPU.
+
+    `dev_base` evaluates instead on a training base that this model was trained without (`--exclude-base`):
+    the development split on which designs are chosen, so the held-out base is scored only once.
+    Development runs may skip the text-only baseline (`text_baseline=False`), which doubles the time.
+    """
     torch.set_num_threads(get_settings().llm_threads)
     cases = read_cases(data_dir / "cases.jsonl")
-    train_cases = [c for c in cases if c.split == "train"]
-    eval_cases = [c for c in cases if c.split == "eval"][:limit]
+    trained_on = model_train_bases(model_dir)
+    if dev_base is not None and (trained_on is None or dev_base in trained_on):
+        raise SystemExit(f"{model_dir} was trained on {dev_base} (or does not say what it was trained on); "
+                         f"train it with --exclude-base {dev_base} to evaluate there")
+    train_cases = [c for c in cases if c.split == "train" and (trained_on is None or c.base in trained_on)]
+    eval_cases = [c for c in cases if (c.base == dev_base if dev_base else c.split == "eval")][:limit]
     started = time.perf_counter()
     vlm = load_vlm(model_dir)
     load_seconds = time.perf_counter() - started
     features = case_features(data_dir, eval_cases, vlm.config.encoder)
     mean_train_size = statistics.mean(c.lesion.diameter_mm for c in train_cases if c.lesion)
-    correct: dict[str, dict[str, list[bool]]] = {arm: defaultdict(list) for arm in ("vlm", "text", "chance")}
+    arms = ("vlm", "text", "chance") if text_baseline else ("vlm", "chance")
+    correct: dict[str, dict[str, list[bool]]] = {arm: defaultdict(list) for arm in arms}
     size_error: dict[str, list[float]] = defaultdict(list)
     captions: dict[str, list[str]] = defaultdict(list)
     references: list[str] = []
@@ -73,17 +90,18 @@ def evaluate(data_dir: Path, model_dir: Path, limit: int | None, open_limit: int
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     for index, case in enumerate(tqdm(eval_cases, desc="held-out cases", unit="case")):
         grid = features[case.case_id].float()
-        description = scan_description(case, data_dir)
+        description = scan_description(case, data_dir) if text_baseline else ""
         for pair in case.qa:
             if pair.kind == "closed":
                 tick = time.perf_counter()
                 vlm_scores = vlm.option_log_likelihoods(grid, pair.question, pair.options)
                 closed_latency.append(time.perf_counter() - tick)
-                with vlm.llm.disable_adapter():
-                    text_scores = vlm.option_log_likelihoods(None, description + pair.question, pair.options)
                 answer_index = pair.options.index(pair.answer)
                 correct["vlm"][pair.topic].append(max(range(len(vlm_scores)), key=vlm_scores.__getitem__) == answer_index)
-                correct["text"][pair.topic].append(max(range(len(text_scores)), key=text_scores.__getitem__) == answer_index)
+                if text_baseline:
+                    with vlm.llm.disable_adapter():
+                        text_scores = vlm.option_log_likelihoods(None, description + pair.question, pair.options)
+                    correct["text"][pair.topic].append(max(range(len(text_scores)), key=text_scores.__getitem__) == answer_index)
                 correct["chance"][pair.topic].append(1 / len(pair.options))  # expected accuracy
                 continue
             if open_limit is not None and index >= open_limit:
@@ -91,23 +109,26 @@ def evaluate(data_dir: Path, model_dir: Path, limit: int | None, open_limit: int
             tick = time.perf_counter()
             vlm_answer = _generate(vlm, grid, pair.question, 28)
             open_latency.append(time.perf_counter() - tick)
-            with vlm.llm.disable_adapter():
-                text_answer = _generate(vlm, None, description + pair.question, 28)
+            answers = {"vlm": vlm_answer}
+            if text_baseline:
+                with vlm.llm.disable_adapter():
+                    answers["text"] = _generate(vlm, None, description + pair.question, 28)
             if pair.topic == "size":
                 truth = case.lesion.diameter_mm
-                for arm, answer in (("vlm", vlm_answer), ("text", text_answer)):
+                for arm, answer in answers.items():
                     value = parse_size(answer)
                     size_error[arm].append(abs(value - truth) if value is not None else truth)  # no number: error = truth
                 size_error["chance"].append(abs(mean_train_size - truth))
             else:
-                captions["vlm"].append(vlm_answer)
-                captions["text"].append(text_answer)
+                for arm, answer in answers.items():
+                    captions[arm].append(answer)
                 references.append(pair.answer)
     report: dict = {"eval_cases": len(eval_cases), "open_answer_cases": min(len(eval_cases), open_limit or len(eval_cases)),
                     "eval_bases": sorted({c.base for c in eval_cases}),
                     "train_bases": sorted({c.base for c in train_cases}), "encoder": vlm.config.encoder,
+                    "presence_channels": list(vlm.config.presence_channels),
                     "load_seconds": round(load_seconds, 1), "arms": {}}
-    for arm in ("vlm", "text", "chance"):
+    for arm in arms:
         topics = {topic: round(sum(map(float, values)) / len(values), 3) for topic, values in correct[arm].items()}
         all_closed = [float(v) for values in correct[arm].values() for v in values]
         entry = {"closed_accuracy": round(sum(all_closed) / len(all_closed), 3), **{f"{t}_accuracy": a for t, a in topics.items()},
@@ -137,7 +158,7 @@ def print_table(report: dict) -> None:
     metrics = [key for key in arms["vlm"] if not key.endswith("examples")]
     print(f"{'metric':24s} {'vlm':>10s} {'text-only':>10s} {'chance':>10s}")
     for metric in metrics:
-        row = [arms[arm].get(metric) for arm in ("vlm", "text", "chance")]
+        row = [arms.get(arm, {}).get(metric) for arm in ("vlm", "text", "chance")]
         print(f"{metric:24s} " + " ".join(f"{'-' if v is None else v:>10}" for v in row))
     print(f"eval cases {report['eval_cases']} ({', '.join(report['eval_bases'])}); encoder {report['encoder']}; "
           f"latency closed {report['latency_closed_s']} s, open {report['latency_open_s']} s; peak RSS {report['peak_rss_gb']} GB")
@@ -150,13 +171,19 @@ def main() -> int:
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N held-out cases")
     parser.add_argument("--open-limit", type=int, default=None, help="generate open answers for the first N of them only")
+    parser.add_argument("--dev-base", default=None, metavar="BASE",
+                        help="evaluate on this training base instead (the model must have been trained with --exclude-base BASE)")
+    parser.add_argument("--no-text-baseline", dest="text_baseline", action="store_false",
+                        help="skip the text-only LLM (development runs; reported figures keep it)")
     args = parser.parse_args()
     settings = get_settings()
-    report = evaluate(args.data or default_data_dir(settings), args.model or default_output(settings), args.limit, args.open_limit)
+    report = evaluate(args.data or default_data_dir(settings), args.model or default_output(settings), args.limit, args.open_limit,
+                      args.dev_base, args.text_baseline)
     print_table(report)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2))
-    print(f"wrote {RESULTS}")
+    results = RESULTS.with_name(f"bench_vlm_dev-{args.dev_base}.json") if args.dev_base else RESULTS
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(report, indent=2))
+    print(f"wrote {results}")
     return 0
 
 

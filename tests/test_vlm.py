@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from assistant.vlm.cases import read_cases
 from assistant.vlm.data import base_volume, case_questions, generate_cases, lobe_of, volume_world_x
 from assistant.vlm.encoder import SymmetryGridEncoder
 from assistant.vlm.m3d import M3DLaMed, M3DVisionConfig, load_m3d_checkpoint, map_checkpoint_key
-from assistant.vlm.model import left_minus_right, load_llm
+from assistant.vlm.model import VisualProjector, VLMConfig, left_minus_right, load_llm
 from assistant.vlm.preprocess import SliceSelection, VolumeNotSupported, axial_slices, check_volume, m3d_input
 from assistant.volume import Modality, ScanLoadError, ScanMetadata, Volume
 
@@ -203,6 +205,39 @@ def test_weight_free_features_show_presence_and_side_on_a_held_out_base():
     for (side, _), grid in zip(lesions, with_lesions):
         assert ("left", "right")[int(grid[1].amax(dim=(0, 2)).argmax())] == side
         assert (float(left_minus_right(grid[None])[0, 1]) > 0) == (side == "left")  # the VLM's hemisphere token
+
+
+def test_presence_token_reads_the_largest_finding_value_wherever_it_is(tmp_path):
+    """The presence token sees how far the largest asymmetry stands above the head's own level, not where it lies nor
+    the head's other channels;
+    the hemisphere token sees the side of a finding but not a head lit brighter on one side. A model folder from
+    before these tokens loads without them."""
+    projector = VisualProjector(7, 16, cells=18, hemisphere_token=True, presence_channels=(0,), hemisphere_channels=(0, 1, 2, 3)).eval()
+    normal = torch.rand(1, 7, 3, 2, 3) * 0.1
+    normal[0, 0] = 0.05  # the same asymmetry in every cell, so moving the lesion leaves the median where it was
+    left, right = normal.clone(), normal.clone()
+    left[0, 0, 0, 0, 0] = right[0, 0, 2, 1, 2] = 1.0
+    lit_from_the_left = left.clone()
+    lit_from_the_left[0, 4:, :, 0] += 1.0  # intensity, height and air channels of the left half
+    more_asymmetric_head = left.clone()
+    more_asymmetric_head[0, 0] += 0.2  # every cell: a head less symmetric than another, not a finding
+    with torch.no_grad():
+        tokens = {name: projector(grid)[0] for name, grid in
+                  [("normal", normal), ("left", left), ("right", right), ("lit", lit_from_the_left), ("head", more_asymmetric_head)]}
+    assert tokens["left"].shape == (20, 16)
+    presence, hemisphere = -1, -2
+    assert torch.allclose(tokens["left"][presence], tokens["right"][presence])
+    assert torch.allclose(tokens["left"][presence], tokens["lit"][presence])
+    assert torch.allclose(tokens["left"][presence], tokens["head"][presence], atol=1e-5)
+    assert not torch.allclose(tokens["left"][presence], tokens["normal"][presence], atol=1e-4)
+    assert not torch.allclose(tokens["left"][hemisphere], tokens["right"][hemisphere], atol=1e-4)
+    assert torch.allclose(tokens["left"][hemisphere], tokens["lit"][hemisphere])
+    VLMConfig(encoder="symmetry-grid", feature_dim=7, grid=(3, 2, 3), presence_channels=(0,)).save(tmp_path)
+    assert VLMConfig.load(tmp_path).visual_tokens == 20
+    saved = json.loads((tmp_path / "vlm_config.json").read_text())
+    del saved["presence_channels"]
+    (tmp_path / "vlm_config.json").write_text(json.dumps(saved))
+    assert VLMConfig.load(tmp_path).presence_channels == () and VLMConfig.load(tmp_path).visual_tokens == 19
 
 
 def test_gpu_quantization_on_a_cpu_machine_is_a_clear_error():

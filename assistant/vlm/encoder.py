@@ -34,6 +34,8 @@ class EncoderInfo:
     feature_dim: int
     pretrained: bool
     version: int = 1  # raised whenever the features change, so cached feature files are not reused
+    finding_channels: tuple[int, ...] = ()  # channels whose largest value over the grid says whether a finding is there
+    side_channels: tuple[int, ...] = ()  # channels whose left-right difference says the side of a finding (empty: all)
 
 
 class VolumeEncoder(torch.nn.Module):
@@ -95,7 +97,8 @@ class SymmetryGridEncoder(VolumeEncoder):
     a head CT's brain window and a T1's scaled range overlap).
     """
 
-    info = EncoderInfo("symmetry-grid (weight-free)", 7, pretrained=False, version=3)
+    info = EncoderInfo("symmetry-grid (weight-free)", 7, pretrained=False, version=3, finding_channels=(0,),
+                       side_channels=(0, 1, 2, 3))
     cells = (3, 3)  # (y, z) cells per hemisphere
     spacing_mm = 2.0
 
@@ -235,9 +238,14 @@ def _encoder_class(name: str) -> Callable[[], VolumeEncoder]:
     return ENCODERS[name]
 
 
+def encoder_info(name: str) -> EncoderInfo:
+    """What an encoder gives, without loading its weights."""
+    return _encoder_class(name).info
+
+
 def feature_cache_name(name: str) -> str:
     """The cache file of an encoder's features, named with its feature version so stale caches are never read."""
-    return f"features-{name}-v{_encoder_class(name).info.version}.pt"
+    return f"features-{name}-v{encoder_info(name).version}.pt"
 
 
 @cache

@@ -33,10 +33,12 @@ class VLMConfig:
     lora_rank: int = 8
     lora_alpha: int = 16
     hemisphere_token: bool = True  # one more visual token: the left half of the grid minus its mirrored right half
+    presence_channels: tuple[int, ...] = ()  # one more visual token when set: these channels' largest values over the grid
+    hemisphere_channels: tuple[int, ...] = ()  # the channels the hemisphere token compares (empty: all)
 
     @property
     def visual_tokens(self) -> int:
-        return self.grid[0] * self.grid[1] * self.grid[2] + int(self.hemisphere_token)
+        return self.grid[0] * self.grid[1] * self.grid[2] + int(self.hemisphere_token) + int(bool(self.presence_channels))
 
     def save(self, folder: Path) -> None:
         (folder / "vlm_config.json").write_text(json.dumps(asdict(self), indent=2))
@@ -48,6 +50,8 @@ class VLMConfig:
             raise ModelError(f"{folder} is not a trained ScanChat VLM (no vlm_config.json); train one with `scanchat vlm train`")
         values = json.loads(path.read_text())
         values["grid"] = tuple(values["grid"])
+        for key in ("presence_channels", "hemisphere_channels"):
+            values[key] = tuple(values.get(key, ()))
         return cls(**values)
 
 
@@ -63,22 +67,43 @@ class VisualProjector(nn.Module):
     grid's left half minus its mirrored right half, through its own MLP. With cell tokens alone, the
     side of a finding is *which* token carries it, and the LLM did not learn that from a few hundred
     side questions (side accuracy at chance while a linear probe on the same features read it at 0.95);
-    in this token the side is the sign of the content, which an MLP and LoRA can map to a word.
+    in this token the side is the sign of the content, which an MLP and LoRA can map to a word. It compares
+    the encoder's side channels only: left-right differences of intensity or height are how a head is
+    lit and cut, not where a finding is.
+
+    The presence token (when the encoder names finding channels) is how far those channels' largest
+    standardised value over the cells stands above their median cell, through its own MLP. Whether there
+    is a finding is a question about the whole grid; with cell tokens alone the model learned it from how
+    the training heads differ (presence 0.45 on a left-out training base). Above the median, not the raw maximum:
+    how asymmetric a normal head is varies from head to head (largest asymmetry 0.05 in MNI152's normal
+    copies, 0.10-0.14 in the ITK T1's), a lesion stands out from the head's own level (0.11 or more above
+    the median in both, 0.04 or less without one). Only finding channels: the maximum of every channel
+    (intensity, height, air share) carries which head it is, and a token built from it cut presence to 0.55.
     """
 
-    def __init__(self, feature_dim: int, hidden: int, cells: int, hemisphere_token: bool) -> None:
+    def __init__(self, feature_dim: int, hidden: int, cells: int, hemisphere_token: bool,
+                 presence_channels: tuple[int, ...] = (), hemisphere_channels: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.norm = nn.BatchNorm1d(feature_dim, affine=False)
         self.mlp = nn.Sequential(nn.Linear(feature_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
-        self.position = nn.Parameter(torch.zeros(cells + int(hemisphere_token), hidden))
-        self.hemisphere = nn.Sequential(nn.BatchNorm1d(feature_dim, affine=False), nn.Linear(feature_dim, hidden), nn.GELU(),
+        self.position = nn.Parameter(torch.zeros(cells + int(hemisphere_token) + int(bool(presence_channels)), hidden))
+        self.hemisphere_channels = list(hemisphere_channels or range(feature_dim))
+        compared = len(self.hemisphere_channels)
+        self.hemisphere = nn.Sequential(nn.BatchNorm1d(compared, affine=False), nn.Linear(compared, hidden), nn.GELU(),
                                         nn.Linear(hidden, hidden)) if hemisphere_token else None
+        self.presence_channels = list(presence_channels)
+        self.presence = nn.Sequential(nn.Linear(len(presence_channels), hidden), nn.GELU(),
+                                      nn.Linear(hidden, hidden)) if presence_channels else None
 
     def forward(self, grid: torch.Tensor) -> torch.Tensor:
-        tokens = self.mlp(self.norm(grid.flatten(2)).transpose(1, 2))
+        standardised = self.norm(grid.flatten(2))
+        tokens = [self.mlp(standardised.transpose(1, 2))]
         if self.hemisphere is not None:
-            tokens = torch.cat([tokens, self.hemisphere(left_minus_right(grid))[:, None]], dim=1)
-        return tokens + self.position
+            tokens.append(self.hemisphere(left_minus_right(grid[:, self.hemisphere_channels]))[:, None])
+        if self.presence is not None:
+            finding = standardised[:, self.presence_channels]
+            tokens.append(self.presence(finding.amax(dim=2) - finding.median(dim=2).values)[:, None])
+        return torch.cat(tokens, dim=1) + self.position
 
 
 def left_minus_right(grid: torch.Tensor) -> torch.Tensor:
@@ -146,7 +171,8 @@ class ScanChatVLM(nn.Module):
         self.tokenizer = tokenizer
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         cells = config.grid[0] * config.grid[1] * config.grid[2]
-        self.projector = VisualProjector(config.feature_dim, llm.config.hidden_size, cells, config.hemisphere_token).to(llm.device)
+        self.projector = VisualProjector(config.feature_dim, llm.config.hidden_size, cells, config.hemisphere_token,
+                                         config.presence_channels, config.hemisphere_channels).to(llm.device)
 
     @property
     def device(self) -> torch.device:

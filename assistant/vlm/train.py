@@ -25,7 +25,7 @@ from tqdm import tqdm
 from assistant.config import Settings, get_settings
 from assistant.models.base import ModelError
 from assistant.vlm.cases import Case, default_data_dir, load_case_volume, read_cases
-from assistant.vlm.encoder import cached_features, feature_cache_name, get_encoder
+from assistant.vlm.encoder import cached_features, encoder_info, feature_cache_name
 from assistant.vlm.model import ScanChatVLM, VLMConfig, load_llm, prompt_text
 
 log = logging.getLogger(__name__)
@@ -114,12 +114,14 @@ def _run_stage(model: ScanChatVLM, accelerator, examples: list[Example], feature
 
 def train(data_dir: Path, out: Path, *, encoder: str = "merlin", align_steps: int = 60, tune_steps: int = 120,
           batch_size: int = 8, learning_rate: float = 1e-3, lora_learning_rate: float = 2e-4, qlora: bool = False, bf16: bool = True,
-          seed: int = 0, llm_folder: str | None = None, settings: Settings | None = None) -> dict:
+          seed: int = 0, llm_folder: str | None = None, exclude_bases: tuple[str, ...] = (), presence_token: bool = True,
+          side_channels: bool = True, settings: Settings | None = None) -> dict:
     """Train and save the VLM into `out`; returns a summary (losses, seconds) also written as train_log.json.
 
     `llm_folder` is any transformers causal-LM folder (default: the packaged Qwen2.5-Coder-0.5B).
     `bf16` runs the steps under bfloat16 autocast (weights stay float32): about 1.6x faster on this
-    CPU (AVX512-BF16), and the usual choice on a GPU.
+    CPU (AVX512-BF16), and the usual choice on a GPU. `exclude_bases` leaves training base volumes out,
+    so that designs can be compared on a base no model saw without touching the held-out one.
     """
     from accelerate import Accelerator
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -130,13 +132,15 @@ def train(data_dir: Path, out: Path, *, encoder: str = "merlin", align_steps: in
     torch.manual_seed(seed)
     rng = random.Random(seed)
     started = time.perf_counter()
-    cases = [case for case in read_cases(data_dir / "cases.jsonl") if case.split == "train"]
+    cases = [case for case in read_cases(data_dir / "cases.jsonl") if case.split == "train" and case.base not in exclude_bases]
     if not cases:
-        raise ValueError(f"{data_dir / 'cases.jsonl'} has no training cases")
+        raise ValueError(f"{data_dir / 'cases.jsonl'} has no training cases outside {', '.join(exclude_bases) or 'the held-out bases'}")
     features = case_features(data_dir, cases, encoder)
     sample_grid = next(iter(features.values()))
     config = VLMConfig(encoder=encoder, feature_dim=int(sample_grid.shape[0]), grid=tuple(sample_grid.shape[1:]),
-                       llm_folder=llm_folder or default_llm_folder(settings))
+                       llm_folder=llm_folder or default_llm_folder(settings),
+                       presence_channels=encoder_info(encoder).finding_channels if presence_token else (),
+                       hemisphere_channels=encoder_info(encoder).side_channels if side_channels else ())
     llm, tokenizer = load_llm(config.llm_folder, "4bit" if qlora else "none")
     if qlora:
         llm = prepare_model_for_kbit_training(llm)
@@ -152,7 +156,9 @@ def train(data_dir: Path, out: Path, *, encoder: str = "merlin", align_steps: in
     tune = _run_stage(model, accelerator, examples, features, tune_steps, batch_size, lora_learning_rate,
                       "instruction tuning (projector + LoRA)", rng)
     model.save(out)
-    summary = {"encoder": get_encoder(encoder).info.name, "train_cases": len(cases), "examples": len(examples),
+    summary = {"encoder": encoder_info(encoder).name, "train_bases": sorted({case.base for case in cases}),
+               "train_cases": len(cases), "examples": len(examples), "presence_channels": list(config.presence_channels),
+               "hemisphere_channels": list(config.hemisphere_channels),
                "align_loss_first_last": [align[0], sum(align[-10:]) / len(align[-10:])] if align else [],
                "tune_loss_first_last": [tune[0], sum(tune[-10:]) / len(tune[-10:])] if tune else [],
                "seconds": round(time.perf_counter() - started, 1), "device": str(accelerator.device), "qlora": qlora, "bf16": bf16,
@@ -172,13 +178,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32 instead of bfloat16 autocast")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--llm", default=None, help="transformers LLM folder (default: the packaged Qwen2.5-Coder-0.5B)")
+    parser.add_argument("--exclude-base", action="append", default=[], metavar="BASE",
+                        help="leave this training base volume out (a development split; repeatable)")
+    parser.add_argument("--no-presence-token", dest="presence_token", action="store_false",
+                        help="no presence token (the encoder's finding channels' largest values), for comparison")
+    parser.add_argument("--all-channels-hemisphere", dest="side_channels", action="store_false",
+                        help="the hemisphere token compares every channel, not only the encoder's side channels (for comparison)")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     settings = get_settings()
     summary = train(args.data or default_data_dir(settings), args.out or default_output(settings), encoder=args.encoder,
                     align_steps=args.align_steps, tune_steps=args.tune_steps, batch_size=args.batch_size, qlora=args.qlora, bf16=args.bf16,
-                    seed=args.seed, llm_folder=args.llm, settings=settings)
+                    seed=args.seed, llm_folder=args.llm, exclude_bases=tuple(args.exclude_base), presence_token=args.presence_token,
+                    side_channels=args.side_channels, settings=settings)
     print(json.dumps(summary, indent=2))
     return 0
 
