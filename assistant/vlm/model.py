@@ -33,7 +33,7 @@ class VLMConfig:
     lora_rank: int = 8
     lora_alpha: int = 16
     hemisphere_token: bool = True  # one more visual token: the left half of the grid minus its mirrored right half
-    presence_channels: tuple[int, ...] = ()  # one more visual token when set: these channels' largest values over the grid
+    presence_channels: tuple[int, ...] = ()  # one more visual token when set: how far these channels' largest cell stands above their median
     hemisphere_channels: tuple[int, ...] = ()  # the channels the hemisphere token compares (empty: all)
 
     @property
