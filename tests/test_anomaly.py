@@ -148,7 +148,8 @@ def test_normative_localises_20mm_lesion_inserted_in_native_held_out_brain(colin
 
 @pytest.mark.slow
 @pytest.mark.xfail(reason="known gap: normative's image AUROC for 20 mm lesions is 0.90 in evals/bench_anomaly.py "
-                          "(2026-11-28 06:10), so one lesioned scan does not always outscore its normal copy", strict=False)
+                          "(2026-11-28 06:10), so one lesioned scan does not always outscore its normal copy; registration "
+                          "is not bit-identical between runs, and this test passes in some and fails in others", strict=False)
 def test_20mm_lesion_scores_above_the_same_brain_without_it(colin_with_and_without_lesion):
     scores, _, _ = colin_with_and_without_lesion
     assert scores[1] > scores[0]
