@@ -10,12 +10,12 @@ import nibabel as nib
 from pydantic import BaseModel, Field
 from tqdm import tqdm
 
-from assistant.anomaly import DEFAULT_METHOD, METHODS, AnomalyResult, detect_anomalies, get_normal_model
+from assistant.anomaly import DEFAULT_METHOD, SCREENING_METHODS, AnomalyResult, detect_anomalies, get_normal_model
 from assistant.grounding import VERBATIM
 from assistant.session import Overlay
 from tools.base import ScanTool
 
-MethodName = Literal["zscore", "normative", "feature_memory", "autoencoder"]
+MethodName = Literal["ensemble", "zscore", "normative", "feature_memory", "autoencoder"]
 
 
 class DetectAnomaliesArgs(BaseModel):
@@ -48,7 +48,7 @@ def _tqdm_progress(bar: tqdm):
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("anomaly", help="screen a scan for deviations from normal (brain T1 MR); 'fit' fits a normal model")
     p.add_argument("scan", help="scan path or sample name, or 'fit' to fit and cache the normal model of --method (default: the default method)")
-    p.add_argument("--method", choices=sorted(METHODS), default=None, help=f"default: {DEFAULT_METHOD}")
+    p.add_argument("--method", choices=SCREENING_METHODS, default=None, help=f"default: {DEFAULT_METHOD}")
     p.add_argument("--map", help="write the voxel anomaly map (scan grid) to this NIfTI file")
     p.add_argument("--json", action="store_true", help="print the typed result as JSON")
     p.set_defaults(func=_cli)

@@ -1,11 +1,13 @@
 """Fit, cache and apply normal models: `detect_anomalies(volume)` is the one entry point for tools and the CLI.
 
-The image score is the largest of three components, each relative to held-out normal scans: how far the
-largest compact area of deviation from the normal model stands out from the scan's next largest ones; the
-same for deviation in excess of the mirror image across the mid-sagittal plane (focal lesions are nearly
-always one-sided; much of how a new normal brain differs from the model is not); and how far the most
-ball-shaped rise of that one-sided deviation stands out from the scan's next ones (lesions are compact
-blobs, misfit runs in sheets and tubes along ventricles, sulci and the brain's edge).
+A normal model has one voxel method or several (the ``ensemble``: normative and feature_memory, which miss
+different lesions). Each method's voxel map gives three image-score components: how far the largest compact
+area of deviation from the normal model stands out from the scan's next largest ones; the same for deviation
+in excess of the mirror image across the mid-sagittal plane (focal lesions are nearly always one-sided; much of
+how a new normal brain differs from the model is not); and how far the most ball-shaped rise of that one-sided
+deviation stands out from the scan's next ones (lesions are compact blobs, misfit runs in sheets and tubes along
+ventricles, sulci and the brain's edge). Each component is standardised against held-out normal scans, and the
+image score is the largest of them.
 
 Only brain T1 MR has a normal model (the offline normal scans are brain MRs); any other modality or
 body region is refused with a message instead of a guess. Fitted models live under
@@ -31,22 +33,41 @@ from assistant.anomaly.regions import top_regions
 from assistant.anomaly.result import AnomalyResult
 from assistant.anomaly.template import TEMPLATE_RESOLUTION_MM, TemplateSpace, template_space
 from assistant.config import Settings, get_settings
-from assistant.imaging.progress import ProgressCallback, report
+from assistant.imaging.progress import ProgressCallback, report, within
 from assistant.volume import Modality, Volume
 from tools.base import ToolError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_METHOD = "feature_memory"  # higher image AUROC than normative at 10-30 mm, more lesions above threshold, no false alarms (evals/README.md)
+
+@dataclass(frozen=True)
+class Ensemble:
+    """Voxel methods screened together: a scan is flagged when any of them finds it more unusual than every held-out normal."""
+
+    members: tuple[str, ...]
+    cannot_detect: tuple[str, ...]  # what all members miss
+
+
+ENSEMBLES = {
+    "ensemble": Ensemble(("normative", "feature_memory"), cannot_detect=(
+        "changes that keep both the local intensity and the local texture of normal tissue (isointense lesions, subtle atrophy)",
+        "anything outside the brain mask",
+        "lesions smaller than about 5 mm",
+    )),
+}
+SCREENING_METHODS: tuple[str, ...] = (*METHODS, *ENSEMBLES)
+DEFAULT_METHOD = "ensemble"  # highest image AUROC for lesions >= 10 mm on the development sets (evals/README.md)
 BODY_MODEL = "brain T1 MR"
-MODEL_VERSION = 7
+MODEL_VERSION = 8
 MIN_TEMPLATE_CORRELATION = 0.4  # below this the scan does not look like a brain MR aligned to the template
 AUGMENTATIONS_PER_SCAN = 8
 CALIBRATION_AUGMENTATIONS = 8
 VOXEL_PERCENTILE = 99.5  # of voxel scores on held-out normal scans: the map's threshold for regions
+VOXEL_THRESHOLD = 1.0  # maps are in multiples of that percentile, so members of an ensemble share a scale
 SCORE_PERCENTILE = 95.0  # of a component's voxel values on held-out normals: where the image score starts counting
 BACKGROUND_AREAS = 5  # the strongest finding (area or blob) is compared with the mean of the next this many
 BACKGROUND_FLOOR = 0.005  # of the strongest normal finding, so scans with (almost) no other findings are not divided by 0
+SMALLEST_STANDOUT = 1e-3  # a component with no finding at all, so its logarithm stays finite
 BLOB_SIGMA_VOXELS = 2.5  # 5 mm: the scale of the blob detector; a ball about 17 mm across responds most
 BLOB_SPACING_VOXELS = 5  # blob peaks closer than this (10 mm) count as one
 MIN_SLICES = 8
@@ -129,41 +150,71 @@ SCORE_COMPONENTS: dict[str, ScoreComponent] = {
 
 @dataclass(frozen=True)
 class ComponentCalibration:
-    """One image-score component calibrated on held-out normal scans: where its voxels start counting and its top normal score."""
+    """One image-score component calibrated on held-out normal scans: where its voxels start counting and how it varies."""
 
     voxel_threshold: float  # where areas start counting (the blob component measures shape, not this)
     background_floor: float  # added to the mean of the background findings' strengths
-    normal_maximum: float  # the component's largest image score over the held-out normal scans
+    log_mean: float  # of the component's standout over the held-out normal scans
+    log_std: float
+
+    def standardised(self, value: float) -> float:
+        """How many of the held-out normals' standard deviations `value` lies above their mean, on a log scale.
+
+        Components differ in how much they vary between normal brains (the blob standout is steady, the
+        compact areas' much less so); on the development sets standardising each before taking the largest
+        raised image AUROC for lesions >= 10 mm over dividing each by its normal maximum (evals/README.md).
+        """
+        return float((np.log(max(value, SMALLEST_STANDOUT)) - self.log_mean) / self.log_std)
+
+
+@dataclass
+class MemberModel:
+    """One fitted voxel method of a normal model, with its voxel threshold and its calibrated image-score components."""
+
+    method: AnomalyMethod
+    voxel_threshold: float
+    components: dict[str, ComponentCalibration]
+
+    def score(self, image: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+        """The voxel map in multiples of the voxel threshold, and each component's standardised image score."""
+        space = template_space()
+        score_map = self.method.score(image, space.brain_mask)
+        return score_map / self.voxel_threshold, score_parts(score_map, self.components, self.method.name)
 
 
 @dataclass
 class NormalModel:
-    """A fitted method and the thresholds calibrated on normal subjects it was not fitted on.
+    """Fitted voxel methods and the thresholds calibrated on normal subjects they were not fitted on.
 
-    The image score is the largest of its components, each divided by its highest score on the held-out
-    normal scans, so the image threshold is 1: above it, the scan deviates more than any of them did.
+    The image score is the largest standardised component over the members; the image threshold is the
+    largest image score among the held-out normal scans: above it, the scan deviates more than any of them did.
     """
 
-    method: AnomalyMethod
+    name: str
+    members: tuple[MemberModel, ...]
     training_scans: tuple[str, ...]
-    voxel_threshold: float
-    components: dict[str, ComponentCalibration]
+    image_threshold: float
     calibration_scores: tuple[float, ...]  # image scores of the held-out normal scans
     calibration: str  # how the thresholds were calibrated, for the result and the report
+    cannot_detect: tuple[str, ...]
     version: int = MODEL_VERSION
 
-    @property
-    def image_threshold(self) -> float:
-        """Component scores are relative to the most deviating held-out normal scan, which sits at 1."""
-        return 1.0
+    def score(self, image: np.ndarray) -> tuple[float, dict[str, float], np.ndarray]:
+        """Image score, its components and the voxel map (the members' largest, in multiples of their voxel thresholds)."""
+        maps, parts = [], {}
+        for member in self.members:
+            relative_map, member_parts = member.score(image)
+            maps.append(relative_map)
+            parts |= member_parts
+        return max(parts.values()), parts, np.maximum.reduce(maps)
 
 
-def score_parts(score_map: np.ndarray, components: dict[str, ComponentCalibration]) -> dict[str, float]:
-    """Each component's image score relative to the held-out normals (1 = the highest of them)."""
+def score_parts(score_map: np.ndarray, components: dict[str, ComponentCalibration], method_name: str) -> dict[str, float]:
+    """Each component's standardised image score against the held-out normals, named '<method>: <component>'."""
     space = template_space()
     return {
-        name: standout(component_findings(name, score_map, space, calibration.voxel_threshold), calibration.background_floor)
-        / max(calibration.normal_maximum, 1e-6)
+        f"{method_name}: {name}": calibration.standardised(
+            standout(component_findings(name, score_map, space, calibration.voxel_threshold), calibration.background_floor))
         for name, calibration in components.items()
     }
 
@@ -175,7 +226,7 @@ def component_findings(name: str, score_map: np.ndarray, space: TemplateSpace, v
 
 
 def calibrated_components(maps: list[np.ndarray]) -> dict[str, ComponentCalibration]:
-    """Each component's voxel threshold and top image score on the held-out normal maps.
+    """Each component's voxel threshold and the spread of its image score on the held-out normal maps.
 
     The voxel threshold is a low percentile (95th) because the held-out normal copies are augmented on the
     template grid and deviate more than registered uploads do: at the 99.5th percentile a quarter of the
@@ -189,7 +240,8 @@ def calibrated_components(maps: list[np.ndarray]) -> dict[str, ComponentCalibrat
         threshold = float(np.percentile(np.concatenate([v[space.brain_mask] for v in values]), SCORE_PERCENTILE))
         findings = [component.findings(v, space.brain_mask, threshold) for v in values]
         floor = BACKGROUND_FLOOR * max((f[0] for f in findings if len(f)), default=0.0) + 1e-6
-        components[name] = ComponentCalibration(threshold, floor, max(standout(f, floor) for f in findings))
+        logs = np.log(np.maximum([standout(f, floor) for f in findings], SMALLEST_STANDOUT))
+        components[name] = ComponentCalibration(threshold, floor, float(logs.mean()), float(logs.std()) + 1e-6)
     return components
 
 
@@ -254,9 +306,13 @@ def held_out_normal_maps(method_name: str, names: list[str],
 
 def fit_normal_model(method_name: str, scans: tuple[str, ...] = NORMAL_MR_SCANS,
                      progress: ProgressCallback | None = None) -> NormalModel:
-    """Calibrate thresholds on held-out normal subjects, then fit `method_name` on all of them."""
-    if method_name not in METHODS:
-        raise ValueError(f"Unknown anomaly method {method_name!r}; choose from {', '.join(METHODS)}.")
+    """Calibrate thresholds on held-out normal subjects, then fit `method_name` (each member of an ensemble) on all of them."""
+    if method_name not in SCREENING_METHODS:
+        raise ValueError(f"Unknown anomaly method {method_name!r}; choose from {', '.join(SCREENING_METHODS)}.")
+    if method_name in ENSEMBLES:
+        members = ENSEMBLES[method_name].members
+        return ensemble_model(method_name, [fit_normal_model(member, scans, within(progress, index / len(members), 1 / len(members)))
+                                            for index, member in enumerate(members)])
     space = template_space()
     report(progress, 0.0, "registering normal scans")
     warped = [warped_normal_scan(name) for name in scans]
@@ -267,21 +323,41 @@ def fit_normal_model(method_name: str, scans: tuple[str, ...] = NORMAL_MR_SCANS,
     if not usable:
         raise ValueError("None of the normal scans could be aligned to the template.")
     names = [scan.name for scan in usable]
-    report(progress, 0.2, "calibrating thresholds on held-out normal subjects")
-    maps, calibration = held_out_normal_maps(method_name, names, progress)
+    report(progress, 0.2, f"calibrating {method_name} on held-out normal subjects")
+    maps, calibration = held_out_normal_maps(method_name, names, within(progress, 0.2, 0.6))
     voxel_threshold = float(np.percentile(np.concatenate([m[space.brain_mask] for m in maps]), VOXEL_PERCENTILE))
     components = calibrated_components(maps)
-    scores = tuple(max(score_parts(score_map, components).values()) for score_map in maps)
+    scores = tuple(max(score_parts(score_map, components, method_name).values()) for score_map in maps)
     report(progress, 0.8, f"fitting {method_name} on {len(usable)} normal subjects")
-    method = fitted_method(method_name, names, progress)
+    method = fitted_method(method_name, names, within(progress, 0.8, 0.2))
     report(progress, 1.0, "normal model ready")
     return NormalModel(
-        method=method,
+        name=method_name,
+        members=(MemberModel(method, voxel_threshold, components),),
         training_scans=tuple(names),
-        voxel_threshold=voxel_threshold,
-        components=components,
+        image_threshold=max(scores),
         calibration_scores=scores,
         calibration=calibration,
+        cannot_detect=method.cannot_detect,
+    )
+
+
+def ensemble_model(name: str, models: list[NormalModel]) -> NormalModel:
+    """Ensemble `name` (see ENSEMBLES) from its members' normal models, fitted on the same subjects.
+
+    A held-out normal scan's score is its largest over the members, and the largest of those is the threshold.
+    """
+    if len({model.training_scans for model in models}) != 1:
+        raise ValueError("The members of an ensemble must be fitted on the same normal subjects.")
+    scores = tuple(max(scan_scores) for scan_scores in zip(*(model.calibration_scores for model in models)))
+    return NormalModel(
+        name=name,
+        members=tuple(member for model in models for member in model.members),
+        training_scans=models[0].training_scans,
+        image_threshold=max(scores),
+        calibration_scores=scores,
+        calibration=models[0].calibration,
+        cannot_detect=ENSEMBLES[name].cannot_detect,
     )
 
 
@@ -350,8 +426,8 @@ def detect_anomalies(volume: Volume, method: str | None = None, settings: Settin
     """Screen `volume` against the normal model: image score vs threshold, voxel map on the scan grid, top regions."""
     started = time.perf_counter()
     method = method or DEFAULT_METHOD
-    if method not in METHODS:
-        raise ToolError(f"Unknown anomaly method {method!r}; choose from {', '.join(METHODS)}.")
+    if method not in SCREENING_METHODS:
+        raise ToolError(f"Unknown anomaly method {method!r}; choose from {', '.join(SCREENING_METHODS)}.")
     check_scan(volume)
     model = get_normal_model(method, settings, progress)
     space = template_space()
@@ -364,11 +440,9 @@ def detect_anomalies(volume: Volume, method: str | None = None, settings: Settin
             "There is no normal model for it; no anomaly scores are given."
         )
     report(progress, 0.6, f"scoring with {method}")
-    template_map = model.method.score(space.normalize_intensity(warped.image), space.brain_mask)
-    parts = score_parts(template_map, model.components)
-    score = max(parts.values())
+    score, parts, template_map = model.score(space.normalize_intensity(warped.image))
     scan_map = np.clip(warped.registration.warp_from_template(template_map), 0.0, None).astype(np.float32)
-    regions = top_regions(scan_map, model.voxel_threshold, volume, max_regions, _atlas_labeller(warped, space))
+    regions = top_regions(scan_map, VOXEL_THRESHOLD, volume, max_regions, _atlas_labeller(warped, space))
     notes = [f"Thresholds calibrated on normal scans by {model.calibration}."]
     if volume.modality is Modality.OTHER:
         notes.append("The scan's modality was not recorded; it was treated as a T1 brain MR.")
@@ -381,9 +455,9 @@ def detect_anomalies(volume: Volume, method: str | None = None, settings: Settin
         score_parts={name: round(value, 3) for name, value in parts.items()},
         threshold=round(model.image_threshold, 3),
         exceeds_threshold=score > model.image_threshold,
-        voxel_threshold=round(model.voxel_threshold, 3),
+        voxel_threshold=VOXEL_THRESHOLD,
         regions=regions,
-        cannot_detect=list(model.method.cannot_detect),
+        cannot_detect=list(model.cannot_detect),
         notes=notes,
         anomaly_map=scan_map,
     )

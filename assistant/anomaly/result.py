@@ -24,17 +24,18 @@ class AnomalyRegion(BaseModel):
 class AnomalyResult(ToolResult):
     """Image-level deviation score against a calibrated threshold, plus a voxel map and its top regions.
 
-    Scores are in units of the method's normal variation; they measure how unusual the scan is
-    compared with the normal scans the model was fitted on, not how likely a disease is.
+    Image scores are in standard deviations of held-out normal scans (on a log scale), voxel scores in multiples of
+    the voxel threshold; they measure how unusual the scan is compared with normal scans, not how likely a disease is.
     """
 
     method: str
     body_model: str = Field(description="Normal model used, e.g. 'brain MR (T1)'.")
-    image_score: float = Field(description="The largest of score_parts: 1 = the highest score among held-out normal scans.")
-    score_parts: dict[str, float] = Field({}, description="Each image-score component relative to held-out normal scans.")
-    threshold: float = Field(description="Image-level threshold calibrated on normal scans.")
+    image_score: float = Field(description="The largest of score_parts.")
+    score_parts: dict[str, float] = Field({}, description="Each image-score component ('<method>: <component>'), in standard "
+                                                          "deviations of held-out normal scans above their mean (log scale).")
+    threshold: float = Field(description="Image-level threshold: the highest image score among held-out normal scans.")
     exceeds_threshold: bool
-    voxel_threshold: float
+    voxel_threshold: float = Field(description="Voxel scores above this (1: the 99.5th percentile of held-out normal scans) form regions.")
     regions: list[AnomalyRegion] = []
     cannot_detect: list[str] = []
     notes: list[str] = []

@@ -32,3 +32,10 @@ def cancel_on(event: threading.Event, progress: ProgressCallback | None = None) 
         return not event.is_set()
 
     return callback
+
+
+def within(progress: ProgressCallback | None, start: float, span: float) -> ProgressCallback | None:
+    """A callback for one step of a longer run: the step's 0..1 becomes `start`..`start + span` of the whole."""
+    if progress is None:
+        return None
+    return lambda fraction, message: progress(start + span * fraction, message)
