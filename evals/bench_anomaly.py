@@ -164,7 +164,8 @@ def evaluate(method: str, cases_by_subject: dict[str, list[Case]]) -> dict:
     lesioned = [s for s in scored if s.case.spec is not None]
     rng = np.random.default_rng(0)
     per_size = {size: metrics(normals, [s for s in lesioned if s.case.size_mm == size], mask, rng) for size in SIZES_MM}
-    groups = {name: metrics(normals, [s for s in lesioned if keep(s.case.spec)], mask, rng) for name, keep in GROUPS.items()}
+    grouped = {name: [s for s in lesioned if keep(s.case.spec)] for name, keep in GROUPS.items()}
+    groups = {name: metrics(normals, members, mask, rng) for name, members in grouped.items() if members}  # small runs miss some
     part_auroc = {part: {size: auroc(np.array([s.parts[part] for s in normals + sized]),
                                      np.array([0] * len(normals) + [1] * len(sized)))
                          for size in SIZES_MM for sized in [[s for s in lesioned if s.case.size_mm == size]]}
@@ -177,6 +178,8 @@ def evaluate(method: str, cases_by_subject: dict[str, list[Case]]) -> dict:
         "held_out_normals": len(normals),
         "fit_seconds_per_fold": float(np.mean(fit_seconds)),
         "score_seconds_per_volume": float(np.median(score_seconds)),
+        "margins": [{"subject": s.case.subject, "lesion": None if s.case.spec is None else dataclasses.asdict(s.case.spec),
+                     "margin": s.margin} for s in scored],  # per case, so runs on several seeds can be pooled
     }
 
 
