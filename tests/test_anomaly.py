@@ -157,7 +157,8 @@ def test_normative_localises_20mm_lesion_inserted_in_native_held_out_brain(colin
 
 @pytest.mark.slow
 @pytest.mark.xfail(reason="known gap, deterministic since registration is: this 20 mm hypointense lesion darkens "
-                          "grey-matter-like tissue to CSF-like intensity (mean 83 -> 50), as dark as normal sulci; it scores 1.20 against 1.45 without it (threshold 3.26), and the ensemble's "
+                          "grey-matter-like tissue to CSF-like intensity (mean 83 -> 50), as dark as normal sulci; it "
+                          "scores 1.20 against 1.45 without it (threshold 3.26), and the ensemble's "
                           "feature_memory parts stay below too. Image AUROC for 20 mm lesions: normative 0.988, ensemble "
                           "0.975 in evals/bench_anomaly.py (2026-11-28 08:40)", strict=True)
 def test_20mm_lesion_scores_above_the_same_brain_without_it(colin_with_and_without_lesion):
