@@ -204,9 +204,10 @@ def test_ensemble_flags_what_either_member_flags(normative_without_colin):
     assert ensemble.image_threshold == max(zscore.image_threshold, normative_without_colin.image_threshold)
     image = template_space().normalize_intensity(warped_normal_scan("mr-t1-colin27").image)
     score, parts, relative_map = ensemble.score(image)
-    assert score == max(zscore.score(image)[0], normative_without_colin.score(image)[0])
+    (zscore_score, _, zscore_map), (normative_score, _, normative_map) = (zscore.score(image), normative_without_colin.score(image))
+    assert score == max(zscore_score, normative_score)
     assert {name.split(":")[0] for name in parts} == {"zscore", "normative"}
-    assert np.array_equal(relative_map, np.maximum(zscore.score(image)[2], normative_without_colin.score(image)[2]))
+    assert np.array_equal(relative_map, np.maximum(zscore_map, normative_map))
     assert ensemble.cannot_detect == ENSEMBLES["ensemble"].cannot_detect
     with pytest.raises(ValueError, match="same normal subjects"):
         ensemble_model("mismatch", [zscore, fit_normal_model("zscore", scans=("mr-t1-mni152", "mr-t1-colin27"))])

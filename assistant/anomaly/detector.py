@@ -190,7 +190,6 @@ class NormalModel:
     largest image score among the held-out normal scans: above it, the scan deviates more than any of them did.
     """
 
-    name: str
     members: tuple[MemberModel, ...]
     training_scans: tuple[str, ...]
     image_threshold: float
@@ -332,7 +331,6 @@ def fit_normal_model(method_name: str, scans: tuple[str, ...] = NORMAL_MR_SCANS,
     method = fitted_method(method_name, names, within(progress, 0.8, 0.2))
     report(progress, 1.0, "normal model ready")
     return NormalModel(
-        name=method_name,
         members=(MemberModel(method, voxel_threshold, components),),
         training_scans=tuple(names),
         image_threshold=max(scores),
@@ -351,7 +349,6 @@ def ensemble_model(name: str, models: list[NormalModel]) -> NormalModel:
         raise ValueError("The members of an ensemble must be fitted on the same normal subjects.")
     scores = tuple(max(scan_scores) for scan_scores in zip(*(model.calibration_scores for model in models)))
     return NormalModel(
-        name=name,
         members=tuple(member for model in models for member in model.members),
         training_scans=models[0].training_scans,
         image_threshold=max(scores),
