@@ -6,13 +6,14 @@ import json
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from evals.harness.checks import argument_satisfies, check_turn, detect_language
 from evals.harness.loading import ScenarioFileError, load_scenarios
 from evals.harness.metrics import compute_metrics
 from evals.harness.report import RunInfo, build_report, load_report, to_html, to_markdown, write_reports
-from evals.harness.schema import ArgConstraint, Scenario, TurnExpectation
+from evals.harness.schema import ArgConstraint, TurnExpectation
 from evals.harness.trace import CheckResult, ScenarioResult, ToolCallTrace, TurnRecord
 
 SUITES = Path(__file__).resolve().parents[1] / "evals" / "suites"
@@ -260,3 +261,37 @@ def test_smoke_suite_end_to_end_with_the_small_model(tmp_path, small_model):
     assert upload.turns[2].upload == "mr-multiframe-dicom"
     paths = write_reports(report, tmp_path)
     assert "upload-switches-scan" in paths["html"].read_text()
+
+
+def test_anomaly_image_auroc_interval_contains_the_auroc_and_narrows_with_more_cases():
+    from sklearn.metrics import roc_auc_score
+
+    from evals.bench_anomaly import image_auroc_with_interval
+
+    rng = np.random.default_rng(0)
+    normals, lesions = rng.normal(0, 1, 36).round(1), rng.normal(1.5, 1, 36).round(1)  # rounded: ties count half
+    few, few_interval = image_auroc_with_interval(list(normals[:9]), list(lesions[:9]))
+    many, many_interval = image_auroc_with_interval(list(normals), list(lesions))
+    assert few == pytest.approx(roc_auc_score([0] * 9 + [1] * 9, np.r_[normals[:9], lesions[:9]]))
+    assert many == pytest.approx(roc_auc_score([0] * 36 + [1] * 36, np.r_[normals, lesions]))
+    assert few_interval[0] <= few <= few_interval[1] and many_interval[0] <= many <= many_interval[1]
+    assert many_interval[1] - many_interval[0] < few_interval[1] - few_interval[0]
+
+
+def test_anomaly_runs_on_several_seeds_pool_their_margins(tmp_path):
+    from evals.bench_anomaly import image_auroc_with_interval, pooled
+
+    def run(normals: list[float], lesions_10mm: list[float]) -> dict:
+        margins = [{"subject": "s", "lesion": None, "margin": m} for m in normals]
+        margins += [{"subject": "s", "lesion": {"diameter_mm": 10.0}, "margin": m} for m in lesions_10mm]
+        return {"methods": {"ensemble": {"margins": margins}, "zscore": {}}}  # zscore: an old run without margins
+
+    paths = [tmp_path / "seed7.json", tmp_path / "seed23.json"]
+    paths[0].write_text(json.dumps(run([-1.0, -0.5], [0.5, -0.7])))
+    paths[1].write_text(json.dumps(run([-2.0, 0.2], [1.0, -3.0, 0.1])))
+    results = pooled(paths)
+    assert list(results["methods"]) == ["ensemble"]
+    row = results["methods"]["ensemble"]["rows"]["10mm"]
+    assert row["cases"] == 5 and row["detected_at_threshold"] == pytest.approx(3 / 5)
+    assert row["image_auroc"] == image_auroc_with_interval([-1.0, -0.5, -2.0, 0.2], [0.5, -0.7, 1.0, -3.0, 0.1])[0]
+    assert results["methods"]["ensemble"]["false_positive_rate_on_held_out_normals"] == pytest.approx(1 / 4)
