@@ -287,6 +287,9 @@ def main() -> None:
                         help="pool the stored margins of earlier runs (several seeds) instead of running; writes bench_anomaly_pooled.json")
     args = parser.parse_args()
     if args.pool:
+        missing = [str(path) for path in args.pool if not path.exists()]
+        if missing:
+            parser.error(f"no results file at {', '.join(missing)}")
         results = pooled(args.pool)
         print_pooled(results)
         output = Path(__file__).parent / "results" / "bench_anomaly_pooled.json"
