@@ -293,6 +293,7 @@ def main() -> None:
         results = pooled(args.pool)
         print_pooled(results)
         output = Path(__file__).parent / "results" / "bench_anomaly_pooled.json"
+        output.parent.mkdir(exist_ok=True)
         output.write_text(json.dumps(results, indent=2))
         print(f"wrote {output}")
         return
