@@ -15,7 +15,7 @@ from assistant.grounding import VERBATIM
 from assistant.session import Overlay
 from tools.base import ScanTool
 
-MethodName = Literal["ensemble", "zscore", "normative", "feature_memory", "autoencoder"]
+MethodName = Literal[(DEFAULT_METHOD, *(m for m in SCREENING_METHODS if m != DEFAULT_METHOD))]  # what detect_anomalies accepts, default first
 
 
 class DetectAnomaliesArgs(BaseModel):

@@ -156,7 +156,7 @@ def _template_brain_region(template: Template) -> sitk.Image:
 @contextmanager
 def _single_threaded():
     """ITK's metric sums per thread, so a multi-threaded registration differs slightly from run to run; one thread
-    makes the same scan give the same alignment (and anomaly map) every time, for about 0.5 s more per scan."""
+    makes the same scan give the same alignment (and anomaly map) every time, for about 0.2 s more per registration."""
     threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     try:
