@@ -12,7 +12,8 @@ Image scores are taken as their margin over each fold's image threshold (the hig
 held-out normals; voxel scores are already in multiples of the voxel threshold) before pooling the folds, so
 that AUROC measures the calibrated operating scale; each image AUROC comes with a 95% bootstrap interval.
 Each image-score component (per method: deviation, one-sided deviation, one-sided blob) also gets its own
-image AUROC per size. Runs on other seeds store the same per-case margins, and `--pool` adds them up.
+image AUROC per size. Runs on other seeds store the same per-case margins, and `--pool` adds them up, also
+per held-out subject against its own normal re-scans.
 
     nice python evals/bench_anomaly.py --per-size 3 --cases /tmp/anomaly_cases.pkl \
         --methods zscore normative autoencoder feature_memory ensemble --end-to-end ensemble
@@ -245,18 +246,35 @@ def pooled(paths: list[Path]) -> dict:
     for method in methods:
         cases = [case for run in runs for case in run["methods"][method]["margins"]]
         normals = [case["margin"] for case in cases if case["lesion"] is None]
-        sized = {f"{size}mm": lambda d, size=size: d == size for size in SIZES_MM} | {">=10mm": lambda d: d >= 10}
-        rows = {}
-        for name, keep in sized.items():
-            lesions = [case["margin"] for case in cases if case["lesion"] and keep(case["lesion"]["diameter_mm"])]
-            if not lesions:
-                continue
-            image_auroc, interval = image_auroc_with_interval(normals, lesions)
-            rows[name] = {"cases": len(lesions), "image_auroc": image_auroc, "image_auroc_95ci": interval,
-                          "detected_at_threshold": float(np.mean([m > 0.0 for m in lesions]))}
-        results["methods"][method] = {"rows": rows, "held_out_normals": len(normals),
-                                      "false_positive_rate_on_held_out_normals": float(np.mean([m > 0.0 for m in normals]))}
+        subjects = dict.fromkeys(case["subject"] for case in cases)
+        results["methods"][method] = {
+            "rows": pooled_rows(cases),
+            "within_subject": {subject: {name: row["image_auroc"] for name, row in
+                                         pooled_rows([case for case in cases if case["subject"] == subject]).items()}
+                               for subject in subjects},
+            "held_out_normals": len(normals),
+            "false_positive_rate_on_held_out_normals": float(np.mean([m > 0.0 for m in normals])),
+        }
     return results
+
+
+def pooled_rows(cases: list[dict]) -> dict[str, dict]:
+    """Image AUROC with interval and detection rate per lesion size (and all >= 10 mm), against the normals among `cases`.
+
+    Over one subject's cases alone this is the within-subject AUROC: its lesions against its own normal re-scans,
+    free of how the folds' calibrated scales line up, so it shows which held-out brains the misses come from.
+    """
+    normals = [case["margin"] for case in cases if case["lesion"] is None]
+    sized = {f"{size}mm": lambda d, size=size: d == size for size in SIZES_MM} | {">=10mm": lambda d: d >= 10}
+    rows = {}
+    for name, keep in sized.items():
+        lesions = [case["margin"] for case in cases if case["lesion"] and keep(case["lesion"]["diameter_mm"])]
+        if not lesions or not normals:
+            continue
+        image_auroc, interval = image_auroc_with_interval(normals, lesions)
+        rows[name] = {"cases": len(lesions), "image_auroc": image_auroc, "image_auroc_95ci": interval,
+                      "detected_at_threshold": float(np.mean([m > 0.0 for m in lesions]))}
+    return rows
 
 
 def print_pooled(results: dict) -> None:
@@ -267,6 +285,8 @@ def print_pooled(results: dict) -> None:
             low, high = m["image_auroc_95ci"]
             print(f"{method:15} {name:>8} {m['cases']:5} {m['image_auroc']:9.3f} {f'{low:.2f}-{high:.2f}':>13} "
                   f"{m['detected_at_threshold']:7.2f}")
+        for subject, by_size in info["within_subject"].items():
+            print(f"{method:15} within {subject}: " + ", ".join(f"{name} {value:.3f}" for name, value in by_size.items()))
         print(f"{method:15} false alarms on {info['held_out_normals']} held-out normals: "
               f"{info['false_positive_rate_on_held_out_normals']:.2f}")
 

@@ -295,3 +295,20 @@ def test_anomaly_runs_on_several_seeds_pool_their_margins(tmp_path):
     assert row["cases"] == 5 and row["detected_at_threshold"] == pytest.approx(3 / 5)
     assert row["image_auroc"] == image_auroc_with_interval([-1.0, -0.5, -2.0, 0.2], [0.5, -0.7, 1.0, -3.0, 0.1])[0]
     assert results["methods"]["ensemble"]["false_positive_rate_on_held_out_normals"] == pytest.approx(1 / 4)
+
+
+def test_anomaly_pooling_reports_each_held_out_subject_against_its_own_normals(tmp_path):
+    from evals.bench_anomaly import pooled
+
+    def case(subject: str, margin: float, size: float | None = None) -> dict:
+        return {"subject": subject, "lesion": None if size is None else {"diameter_mm": size}, "margin": margin}
+
+    # "easy" scores far below "hard" on the calibrated scale, so pooling mixes the two subjects' ranks
+    margins = [case("easy", -5.0), case("easy", -4.0), case("easy", -4.5, 10), case("easy", -3.0, 20),
+               case("hard", 0.0), case("hard", 1.0), case("hard", -1.0, 10), case("hard", 2.0, 20)]
+    path = tmp_path / "seed7.json"
+    path.write_text(json.dumps({"methods": {"ensemble": {"margins": margins}}}))
+    info = pooled([path])["methods"]["ensemble"]
+    assert info["within_subject"]["easy"] == {"10mm": 0.5, "20mm": 1.0, ">=10mm": 0.75}
+    assert info["within_subject"]["hard"] == {"10mm": 0.0, "20mm": 1.0, ">=10mm": 0.5}
+    assert info["rows"]["10mm"]["image_auroc"] == 3 / 8  # over both: -4.5 beats one of the four normals, -1 beats two
