@@ -77,6 +77,13 @@ class Settings(BaseSettings):
     # --- UI -----------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = 7860
+    session_ttl_seconds: int = Field(
+        4 * 3600, ge=60, description="A browser session's scan, chat and exported files are dropped this long after "
+                                     "its last action (or when the tab closes).")
+    ui_exports_dir: Path | None = Field(None, description="Where the UI writes downloads; default cache_dir/exports.")
+    chat_concurrency: int = Field(
+        4, ge=1, description="Chat replies of different sessions run at once, up to this many; viewer events never "
+                             "wait behind them.")
 
     @property
     def models_dir(self) -> Path:
@@ -93,6 +100,11 @@ class Settings(BaseSettings):
     @property
     def uploads_dir(self) -> Path:
         return self.cache_dir / "uploads"
+
+    @property
+    def exports_dir(self) -> Path:
+        """Files the UI offers for download, one private folder per browser session (the UI serves only these)."""
+        return self.ui_exports_dir or self.cache_dir / "exports"
 
 
 @lru_cache(maxsize=1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Literal
 
 import nibabel as nib
@@ -13,6 +14,7 @@ from tqdm import tqdm
 from assistant.anomaly import DEFAULT_METHOD, SCREENING_METHODS, AnomalyResult, detect_anomalies, get_normal_model
 from assistant.grounding import VERBATIM
 from assistant.session import Overlay
+from assistant.volume import Volume
 from tools.base import ScanTool
 
 MethodName = Literal[(DEFAULT_METHOD, *(m for m in SCREENING_METHODS if m != DEFAULT_METHOD))]  # what detect_anomalies accepts, default first
@@ -34,6 +36,16 @@ class DetectAnomaliesTool(ScanTool):
         result = detect_anomalies(self.session.require_volume(), method=args.method, max_regions=args.max_regions)
         self.session.add_overlay(Overlay(name="anomaly", data=result.anomaly_map, kind="heatmap"))
         return result
+
+
+def save_anomaly_map(result: AnomalyResult, volume: Volume, path: str | Path) -> Path:
+    """The voxel anomaly map as float32 NIfTI on the scan's grid and affine, for viewers beside the scan."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = nib.Nifti1Image(result.anomaly_map.astype("float32"), volume.affine)
+    image.header.set_xyzt_units("mm")
+    nib.save(image, path)
+    return path
 
 
 def _tqdm_progress(bar: tqdm):
@@ -64,6 +76,6 @@ def _cli(args: argparse.Namespace) -> int:
         volume = load_scan(args.scan)
         result = detect_anomalies(volume, method=args.method, progress=_tqdm_progress(bar))
     if args.map:
-        nib.save(nib.Nifti1Image(result.anomaly_map, volume.affine), args.map)
+        save_anomaly_map(result, volume, args.map)
     print(json.dumps(result.model_dump(), indent=2) if args.json else result.summary())
     return 0

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import threading
+import time
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,12 +52,38 @@ class ChatState:
     scan_path: str | None = None
     restored_history: list[Message] = field(default_factory=list)  # the agent's memory of a restored conversation
     cancel: threading.Event = field(default_factory=threading.Event)  # set by the Cancel button, checked by long tool runs
+    exports_root: Path | None = None  # Settings.exports_dir, the only folder whose files the UI offers
+    turns: int = 0  # chat turns answered in this session
+    last_turn_seconds: float = 0.0
+
+    @property
+    def export_folder(self) -> Path:
+        """This session's private download folder (masks, maps, reports), created on first use."""
+        if self.exports_root is None:
+            raise ValueError("this session has no export folder")
+        folder = self.exports_root / self.export_id
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return folder
+
+    def close(self) -> None:
+        """The session ended (tab closed or expired): its exported files go with it."""
+        self.cancel.set()
+        if self.exports_root is not None:
+            shutil.rmtree(self.exports_root / self.export_id, ignore_errors=True)
+
+
+def end_session(state: ChatState | None) -> None:
+    """Gradio's delete callback for the session state."""
+    if state is not None:
+        state.close()
 
 
 class ScanChatApp:
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or get_settings()
         self._store: ReportStore | None = None
+        # Open browser sessions by Gradio session hash, so that closing the tab can delete their files at once.
+        self._open: weakref.WeakValueDictionary[str, ChatState] = weakref.WeakValueDictionary()
 
     @property
     def store(self) -> ReportStore:
@@ -64,6 +93,17 @@ class ScanChatApp:
         return self._store
 
     # -- helpers -------------------------------------------------------------------------
+
+    def new_state(self, request: gr.Request | None = None) -> ChatState:
+        state = ChatState(exports_root=self.settings.exports_dir)
+        if request is not None and request.session_hash:
+            self._open[request.session_hash] = state
+        return state
+
+    def close_session(self, request: gr.Request) -> None:
+        """The tab was closed: delete the session's files now rather than when its state expires."""
+        state = self._open.pop(request.session_hash, None) if request.session_hash else None
+        end_session(state)
 
     def _agent(self, state: ChatState, progress: gr.Progress | None = None) -> Agent:
         if state.agent is None:
@@ -99,21 +139,27 @@ class ScanChatApp:
         state.conversation_id, state.restored_history = saved.conversation_id, list(saved.messages)
         return [_chat_message(m) for m in saved.messages if m.role != "system"]
 
-    def _downloads(self, state: ChatState) -> list[str] | None:
-        """The last segmentation as NIfTI (and DICOM SEG for a DICOM scan), ready to download."""
+    def _downloads(self, state: ChatState) -> list[str]:
+        """The last segmentation (NIfTI; DICOM SEG for a DICOM scan) and the last anomaly map, ready to download."""
         from assistant.segmentation.export import save_dicom_seg, save_nifti
+        from tools.detect_anomalies import AnomalyResult, save_anomaly_map
         from tools.segment import SegmentResult
 
         volume = state.session.volume
-        last = next((r.result for r in reversed(state.session.records) if isinstance(r.result, SegmentResult)), None)
-        if volume is None or last is None:
-            return None
-        folder = self.settings.cache_dir / "exports" / state.export_id
-        name = "".join(c if c.isalnum() else "_" for c in last.segmentation.target)[:40] or "mask"
-        files = [str(save_nifti(last.segmentation, volume, folder / f"{name}.nii.gz"))]
-        if volume.dicom_sources:
-            files.append(str(save_dicom_seg(last.segmentation, volume, folder / f"{name}-seg.dcm")))
-        return files
+        if volume is None:
+            return []
+        results = [r.result for r in reversed(state.session.records) if r.result is not None]
+        files: list[Path] = []
+        mask = next((r for r in results if isinstance(r, SegmentResult)), None)
+        if mask is not None:
+            name = "".join(c if c.isalnum() else "_" for c in mask.segmentation.target)[:40] or "mask"
+            files.append(save_nifti(mask.segmentation, volume, state.export_folder / f"{name}.nii.gz"))
+            if volume.dicom_sources:
+                files.append(save_dicom_seg(mask.segmentation, volume, state.export_folder / f"{name}-seg.dcm"))
+        anomaly = next((r for r in results if isinstance(r, AnomalyResult)), None)
+        if anomaly is not None and anomaly.anomaly_map is not None:
+            files.append(save_anomaly_map(anomaly, volume, state.export_folder / "anomaly-map.nii.gz"))
+        return [str(f) for f in files]
 
     def _model_info(self, agent: Agent) -> str:
         model = agent.model
@@ -130,15 +176,42 @@ class ScanChatApp:
         if volume is None:
             return [None, None, None]
         overlays = list(state.session.overlays.values()) if show_overlays else []
-        return [
-            display.render_slice(volume, plane, state.cursor.get(plane, display.slice_count(volume, plane) // 2), window, overlays)
-            for plane in PLANES
-        ]
+        return [display.render_slice(volume, plane, _cursor(state, plane), window, overlays) for plane in PLANES]
+
+    def views(self, state: ChatState | None, window: str, show_overlays: bool):
+        """The three views after a turn or a control change; a drawing failure leaves the last images, with a message."""
+        try:
+            return self._views(state or self.new_state(), window, show_overlays)
+        except Exception as exc:  # a bad overlay or window must not take the chat down
+            log.exception("the views could not be drawn")
+            gr.Warning(f"The views could not be redrawn: {exc}")
+            return [gr.update()] * len(PLANES)
+
+    def offer_downloads(self, state: ChatState | None):
+        """After each turn: the files of its results, or a visible note saying why there are none."""
+        if state is None:
+            return gr.update(), ""
+        try:
+            files = self._downloads(state)
+        except Exception as exc:  # an export failure costs the download, never the chat
+            log.exception("export failed")
+            return gr.update(value=None), f"The result could not be exported for download: {exc}"
+        return (files or None), ""
+
+    def model_line(self, state: ChatState | None) -> str:
+        if state is None or state.agent is None:
+            return ""
+        try:
+            return f"{self._model_info(state.agent)} Turn {state.turns} took {state.last_turn_seconds:.1f} s."
+        except Exception as exc:
+            log.exception("model information unavailable")
+            return f"Model information unavailable: {exc}"
 
     # -- events --------------------------------------------------------------------------
 
-    def load(self, state: ChatState | None, upload, sample: str | None, window: str, progress=gr.Progress()):
-        state = state or ChatState()
+    def load(self, state: ChatState | None, upload, sample: str | None, window: str, request: gr.Request,
+             progress=gr.Progress()):
+        state = state or self.new_state(request)
         try:
             if upload:
                 path = Path(upload if isinstance(upload, str) else upload.name)
@@ -157,32 +230,33 @@ class ScanChatApp:
         state.session.load(volume)
         chat = self._restore_conversation(state, volume)
         state.cursor = {plane: display.slice_count(volume, plane) // 2 for plane in PLANES}
-        sliders = [
-            gr.update(maximum=display.slice_count(volume, plane) - 1, value=state.cursor[plane], interactive=True)
-            for plane in PLANES
-        ]
+        sliders = [_slider(display.slice_count(volume, plane), state.cursor[plane]) for plane in PLANES]
         if window == "auto" or volume.modality.value != "CT":
             window = "auto" if volume.modality.value != "CT" else "brain"
         info = _scan_info(volume)
         if chat:
             info += f"\n\nThe earlier conversation about this scan was restored ({len(state.session.records)} tool results)."
-        return (state, gr.update(value=window), *self._views(state, window, True), *sliders, info, chat)  # type: ignore[misc]
+        return (state, gr.update(value=window), *self.views(state, window, True), *sliders, info, chat)  # type: ignore[misc]
 
     def move(self, state: ChatState | None, plane: str, index: int, window: str, show_overlays: bool):
-        state = state or ChatState()
+        state = state or self.new_state()
         state.cursor[plane] = int(index)
-        return self._views(state, window, show_overlays)
+        return self.views(state, window, show_overlays)
 
     def click(self, state: ChatState | None, plane: str, window: str, evt: gr.SelectData):
         """A click in a view becomes a point prompt the user can refer to ("segment what I clicked")."""
-        state = state or ChatState()
+        state = state or self.new_state()
         volume = state.session.volume
         if volume is None:
             return state, gr.update()
-        index = state.cursor.get(plane, display.slice_count(volume, plane) // 2)
-        rendered = display.render_slice(volume, plane, index, window, [])
+        index = _cursor(state, plane)
+        rendered_shape = display.display_shape(volume, plane)
         x, y = evt.index
-        voxel = display.voxel_from_click(volume, plane, index, x, y, rendered.shape[:2])
+        try:
+            voxel = display.voxel_from_click(volume, plane, index, x, y, rendered_shape)
+        except ValueError as exc:
+            gr.Warning(str(exc))
+            return state, gr.update()
         state.clicked = tuple(int(v) for v in voxel)
         return state, gr.update(value=f"Clicked point: voxel {list(state.clicked)}. ")
 
@@ -198,24 +272,28 @@ class ScanChatApp:
         if state is not None:
             state.cancel.set()
 
-    def respond(self, state: ChatState | None, message: str, history: list, window: str, show_overlays: bool, progress=gr.Progress()):
-        state = state or ChatState()
+    def respond(self, state: ChatState | None, message: str, history: list, request: gr.Request,
+                progress=gr.Progress()):
+        """One chat turn, streamed: tool calls as they start and finish, then the answer.
+
+        Only the chat is updated here; views, downloads and the model line follow as their own events,
+        so that a failure in any of them cannot turn the conversation into an error."""
+        state = state or self.new_state(request)
         history = list(history or [])
         try:
             agent = self._agent(state, progress)
         except Exception as exc:  # model missing or broken: say so in the chat
             log.exception("model failed to start")
             history.append(gr.ChatMessage(role="assistant", content=f"The model could not start: {exc}"))
-            yield state, history, "", *self._views(state, window, show_overlays), gr.update(), gr.update()
+            yield state, history, ""
             return
-        info = self._model_info(agent)
         history.append(gr.ChatMessage(role="user", content=message or ""))
+        started = time.monotonic()
         state.cancel.clear()
         state.session.progress = cancel_on(state.cancel, lambda fraction, text: progress(fraction, desc=text))
         try:
-            events = agent.run(message)
             answer_index = None
-            for event in events:
+            for event in agent.run(message):
                 if isinstance(event, ToolCallEvent):
                     history.append(
                         gr.ChatMessage(
@@ -226,10 +304,9 @@ class ScanChatApp:
                     )
                 elif isinstance(event, ToolResultEvent):
                     record = event.record
-                    text = _tool_result_markdown(record)
                     history[-1] = gr.ChatMessage(
                         role="assistant",
-                        content=f"{history[-1].content}\n{text}",
+                        content=f"{history[-1].content}\n{_tool_result_markdown(record)}",
                         metadata={
                             "title": f"🛠 {record.name} ({record.seconds:.1f} s)" + ("" if record.ok else " failed"),
                             "id": event.call_id,
@@ -253,39 +330,41 @@ class ScanChatApp:
                         history.append(final)
                     else:
                         history[answer_index] = final
-                yield state, history, "", *self._views(state, window, show_overlays), gr.update(), info
+                yield state, history, ""
         except InputError as exc:
             history.pop()
             gr.Warning(str(exc))
-            yield state, history, message, *self._views(state, window, show_overlays), gr.update(), info
+            yield state, history, message
             return
+        except Exception as exc:  # a broken turn is reported in the chat; earlier turns stay on screen
+            log.exception("the turn failed")
+            history.append(gr.ChatMessage(role="assistant", content=f"This turn failed: {exc}. Earlier results are kept."))
+            yield state, history, ""
         finally:
             state.session.progress = None
-        try:
-            downloads = self._downloads(state)
-        except (OSError, ValueError) as exc:
-            log.warning("export failed: %s", exc)
-            downloads = None
+            state.turns += 1
+            state.last_turn_seconds = time.monotonic() - started
         self._save_conversation(state)
-        yield state, history, "", *self._views(state, window, show_overlays), downloads, self._model_info(agent)
+        yield state, history, ""
 
     # -- layout --------------------------------------------------------------------------
 
     def build(self) -> gr.Blocks:
-        with gr.Blocks(title="ScanChat") as demo:
-            state = gr.State(None)
+        ttl = self.settings.session_ttl_seconds
+        with gr.Blocks(title="ScanChat", delete_cache=(min(ttl, 3600), ttl)) as demo:
+            state = gr.State(None, time_to_live=ttl, delete_callback=end_session)
             gr.Markdown("## ScanChat\nUpload a CT or MRI scan (or pick a sample), then ask about it. "
                         "Answers come from measuring tools; each tool call is shown in the chat.")
             with gr.Row():
                 with gr.Column(scale=3):
                     with gr.Row():
                         upload = gr.File(label="Upload scan (NIfTI, DICOM file/zip, NRRD, MHA, NPY)", file_count="single")
-                        sample = gr.Dropdown(choices=list(SAMPLES), label="…or a sample scan", value=None)
+                        sample = gr.Dropdown(choices=list(SAMPLES), label="…or a sample scan", value=None, elem_id="sample")
                     with gr.Row():
                         load_button = gr.Button("Load scan", variant="primary")
                         window = gr.Radio(list(display.WINDOW_NAMES), value="auto", label="Window")
                         show_overlays = gr.Checkbox(True, label="Show overlays")
-                    info = gr.Markdown()
+                    info = gr.Markdown(elem_id="scan-info")
                     views, sliders = [], []
                     with gr.Row():
                         for plane in PLANES:
@@ -300,31 +379,33 @@ class ScanChatApp:
                             send = gr.Button("Send", elem_id="send")
                             cancel = gr.Button("Cancel", elem_id="cancel", variant="stop")
                         model_info = gr.Markdown(elem_id="model-info")
-                        downloads = gr.File(
-                            label="Last mask (NIfTI; DICOM SEG for DICOM scans)", file_count="multiple", interactive=False
-                        )
+                        downloads = gr.File(label="Last mask (NIfTI; DICOM SEG for DICOM scans) and anomaly map",
+                                            file_count="multiple", interactive=False, elem_id="downloads")
+                        download_note = gr.Markdown(elem_id="download-note")
                     with gr.Tab("Report"):
                         build_report_panel(state, self.settings)
 
+            # Viewer events have their own, unlimited lane: they never wait behind a chat reply.
+            viewer = {"concurrency_id": "viewer", "concurrency_limit": None}
             load_button.click(
                 self.load, [state, upload, sample, window], [state, window, *views, *sliders, info, chatbot]
             )
             for plane, slider in zip(PLANES, sliders):
-                slider.change(
-                    lambda s, i, w, o, p=plane: self.move(s, p, i, w, o), [state, slider, window, show_overlays], views
-                )
+                slider.change(lambda s, i, w, o, p=plane: self.move(s, p, i, w, o),
+                              [state, slider, window, show_overlays], views, **viewer)
             for plane, view in zip(PLANES, views):
-                view.select(self._click_handler(plane), [state, window], [state, message])
+                view.select(self._click_handler(plane), [state, window], [state, message], **viewer)
             refresh_inputs = [state, window, show_overlays]
             for control in (window, show_overlays):
-                control.change(lambda s, w, o: self._views(s or ChatState(), w, o), refresh_inputs, views)
+                control.change(self.views, refresh_inputs, views, **viewer)
             for trigger in (send.click, message.submit):
-                trigger(
-                    self.respond,
-                    [state, message, chatbot, window, show_overlays],
-                    [state, chatbot, message, *views, downloads, model_info],
-                )
+                turn = trigger(self.respond, [state, message, chatbot], [state, chatbot, message],
+                               concurrency_id="chat", concurrency_limit=self.settings.chat_concurrency)
+                turn.then(self.views, refresh_inputs, views, **viewer).then(
+                    self.offer_downloads, [state], [downloads, download_note], **viewer).then(
+                    self.model_line, [state], model_info, **viewer)
             cancel.click(self.cancel, [state], None, queue=False)
+            demo.unload(self.close_session)
         return demo
 
 
@@ -344,6 +425,17 @@ def _chat_message(message: Message) -> gr.ChatMessage:
     return gr.ChatMessage(role="user" if message.role == "user" else "assistant", content=message.content)
 
 
+def _cursor(state: ChatState, plane: str) -> int:
+    """The plane's shown slice, kept inside the scan whatever its shape (one slice, two, thin slabs)."""
+    count = display.slice_count(state.session.require_volume(), plane)
+    return min(max(state.cursor.get(plane, count // 2), 0), count - 1)
+
+
+def _slider(count: int, value: int):
+    """A slice slider; a plane with a single slice gets a fixed one (Gradio needs maximum > minimum)."""
+    return gr.update(minimum=0, maximum=max(count - 1, 1), value=value, interactive=count > 1)
+
+
 def _scan_info(volume) -> str:
     dims = " × ".join(map(str, volume.shape))
     spacing = " × ".join(f"{s:.2f}" for s in volume.spacing)
@@ -357,8 +449,10 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
 
 def launch(settings: Settings | None = None, host: str | None = None, port: int | None = None) -> None:
     settings = settings or get_settings()
-    build_app(settings).queue().launch(
+    settings.exports_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    build_app(settings).queue(default_concurrency_limit=settings.chat_concurrency).launch(
         server_name=host or settings.host,
         server_port=port or settings.port,
         max_file_size=settings.max_upload_bytes,
+        allowed_paths=[str(settings.exports_dir)],
     )

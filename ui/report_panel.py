@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -96,7 +94,7 @@ def build_report_panel(state_component: gr.State, settings: Settings | None = No
         with gr.Row():
             formats = gr.CheckboxGroup(list(EXPORT_FORMATS), value=["markdown", "pdf", "fhir"], label="Export formats")
             export_button = gr.Button("Export")
-        downloads = gr.File(label="Downloads", file_count="multiple", interactive=False)
+        downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="report-downloads")
 
     def show(version: ReportVersion, restore_unsaved: bool = False):
         flags = get_desk().check(version)
@@ -121,15 +119,17 @@ def build_report_panel(state_component: gr.State, settings: Settings | None = No
                translation_view]
 
     def shown(action, restore_unsaved: bool = False) -> tuple:
-        """Run one report action and show the resulting version; user errors become a Gradio message."""
+        """Run one report action and show the resulting version; a user error becomes a message and leaves the
+        panel as it was (raising would mark every report field as an error)."""
         try:
             return show(action(), restore_unsaved)
         except _USER_ERRORS as exc:
-            raise gr.Error(str(exc)) from exc
+            gr.Warning(str(exc))
+            return tuple(gr.update() for _ in outputs)
 
     def draft(chat_state, who, clinical_text, with_model, progress=gr.Progress()):
         if chat_state is None or chat_state.session.volume is None:
-            raise gr.Error("Load a scan and ask the assistant to measure something first.")
+            return shown(lambda: _refuse("Load a scan and ask the assistant to measure something first."))
         agent = getattr(chat_state, "agent", None)
         model = agent.model if with_model and agent is not None else None
         return shown(lambda: get_desk().draft(chat_state.session, who, model=model, clinical_information=clinical_text,
@@ -166,11 +166,15 @@ def build_report_panel(state_component: gr.State, settings: Settings | None = No
         return report_markdown(get_desk().store.version(rid, int(number)))
 
     def export(chat_state, rid, chosen):
+        """Into the browser session's own export folder, which is deleted with the session."""
         try:
-            folder = Path(tempfile.mkdtemp(prefix="scanchat-report-"))
-            return [str(p) for p in get_desk().export(_required(rid), folder, list(chosen), volume_of(chat_state))]
-        except _USER_ERRORS as exc:
-            raise gr.Error(str(exc)) from exc
+            if chat_state is None:
+                raise ReportError("Load a scan and draft a report first.")
+            return [str(p) for p in get_desk().export(_required(rid), chat_state.export_folder, list(chosen),
+                                                      volume_of(chat_state))]
+        except (*_USER_ERRORS, OSError) as exc:
+            gr.Warning(f"The report could not be exported: {exc}")
+            return gr.update()
 
     draft_button.click(draft, [state_component, author, clinical, use_model], outputs)
     open_button.click(open_last, [state_component], outputs)
@@ -185,6 +189,10 @@ def build_report_panel(state_component: gr.State, settings: Settings | None = No
     export_button.click(export, [state_component, report_id, formats], downloads)
     return {"report_id": report_id, "status": status, "sections": sections, "flags": flags_md, "versions": versions,
             "downloads": downloads, "draft": draft_button, "open": open_button, "sign": sign_button, "translate": translate_button}
+
+
+def _refuse(message: str):
+    raise ReportError(message)
 
 
 def _required(report_id: str | None) -> str:
