@@ -69,6 +69,10 @@ class Settings(BaseSettings):
         None, description="A CSV or TBX glossary merged into the term index (source 'glossary'); "
                           "the index is rebuilt when the file changes.")
 
+    glossary_dir: Path | None = Field(
+        None, description="Folder of CSV/TBX glossaries that a chat message (or the model) may name; default "
+                          "cache_dir/glossaries. A glossary path outside it and outside uploaded glossaries is refused.")
+
     # --- privacy ------------------------------------------------------------------------
     share_identifiers: bool = Field(
         False, description="Allow DICOM patient identifiers into prompts and remote endpoints."
@@ -93,6 +97,15 @@ class Settings(BaseSettings):
     @property
     def uploads_dir(self) -> Path:
         return self.cache_dir / "uploads"
+
+    @property
+    def glossary_folder(self) -> Path:
+        return self.glossary_dir or self.cache_dir / "glossaries"
+
+    @property
+    def glossary_roots(self) -> list[Path]:
+        """Where a glossary named in a chat message may come from: the glossary folder, uploaded glossaries."""
+        return [self.glossary_folder, self.uploads_dir / "glossaries"]
 
 
 @lru_cache(maxsize=1)

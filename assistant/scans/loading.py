@@ -10,6 +10,7 @@ de-identified metadata; what had to be assumed is written to `metadata.notes`.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -23,6 +24,7 @@ from pydicom.errors import InvalidDicomError
 
 from assistant.config import Settings, get_settings
 from assistant.scans.archives import extract_archive, format_bytes
+from assistant.scans.headers import confined_data_files
 from assistant.volume import Modality, PatientIdentifiers, ScanLoadError, ScanMetadata, Volume
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,9 @@ log = logging.getLogger(__name__)
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = {".nrrd": "NRRD", ".nhdr": "NRRD", ".mha": "MHA", ".mhd": "MHD"}
+# The reader is chosen by the suffix, never by ITK's guess, so only the headers `headers` checks are parsed.
+_ITK_IO = {".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO", ".mha": "MetaImageIO", ".mhd": "MetaImageIO"}
+SCAN_SUFFIXES = NIFTI_SUFFIXES + tuple(ITK_SUFFIXES) + (".npy",)
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima", "")
 _MODALITY_CODES = {
     "CT": Modality.CT, "MR": Modality.MR, "PT": Modality.PT, "NM": Modality.NM, "US": Modality.US,
@@ -38,14 +43,18 @@ _MODALITY_CODES = {
 }  # fmt: skip
 
 
-def load_scan(path: str | Path, settings: Settings | None = None) -> Volume:
-    """Load a scan file, DICOM folder or zip as a canonical RAS+ `Volume`; raises ScanLoadError."""
+def load_scan(path: str | Path, settings: Settings | None = None, *, root: Path | None = None) -> Volume:
+    """Load a scan file, DICOM folder or zip as a canonical RAS+ `Volume`; raises ScanLoadError.
+
+    `root` is the upload the file came in (default: its own folder): a MetaImage or NRRD header
+    may name data files only inside it.
+    """
     settings = settings or get_settings()
     path = Path(path)
     if not path.exists():
         raise ScanLoadError(f"{path.name} was not found; check the path or upload the file again.")
     if path.is_dir():
-        return _load_folder(path, settings)
+        return _load_folder(path, settings, root=root or path)
     size = path.stat().st_size
     if size == 0:
         raise ScanLoadError(f"{path.name} is empty (0 bytes); the upload may have failed, try again.")
@@ -57,9 +66,9 @@ def load_scan(path: str | Path, settings: Settings | None = None) -> Volume:
     if name.endswith(NIFTI_SUFFIXES):
         return _load_nifti(path, settings)
     if name.endswith(".zip"):
-        return _load_folder(extract_archive(path, settings), settings, label=path.name)
+        return _load_folder(extract_archive(path, settings), settings, label=path.name)  # the archive is its own root
     if path.suffix.lower() in ITK_SUFFIXES:
-        return _load_itk(path, settings)
+        return _load_itk(path, settings, root or path.parent)
     if name.endswith(".npy"):
         return _load_numpy(path, settings)
     if path.suffix.lower() in DICOM_SUFFIXES or pydicom.misc.is_dicom(path):
@@ -141,8 +150,10 @@ def _load_nifti(path: Path, settings: Settings) -> Volume:
     return _finish(data, image.affine, path.name, {"source_format": "NIfTI"}, notes)
 
 
-def _load_itk(path: Path, settings: Settings) -> Volume:
+def _load_itk(path: Path, settings: Settings, root: Path) -> Volume:
+    confined_data_files(path, root)
     reader = sitk.ImageFileReader()
+    reader.SetImageIO(_ITK_IO[path.suffix.lower()])
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
@@ -217,18 +228,21 @@ def _series_label(datasets: list[pydicom.Dataset]) -> str:
     return f"{description} ({first.get('Modality', '?')}, {sum(_frames(d) for d in datasets)} images)"
 
 
-def _load_folder(folder: Path, settings: Settings, label: str | None = None) -> Volume:
+def _load_folder(folder: Path, settings: Settings, label: str | None = None, root: Path | None = None) -> Volume:
+    """A DICOM series, or the one other scan file (with the data files its header names) in a folder."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
     if not files:
         raise ScanLoadError(f"{label or folder.name} contains no files; upload a DICOM series or a scan file.")
     if len(files) > settings.max_archive_members:
         raise ScanLoadError(f"{label or folder.name} holds {len(files)} files, more than {settings.max_archive_members}.")
-    others = [p for p in files if p.name.lower().endswith(NIFTI_SUFFIXES + (".nrrd", ".nhdr", ".mha", ".mhd", ".npy"))]
-    dicom_files = [p for p in files if p not in others]
-    if others and not dicom_files:
-        if len(others) > 1:
+    root = root or folder
+    scans = [p for p in files if p.name.lower().endswith(SCAN_SUFFIXES)]
+    data_files = {f for p in scans if p.suffix.lower() in ITK_SUFFIXES for f in confined_data_files(p, root)}
+    dicom_files = [p for p in files if p not in scans and Path(os.path.abspath(p)) not in data_files]
+    if scans and not any(pydicom.misc.is_dicom(p) for p in dicom_files):
+        if len(scans) > 1:
             raise ScanLoadError(f"{label or folder.name} holds several scan files; upload one at a time.")
-        return load_scan(others[0], settings)
+        return load_scan(scans[0], settings, root=root)
     return _load_dicom_files(dicom_files, settings, label=label or folder.name)
 
 
