@@ -41,6 +41,7 @@ from assistant.grounding import (
     numbers_in,
 )
 from assistant.models.base import ChatModel, Message, ModelError
+from assistant.privacy import PrivacyGate
 from assistant.session import ScanSession, ToolRecord
 from assistant.terminology.languages import languages_named
 from prompts import load_prompt
@@ -381,7 +382,9 @@ class Agent:
         (a line per tool to choose, one full model card to fill arguments, none to answer), which
         keeps prompts short: prefill dominates latency on a CPU."""
         system = Template(load_prompt("agent/system.md")).substitute(scan=self._scan_context(), tools=tools)
-        return [Message(role="system", content=system.strip()), *self.history[-12:], *state["messages"]]
+        messages = [Message(role="system", content=system.strip()), *self.history[-12:], *state["messages"]]
+        volume = self.session.volume  # the PHI gate's last line: no identifier of the scan reaches a model
+        return PrivacyGate(self.settings).messages(messages, volume.identifiers if volume else None)
 
     def _tool_menu(self) -> str:
         return "Tools you can call:\n" + "\n".join(

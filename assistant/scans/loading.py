@@ -23,9 +23,10 @@ import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 
 from assistant.config import Settings, get_settings
+from assistant.privacy import DESCRIPTIVE_ATTRIBUTES, WITHHELD_NOTE, PrivacyGate
 from assistant.scans.archives import extract_archive, format_bytes
 from assistant.scans.headers import confined_data_files
-from assistant.volume import Modality, PatientIdentifiers, ScanLoadError, ScanMetadata, Volume
+from assistant.volume import Modality, ScanLoadError, ScanMetadata, Volume
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,19 @@ def load_scan(path: str | Path, settings: Settings | None = None, *, root: Path 
     """Load a scan file, DICOM folder or zip as a canonical RAS+ `Volume`; raises ScanLoadError.
 
     `root` is the upload the file came in (default: its own folder): a MetaImage or NRRD header
-    may name data files only inside it.
+    may name data files only inside it. The volume's name and metadata have passed the privacy
+    gate (`assistant.privacy`); the real names stay in `Volume.identifiers`.
     """
     settings = settings or get_settings()
     path = Path(path)
+    volume = _load_any(path, settings, root)
+    volume.identifiers = volume.identifiers.model_copy(
+        update={"file_names": tuple(dict.fromkeys([path.name, *volume.identifiers.file_names]))})
+    volume.name = PrivacyGate(settings).file_label(path)
+    return volume
+
+
+def _load_any(path: Path, settings: Settings, root: Path | None) -> Volume:
     if not path.exists():
         raise ScanLoadError(f"{path.name} was not found; check the path or upload the file again.")
     if path.is_dir():
@@ -210,7 +220,7 @@ def _read_header(path: Path) -> pydicom.Dataset | None:
     try:
         return pydicom.dcmread(path, defer_size="64 KB")
     except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, AttributeError) as exc:
-        log.debug("skipping %s: %s", path.name, exc)
+        log.debug("skipping a file that is not DICOM (%s)", type(exc).__name__)  # its name may identify the patient
         return None
 
 
@@ -222,9 +232,9 @@ def _frames(ds: pydicom.Dataset) -> int:
     return int(ds.get("NumberOfFrames", 1) or 1)
 
 
-def _series_label(datasets: list[pydicom.Dataset]) -> str:
+def _series_label(datasets: list[pydicom.Dataset], gate: PrivacyGate) -> str:
     first = datasets[0]
-    description = str(first.get("SeriesDescription", "") or "").strip() or "unnamed series"
+    description = gate.text(first, "SeriesDescription")[0] or "unnamed series"
     return f"{description} ({first.get('Modality', '?')}, {sum(_frames(d) for d in datasets)} images)"
 
 
@@ -243,7 +253,10 @@ def _load_folder(folder: Path, settings: Settings, label: str | None = None, roo
         if len(scans) > 1:
             raise ScanLoadError(f"{label or folder.name} holds several scan files; upload one at a time.")
         return load_scan(scans[0], settings, root=root)
-    return _load_dicom_files(dicom_files, settings, label=label or folder.name)
+    volume = _load_dicom_files(dicom_files, settings, label=label or folder.name)
+    inner = [part for source in volume.dicom_sources for part in source.relative_to(folder).parts[:-1]]
+    volume.identifiers = volume.identifiers.model_copy(update={"file_names": tuple(dict.fromkeys(inner))})
+    return volume
 
 
 def _load_dicom_files(paths: list[Path], settings: Settings, label: str) -> Volume:
@@ -280,13 +293,16 @@ def _load_dicom_files(paths: list[Path], settings: Settings, label: str) -> Volu
     except ScanLoadError:
         raise
     except Exception as exc:  # pixel decoding and geometry errors come in many types
-        log.debug("DICOM decoding failed for %s", label, exc_info=True)
+        log.debug("DICOM decoding failed", exc_info=True)
         raise ScanLoadError(f"The DICOM pixel data in {label} could not be decoded ({exc}); the file may be truncated.") from exc
-    metadata = _dicom_metadata(first, source_format, len(datasets))
-    metadata["other_series"] = [_series_label([ds for _, ds in items]) for items in ranked[1:]]
+    gate = PrivacyGate(settings)
+    metadata, withheld = _dicom_metadata(first, source_format, len(datasets), gate)
+    if withheld:
+        notes.append(WITHHELD_NOTE.format(fields=", ".join(withheld)))
+    metadata["other_series"] = [_series_label([ds for _, ds in items], gate) for items in ranked[1:]]
     return _finish(
         data, affine_ras, label, metadata, notes,
-        identifiers=_dicom_identifiers(first), dicom_sources=[path for path, _ in chosen],
+        identifiers=gate.identifiers(first, (), withheld.values()), dicom_sources=[path for path, _ in chosen],
     )  # fmt: skip
 
 
@@ -376,30 +392,24 @@ def _number(ds: pydicom.Dataset, keyword: str) -> float | None:
         return None
 
 
-def _dicom_metadata(ds: pydicom.Dataset, source_format: str, num_files: int) -> dict:
-    """De-identified header facts only (no names, ids, dates or institutions)."""
-    return {
+def _dicom_metadata(ds: pydicom.Dataset, source_format: str, num_files: int,
+                    gate: PrivacyGate) -> tuple[dict, dict[str, str]]:
+    """Header facts through the privacy gate, and the free texts it withheld: technique from the
+    de-identified header (PS3.15 Annex E), descriptions only when they are plain imaging terms."""
+    header = gate.header(ds)
+    metadata = {
         "source_format": source_format,
-        "modality": _MODALITY_CODES.get(str(ds.get("Modality", "")).upper(), Modality.OTHER),
-        "body_part": _text(ds, "BodyPartExamined"),
-        "series_description": _text(ds, "SeriesDescription"),
-        "study_description": _text(ds, "StudyDescription"),
-        "manufacturer": _text(ds, "Manufacturer"),
-        "slice_thickness_mm": _number(ds, "SliceThickness"),
-        "contrast_agent": _text(ds, "ContrastBolusAgent"),
-        "kvp": _number(ds, "KVP"),
-        "magnetic_field_strength_t": _number(ds, "MagneticFieldStrength"),
-        "sequence_name": _text(ds, "SequenceName") or _text(ds, "PulseSequenceName"),
+        "modality": _MODALITY_CODES.get(str(header.get("Modality", "")).upper(), Modality.OTHER),
+        "slice_thickness_mm": _number(header, "SliceThickness"),
+        "kvp": _number(header, "KVP"),
+        "magnetic_field_strength_t": _number(header, "MagneticFieldStrength"),
         "num_source_files": num_files,
     }
-
-
-def _dicom_identifiers(ds: pydicom.Dataset) -> PatientIdentifiers:
-    return PatientIdentifiers(
-        patient_name=_text(ds, "PatientName"),
-        patient_id=_text(ds, "PatientID"),
-        birth_date=_text(ds, "PatientBirthDate"),
-        accession_number=_text(ds, "AccessionNumber"),
-        institution=_text(ds, "InstitutionName"),
-        study_date=_text(ds, "StudyDate"),
-    )
+    withheld: dict[str, str] = {}
+    for field, keywords in DESCRIPTIVE_ATTRIBUTES.items():
+        for keyword in keywords:
+            text, hidden = gate.text(ds, keyword)
+            if hidden:
+                withheld[field.replace("_", " ")] = str(ds.get(keyword)).strip()
+            metadata[field] = metadata.get(field) or text
+    return metadata, withheld
