@@ -7,6 +7,7 @@ writes into the same object. Defaults work offline on a 2-core CPU machine.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -22,7 +23,9 @@ def _default_cache_dir() -> Path:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SCANCHAT_", env_file=".env", extra="ignore")
+    # No `.env` from the working folder: a file there could redirect prompts to another endpoint.
+    # `get_settings` reads one only from the path in SCANCHAT_ENV_FILE.
+    model_config = SettingsConfigDict(env_prefix="SCANCHAT_", env_file=None, extra="ignore")
 
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="Assembled models, samples, indexes.")
 
@@ -32,8 +35,12 @@ class Settings(BaseSettings):
     llm_threads: int = Field(2, ge=1)
     llm_context: int = Field(4096, ge=512)
     max_new_tokens: int = Field(384, ge=16)
-    openai_base_url: str | None = Field(None, description="OpenAI-compatible server (vLLM, llama.cpp, Ollama).")
-    openai_api_key: str | None = Field(None, description="Read from the environment only; never stored.")
+    openai_base_url: str | None = Field(None, description="OpenAI-compatible server (vLLM, llama.cpp, Ollama); "
+                                        "plain http only on this machine (loopback).")
+    openai_api_key: str | None = Field(None, description="Read from the environment only; never stored; sent only "
+                                       "to the host of openai_base_url.")
+    openai_allow_remote: bool = Field(False, description="Opt-in for an openai_base_url on another machine (https "
+                                      "only): de-identified prompts then leave this machine.")
     openai_model: str | None = None
     quantization: Literal["none", "4bit", "8bit"] = Field("none", description="bitsandbytes loading on a GPU.")
     device_map: str | None = Field(None, description="accelerate device map, e.g. 'auto' on a GPU machine.")
@@ -110,5 +117,8 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Process-wide settings, read once from the environment."""
-    return Settings()
+    """Process-wide settings, read once from the environment (and the file SCANCHAT_ENV_FILE names)."""
+    env_file = os.environ.get("SCANCHAT_ENV_FILE")
+    if env_file and not Path(env_file).is_file():
+        raise ValueError(f"SCANCHAT_ENV_FILE names {env_file}, which is not a file.")
+    return Settings(_env_file=env_file or None)
