@@ -80,6 +80,11 @@ class Settings(BaseSettings):
         None, description="Folder of CSV/TBX glossaries that a chat message (or the model) may name; default "
                           "cache_dir/glossaries. A glossary path outside it and outside uploaded glossaries is refused.")
 
+    # --- `scanchat serve-model` ------------------------------------------------------------
+    serve_api_key: str | None = Field(None, description="Bearer key clients of serve-model must send; required.")
+    serve_max_body_bytes: int = Field(256 * 1024, ge=1024, description="Larger requests are refused (413) unread.")
+    serve_max_tokens: int = Field(1024, ge=1, description="Cap on max_tokens per request; the default when none is asked.")
+
     # --- privacy ------------------------------------------------------------------------
     share_identifiers: bool = Field(
         False, description="Allow DICOM patient identifiers into prompts and remote endpoints."

@@ -4,6 +4,7 @@ settings files only from an explicit path. Servers here are real and bind 127.0.
 from __future__ import annotations
 
 import http.server
+import json
 import threading
 from collections.abc import Iterator
 
@@ -118,3 +119,76 @@ def test_settings_files_are_read_only_from_an_explicit_path(tmp_path, monkeypatc
             get_settings()
     finally:
         get_settings.cache_clear()
+
+
+# --- scanchat serve-model's request guard ------------------------------------------------------
+
+SERVE_KEY, TOKEN_CAP = "serve-key-for-tests", 6
+
+
+@pytest.fixture(scope="module")
+def guarded_server() -> Iterator[str]:
+    """serve-model's app over the real smollm2, behind the guard, on a free local port."""
+    import socket
+    import time
+
+    import uvicorn
+
+    from assistant.models.registry import load_chat_model
+    from assistant.models.server import create_app
+    from assistant.models.server_guard import RequestGuard
+
+    model = load_chat_model(get_settings(), name="smollm2-135m")
+    app = RequestGuard(create_app(model), api_key=SERVE_KEY, max_body_bytes=64 * 1024, max_tokens=TOKEN_CAP)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def _post(url: str, body: dict | bytes, key: str | None = SERVE_KEY):
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(f"{url}/chat/completions", content=content, headers={**headers, "Content-Type": "application/json"},
+                      timeout=120)
+
+
+ASK = {"messages": [{"role": "user", "content": "Write a long story about the sea."}]}
+
+
+@pytest.mark.slow
+def test_serve_model_refuses_missing_and_wrong_keys(guarded_server):
+    import httpx
+
+    assert _post(guarded_server, ASK, key=None).status_code == 401
+    assert _post(guarded_server, ASK, key="wrong").status_code == 401
+    assert httpx.get(f"{guarded_server}/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert httpx.get(f"{guarded_server}/models", headers={"Authorization": f"Bearer {SERVE_KEY}"}).status_code == 200
+
+
+@pytest.mark.slow
+def test_serve_model_refuses_a_large_body_and_too_many_tokens_and_caps_the_default(guarded_server):
+    big = {"messages": [{"role": "user", "content": "scan " * 400_000}]}  # 2 MB
+    assert _post(guarded_server, big).status_code == 413
+    asked_too_much = _post(guarded_server, {**ASK, "max_tokens": 100_000})
+    assert asked_too_much.status_code == 400 and str(TOKEN_CAP) in asked_too_much.json()["error"]["message"]
+    answer = _post(guarded_server, ASK)  # no max_tokens: the cap applies
+    assert answer.status_code == 200
+    assert 0 < answer.json()["usage"]["completion_tokens"] <= TOKEN_CAP
+
+
+@pytest.mark.slow
+def test_the_openai_client_talks_to_a_guarded_server_with_its_key(guarded_server):
+    client = OpenAIChatModel(Settings(openai_base_url=guarded_server, openai_api_key=SERVE_KEY), model="smollm2-135m")
+    assert "".join(client.stream([Message(role="user", content="Say hello.")], max_new_tokens=TOKEN_CAP))
+    with pytest.raises(ModelError, match="401"):
+        "".join(OpenAIChatModel(Settings(openai_base_url=guarded_server), model="x").stream(
+            [Message(role="user", content="hi")]))

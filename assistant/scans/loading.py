@@ -122,9 +122,13 @@ def _replace_non_finite(data: np.ndarray, notes: list[str]) -> np.ndarray:
 def _finish(data: np.ndarray, affine_ras: np.ndarray, name: str, metadata: dict, notes: list[str], **extra) -> Volume:
     """Canonical RAS+ voxel order, float32, finite values, metadata frozen with its notes."""
     data = _replace_non_finite(np.asarray(data, dtype=np.float32), notes)
-    if abs(np.linalg.det(affine_ras[:3, :3])) < 1e-9 or not np.all(np.isfinite(affine_ras)):
-        raise ScanLoadError(f"{name} has an invalid geometry (zero or missing voxel size / orientation).")
-    canonical = nib.as_closest_canonical(nib.Nifti1Image(data, affine_ras))
+    invalid = ScanLoadError(f"{name} has an invalid geometry (zero or missing voxel size / orientation).")
+    if not np.all(np.isfinite(affine_ras)) or abs(np.linalg.det(affine_ras[:3, :3])) < 1e-9:
+        raise invalid
+    try:
+        canonical = nib.as_closest_canonical(nib.Nifti1Image(data, affine_ras))
+    except (nib.orientations.OrientationError, ValueError) as exc:  # axes too close to parallel to tell apart
+        raise invalid from exc
     if "modality" not in metadata:
         metadata["modality"] = guess_modality(data)
         notes.append(f"Modality guessed as {metadata['modality'].value} from the intensity range (no header says).")
