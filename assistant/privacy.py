@@ -93,7 +93,12 @@ def deidentified_header(ds: pydicom.Dataset) -> pydicom.Dataset:
     header.update({element.tag: copy.deepcopy(element) for element in ds
                    if element.keyword not in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")})
     actions = _annex_e_actions()
-    anonymize_dataset(header, base_rules_gen=lambda: dict(actions), delete_private_tags=True)
+    try:
+        anonymize_dataset(header, base_rules_gen=lambda: dict(actions), delete_private_tags=True)
+    except Exception:  # a corrupt nested item pydicom cannot decode: drop every sequence and apply the profile again
+        for element in [e for e in header if e.VR == "SQ"]:
+            del header[element.tag]
+        anonymize_dataset(header, base_rules_gen=lambda: dict(actions), delete_private_tags=True)
     return header
 
 

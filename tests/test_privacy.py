@@ -177,8 +177,7 @@ def test_identifiers_stay_out_of_prompts_logs_database_and_exports(phi_zip, tmp_
     model = load_chat_model(settings, name="smollm2-135m")
     recorder = _PromptRecorder(model)
     agent = Agent(model, session, settings)
-    for question in ("Describe this scan.", f"Is this {GIVEN} {NAME}'s scan? What is the slice thickness?"):
-        agent.ask(question)
+    agent.ask(f"Is this {GIVEN} {NAME}'s scan? What is the slice thickness?")  # the user names the patient, too
     segmentation = run_segmentation(volume, SegmentArgs(structure="bone"))
     session.records.append(ToolRecord("segment", {"structure": "bone"}, segmentation))
 

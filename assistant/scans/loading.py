@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tokenize
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -37,6 +38,7 @@ ITK_SUFFIXES = {".nrrd": "NRRD", ".nhdr": "NRRD", ".mha": "MHA", ".mhd": "MHD"}
 _ITK_IO = {".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO", ".mha": "MetaImageIO", ".mhd": "MetaImageIO"}
 SCAN_SUFFIXES = NIFTI_SUFFIXES + tuple(ITK_SUFFIXES) + (".npy",)
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima", "")
+_PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}  # float, double float and integer pixel data
 _MODALITY_CODES = {
     "CT": Modality.CT, "MR": Modality.MR, "PT": Modality.PT, "NM": Modality.NM, "US": Modality.US,
     "CR": Modality.XRAY, "DX": Modality.XRAY, "MG": Modality.XRAY, "RF": Modality.XRAY, "XA": Modality.XRAY,
@@ -200,7 +202,7 @@ def _load_numpy(path: Path, settings: Settings) -> Volume:
     """M3D-style arrays: (1,)32x256x256 slices x rows x columns, intensities in 0-1, no geometry."""
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError) as exc:  # the header is a Python literal
         raise ScanLoadError(f"{path.name} is not a readable NumPy array ({exc}).") from exc
     shape = array.shape[1:] if array.ndim == 4 and array.shape[0] == 1 else array.shape
     if len(shape) != 3 or not np.issubdtype(array.dtype, np.number):
@@ -222,10 +224,18 @@ def _load_numpy(path: Path, settings: Settings) -> Volume:
 def _read_header(path: Path) -> pydicom.Dataset | None:
     """Full header with the pixel data left on disk until used; None for non-DICOM files."""
     try:
-        return pydicom.dcmread(path, defer_size="64 KB")
-    except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, AttributeError) as exc:
+        ds = pydicom.dcmread(path, defer_size="64 KB")
+    except Exception as exc:  # a corrupt file meta makes pydicom raise InvalidDicomError, NotImplementedError,
+        # BytesLengthException, ValueError, EOFError...: any of them means this file cannot be read as DICOM
         log.debug("skipping a file that is not DICOM (%s)", type(exc).__name__)  # its name may identify the patient
         return None
+    for tag in [tag for tag in ds.keys() if tag not in _PIXEL_TAGS]:
+        try:
+            ds[tag]  # decoded now, so that a corrupt element fails here and not in whatever reads it later
+        except Exception as exc:  # pydicom raises NotImplementedError, BytesLengthException, ValueError... per element
+            log.debug("dropping an undecodable DICOM element %s (%s)", tag, type(exc).__name__)
+            del ds[tag]
+    return ds
 
 
 def _has_pixels(ds: pydicom.Dataset) -> bool:
@@ -266,10 +276,11 @@ def _load_folder(folder: Path, settings: Settings, label: str | None = None, roo
 def _load_dicom_files(paths: list[Path], settings: Settings, label: str) -> Volume:
     """Group DICOM files by series, load the largest image series, list the others."""
     series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
-    found_dicom = False
+    found_dicom, unreadable = False, 0
     for path in paths:
         ds = _read_header(path)
         if ds is None:
+            unreadable += 1
             continue
         found_dicom = True
         if _has_pixels(ds):
@@ -287,6 +298,8 @@ def _load_dicom_files(paths: list[Path], settings: Settings, label: str) -> Volu
     first = datasets[0]
     _check_voxels((int(first.Rows), int(first.Columns), sum(_frames(ds) for ds in datasets)), settings, label)
     notes: list[str] = []
+    if unreadable:
+        notes.append(f"{unreadable} file(s) of the upload could not be read as DICOM and were skipped.")
     try:
         if len(datasets) == 1 and _frames(first) > 1:
             data, affine_ras, source_format = _multiframe_geometry(first, notes)
