@@ -50,14 +50,14 @@ def named_data_files(header: Path) -> list[str]:
         if len(raw) > HEADER_BYTES and not end:
             raise refusal(header)
         return _expand(header, matches, head, rest)
-    matches = list(_META_DATA_FILE.finditer(text))[:1]  # MetaIO stops reading the header at this field
-    if not matches:
+    first = _META_DATA_FILE.search(text)  # MetaIO stops reading the header at this field; voxels may follow
+    if first is None:
         return []  # no voxels anywhere: ITK refuses the file itself
-    if matches[0].group(1).strip().upper() == "LOCAL":
+    if first.group(1).strip().upper() == "LOCAL":
         return []
     if len(raw) > HEADER_BYTES:
         raise refusal(header)
-    return _expand(header, matches, text, "")
+    return _expand(header, [first], text, "")
 
 
 def _expand(header: Path, matches: list[re.Match], text: str, rest: str) -> list[str]:
