@@ -166,7 +166,7 @@ def test_identifiers_stay_out_of_prompts_logs_database_and_exports(phi_zip, tmp_
     from assistant.reports.workflow import ReportDesk
     from assistant.segmentation.export import save_dicom_seg, save_nifti
     from assistant.session import ScanSession, ToolRecord
-    from tools.segment import SegmentArgs, run_segmentation
+    from tools.segment import SegmentArgs, SegmentResult, run_segmentation
 
     caplog.set_level(logging.DEBUG)
     settings = get_settings().model_copy(update={"share_identifiers": False, "reports_db": tmp_path / "db.sqlite3",
@@ -179,7 +179,7 @@ def test_identifiers_stay_out_of_prompts_logs_database_and_exports(phi_zip, tmp_
     agent = Agent(model, session, settings)
     agent.ask(f"Is this {GIVEN} {NAME}'s scan? What is the slice thickness?")  # the user names the patient, too
     segmentation = run_segmentation(volume, SegmentArgs(structure="bone"))
-    session.records.append(ToolRecord("segment", {"structure": "bone"}, segmentation))
+    session.records.append(ToolRecord("segment", {"structure": "bone"}, SegmentResult(segmentation=segmentation)))
 
     store = ReportStore(settings.reports_db)
     store.save_conversation(conversation_of(session, "c1", agent.history, scan_path=str(phi_zip)))

@@ -181,6 +181,14 @@ def _load_itk(path: Path, settings: Settings, root: Path) -> Volume:
     if len(size) < 3:
         raise ScanLoadError(f"{path.name} is a 2D image ({size}); a 3D scan is needed.")
     _check_voxels(size[:3], settings, path.name)
+    dimension = len(size)
+    direction = np.array(reader.GetDirection(), dtype=np.float64).reshape(dimension, dimension)
+    geometry = np.concatenate([direction.ravel(), reader.GetSpacing(), reader.GetOrigin()])
+    with np.errstate(over="ignore", invalid="ignore"):
+        determinant = abs(np.linalg.det(direction)) if np.all(np.isfinite(direction)) else 0.0
+    if not np.all(np.isfinite(geometry)) or not 1e-3 < determinant < 1e3:
+        # checked before reading: ITK 5.4 never returns from Execute() on a 1e308 direction matrix
+        raise ScanLoadError(f"{path.name} has an invalid geometry (zero or missing voxel size / orientation).")
     try:
         image = reader.Execute()
     except RuntimeError as exc:
