@@ -41,6 +41,7 @@ from assistant.grounding import (
     numbers_in,
 )
 from assistant.models.base import ChatModel, Message, ModelError
+from assistant.privacy import PrivacyGate
 from assistant.session import ScanSession, ToolRecord
 from assistant.terminology.languages import languages_named
 from prompts import load_prompt
@@ -187,7 +188,9 @@ class Agent:
             yield event
         trace.seconds = time.perf_counter() - started
         self.traces.append(trace)
-        log.info("turn %s", json.dumps(trace.to_json(), default=str)[:2000])
+        volume = self.session.volume  # the PHI gate again: the user may have typed the patient's name
+        text = json.dumps(trace.to_json(), default=str)[:2000]
+        log.info("turn %s", PrivacyGate(self.settings).scrub(text, volume.identifiers if volume else None))
 
     def ask(self, user_message: str) -> TurnTrace:
         """Run a turn to completion and return its trace (for the CLI and evals)."""
@@ -241,7 +244,9 @@ class Agent:
         sources = [m.content for m in [*self.history, *state["messages"]]]
         verbatim = [name for name, field in schema["properties"].items() if field.get("verbatim")]
         arguments = self._generate_arguments(state, tool, schema, sources, verbatim)
-        return _with_users_values(arguments, tool, state["messages"][0].content, sources, verbatim)
+        # file-header text reaches the model in tool results: a text or path argument may not come from there
+        said = [m.content for m in [*self.history, *state["messages"]] if m.role != "tool"]
+        return _with_users_values(arguments, tool, state["messages"][0].content, sources, verbatim, said)
 
     def _generate_arguments(self, state: _State, tool: ScanTool, schema: dict[str, Any], sources: list[str],
                             verbatim: list[str]) -> dict[str, Any]:
@@ -381,7 +386,9 @@ class Agent:
         (a line per tool to choose, one full model card to fill arguments, none to answer), which
         keeps prompts short: prefill dominates latency on a CPU."""
         system = Template(load_prompt("agent/system.md")).substitute(scan=self._scan_context(), tools=tools)
-        return [Message(role="system", content=system.strip()), *self.history[-12:], *state["messages"]]
+        messages = [Message(role="system", content=system.strip()), *self.history[-12:], *state["messages"]]
+        volume = self.session.volume  # the PHI gate's last line: no identifier of the scan reaches a model
+        return PrivacyGate(self.settings).messages(messages, volume.identifiers if volume else None)
 
     def _tool_menu(self) -> str:
         return "Tools you can call:\n" + "\n".join(
@@ -415,11 +422,12 @@ def _brief(exc: ValidationError | Exception) -> str:
 
 
 def _with_users_values(arguments: dict[str, Any], tool: ScanTool, request: str, sources: list[str],
-                       verbatim: list[str]) -> dict[str, Any]:
+                       verbatim: list[str], said: list[str]) -> dict[str, Any]:
     """The user's own words, language and points where the model's arguments contradict or omit them,
-    then what the tool itself reads from the request (`ScanTool.with_request`)."""
+    then what the tool itself reads from the request (`ScanTool.with_request`). Verbatim texts must
+    come from what was `said` (the user's and the assistant's messages, not tool results)."""
     arguments = dict(arguments)
-    for name in invented_texts(arguments, verbatim, sources):  # the model copied or blended an example's text
+    for name in invented_texts(arguments, verbatim, said):  # the model copied an example's text or a header's
         value = tool.users_words(name, request)
         log.info("argument %s of %s not from the conversation; using %r", name, tool.name, value)
         if value is None:

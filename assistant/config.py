@@ -7,6 +7,7 @@ writes into the same object. Defaults work offline on a 2-core CPU machine.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -22,7 +23,9 @@ def _default_cache_dir() -> Path:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SCANCHAT_", env_file=".env", extra="ignore")
+    # No `.env` from the working folder: a file there could redirect prompts to another endpoint.
+    # `get_settings` reads one only from the path in SCANCHAT_ENV_FILE.
+    model_config = SettingsConfigDict(env_prefix="SCANCHAT_", env_file=None, extra="ignore")
 
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="Assembled models, samples, indexes.")
 
@@ -32,8 +35,12 @@ class Settings(BaseSettings):
     llm_threads: int = Field(2, ge=1)
     llm_context: int = Field(4096, ge=512)
     max_new_tokens: int = Field(384, ge=16)
-    openai_base_url: str | None = Field(None, description="OpenAI-compatible server (vLLM, llama.cpp, Ollama).")
-    openai_api_key: str | None = Field(None, description="Read from the environment only; never stored.")
+    openai_base_url: str | None = Field(None, description="OpenAI-compatible server (vLLM, llama.cpp, Ollama); "
+                                        "plain http only on this machine (loopback).")
+    openai_api_key: str | None = Field(None, description="Read from the environment only; never stored; sent only "
+                                       "to the host of openai_base_url.")
+    openai_allow_remote: bool = Field(False, description="Opt-in for an openai_base_url on another machine (https "
+                                      "only): de-identified prompts then leave this machine.")
     openai_model: str | None = None
     quantization: Literal["none", "4bit", "8bit"] = Field("none", description="bitsandbytes loading on a GPU.")
     device_map: str | None = Field(None, description="accelerate device map, e.g. 'auto' on a GPU machine.")
@@ -68,6 +75,15 @@ class Settings(BaseSettings):
     term_glossary: Path | None = Field(
         None, description="A CSV or TBX glossary merged into the term index (source 'glossary'); "
                           "the index is rebuilt when the file changes.")
+
+    glossary_dir: Path | None = Field(
+        None, description="Folder of CSV/TBX glossaries that a chat message (or the model) may name; default "
+                          "cache_dir/glossaries. A glossary path outside it and outside uploaded glossaries is refused.")
+
+    # --- `scanchat serve-model` ------------------------------------------------------------
+    serve_api_key: str | None = Field(None, description="Bearer key clients of serve-model must send; required.")
+    serve_max_body_bytes: int = Field(256 * 1024, ge=1024, description="Larger requests are refused (413) unread.")
+    serve_max_tokens: int = Field(1024, ge=1, description="Cap on max_tokens per request; the default when none is asked.")
 
     # --- privacy ------------------------------------------------------------------------
     share_identifiers: bool = Field(
@@ -106,8 +122,20 @@ class Settings(BaseSettings):
         """Files the UI offers for download, one private folder per browser session (the UI serves only these)."""
         return self.ui_exports_dir or self.cache_dir / "exports"
 
+    @property
+    def glossary_folder(self) -> Path:
+        return self.glossary_dir or self.cache_dir / "glossaries"
+
+    @property
+    def glossary_roots(self) -> list[Path]:
+        """Where a glossary named in a chat message may come from: the glossary folder, uploaded glossaries."""
+        return [self.glossary_folder, self.uploads_dir / "glossaries"]
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Process-wide settings, read once from the environment."""
-    return Settings()
+    """Process-wide settings, read once from the environment (and the file SCANCHAT_ENV_FILE names)."""
+    env_file = os.environ.get("SCANCHAT_ENV_FILE")
+    if env_file and not Path(env_file).is_file():
+        raise ValueError(f"SCANCHAT_ENV_FILE names {env_file}, which is not a file.")
+    return Settings(_env_file=env_file or None)

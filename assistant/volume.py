@@ -71,6 +71,8 @@ class PatientIdentifiers(BaseModel):
     accession_number: str | None = None
     institution: str | None = None
     study_date: str | None = None
+    file_names: tuple[str, ...] = ()  # the upload's own file and folder names (its label is neutral)
+    withheld_texts: tuple[str, ...] = ()  # free-text header values the privacy gate withheld
 
 
 @dataclass(eq=False)

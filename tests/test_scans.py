@@ -333,3 +333,15 @@ def test_data_cli_fetches_and_lists(tmp_path, monkeypatch, capsys):
         assert main(["data", "fetch", "no-such-sample"]) == 2
     finally:
         get_settings.cache_clear()
+
+
+def test_itk_header_with_an_absurd_direction_matrix_is_refused_before_reading(settings, tmp_path):
+    """ITK 5.4 never returns from reading a MetaImage whose TransformMatrix holds 1e308 (found by evals/bench_fuzz.py)."""
+    path = tmp_path / "scan.mha"
+    sitk.WriteImage(sitk.ReadImage(str(ANATOMICAL)), str(path))
+    raw = path.read_bytes()
+    start = raw.index(b"TransformMatrix")
+    end = raw.index(b"\n", start)
+    path.write_bytes(raw[:start] + b"TransformMatrix = 1 1e308 1e308 0 1e308 0 1e308 1e308 1e308" + raw[end:])
+    with pytest.raises(ScanLoadError, match="invalid geometry"):
+        load_scan(path, settings)

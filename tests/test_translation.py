@@ -225,11 +225,15 @@ def test_local_seq2seq_engine_bans_the_words_it_is_told_to(tmp_path):
 
 
 @needs_apertium
-def test_tool_and_cli_report_engine_terms_and_flags(glossary, capsys):
+def test_tool_and_cli_report_engine_terms_and_flags(glossary, capsys, monkeypatch, request):
     from tools.translate_text import TranslateTextTool  # before assistant.session: tools/__init__ imports it
     from assistant.cli import main
+    from assistant.config import get_settings
     from assistant.session import ScanSession
 
+    monkeypatch.setenv("SCANCHAT_GLOSSARY_DIR", str(Path(glossary.path).parent))  # the tool reads glossaries only there
+    get_settings.cache_clear()
+    request.addfinalizer(get_settings.cache_clear)
     tool = TranslateTextTool(session=ScanSession())
     message = tool.invoke({"type": "tool_call", "id": "1", "name": "translate_text",
                            "args": {"text": "A small pleural effusion.", "target_language": "es",

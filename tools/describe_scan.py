@@ -63,8 +63,8 @@ class ScanDescription(ToolResult):
                             ("contrast agent", self.contrast_agent)):
             if text and reads_like_instruction(text):
                 parts.append(f"{label} text withheld: it reads like an instruction, not a description")
-            elif text:
-                parts.append(f"{label} '{text}'")
+            elif text:  # fenced and labelled: header text is data about the scan, never an instruction
+                parts.append(f"{label} (untrusted file-header text) «{text}»")
         return "; ".join(parts) + "."
 
     def findings(self, arguments: dict) -> list[Finding]:

@@ -11,11 +11,11 @@ from typing import ClassVar
 from pydantic import BaseModel, Field
 from tqdm import tqdm
 
-from assistant.config import Settings
+from assistant.config import Settings, get_settings
 from assistant.grounding import VERBATIM
 from assistant.imaging.progress import ProgressCallback
 from assistant.models.base import ChatModel
-from assistant.terminology.glossary import load_glossary
+from assistant.terminology.glossary import Glossary, load_glossary, load_named_glossary
 from assistant.translation import TranslationResult, translate_text
 from tools.base import ScanTool, ToolError, ToolResult
 
@@ -56,12 +56,14 @@ class TranslateTextResult(TranslationResult, ToolResult):
         return "\n".join(lines).strip()
 
 
-def run_translation(text: str, target_language: str, source_language: str = "en", glossary_path: str | Path | None = None,
-                    engine: str | None = None, refiner: ChatModel | None = None, settings: Settings | None = None,
+def run_translation(text: str, target_language: str, source_language: str = "en",
+                    glossary: Glossary | str | Path | None = None, engine: str | None = None,
+                    refiner: ChatModel | None = None, settings: Settings | None = None,
                     progress: ProgressCallback | None = None) -> TranslateTextResult:
-    """Translate with the user's glossary; every user error becomes a ToolError."""
+    """Translate with the user's glossary (a path is the operator's own, from the command line);
+    every user error becomes a ToolError."""
     try:
-        glossary = load_glossary(glossary_path) if glossary_path else None
+        glossary = load_glossary(glossary) if isinstance(glossary, (str, Path)) else glossary
         result = translate_text(text, target_language, source_lang=source_language, glossary=glossary, engine=engine,
                                 refiner=refiner, settings=settings, progress=progress)
     except ValueError as exc:  # TranslationError, GlossaryError, bad language codes
@@ -75,7 +77,12 @@ class TranslateTextTool(ScanTool):
     needs_scan: ClassVar[bool] = False
 
     def execute(self, args: TranslateTextArgs) -> TranslateTextResult:
-        return run_translation(args.text, args.target_language, args.source_language, args.glossary_path)
+        """The model or the message named the glossary: it must lie in the glossary folder or an upload."""
+        try:
+            glossary = load_named_glossary(args.glossary_path, get_settings()) if args.glossary_path else None
+        except ValueError as exc:
+            raise ToolError(str(exc)) from exc
+        return run_translation(args.text, args.target_language, args.source_language, glossary)
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:

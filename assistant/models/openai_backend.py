@@ -3,14 +3,13 @@
 Streams Server-Sent Events from ``/v1/chat/completions``. JSON schemas go as
 ``response_format={"type": "json_schema", ...}``, which those servers enforce with guided decoding.
 Tool results are sent as user messages, because the agent does not use the servers' native
-tool-call protocol (whose tool messages need call ids). The API key comes from settings or
-the OPENAI_API_KEY environment variable and never appears in messages or logs.
+tool-call protocol (whose tool messages need call ids). Which servers are allowed, and where the
+API key (SCANCHAT_OPENAI_API_KEY only) may go, is `openai_endpoint`'s rule.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -19,6 +18,7 @@ import httpx
 
 from assistant.config import Settings
 from assistant.models.base import ChatModel, Message, ModelError, Usage, template_messages
+from assistant.models.openai_endpoint import checked_endpoint
 from assistant.volume import Volume
 
 CONNECT_TIMEOUT_S = 10.0
@@ -30,15 +30,14 @@ class OpenAIChatModel(ChatModel):
 
     def __init__(self, settings: Settings, model: str) -> None:
         super().__init__()
-        if not settings.openai_base_url:
-            raise ModelError("the openai runtime needs a server: set SCANCHAT_OPENAI_BASE_URL (e.g. http://host:8000/v1)")
+        endpoint = checked_endpoint(settings)
         self.name = model
         self.settings = settings
-        api_key = settings.openai_api_key or os.environ.get("OPENAI_API_KEY")
         self.client = httpx.Client(
-            base_url=_api_root(settings.openai_base_url),
-            headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+            base_url=endpoint.api_root,
+            headers={"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {},
             timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+            follow_redirects=False,  # the key goes to the configured host only
         )
 
     def stream(
@@ -70,7 +69,11 @@ class OpenAIChatModel(ChatModel):
             }
         try:
             with self.client.stream("POST", "chat/completions", json=body) as response:
-                if response.status_code >= 400:
+                if response.is_redirect:
+                    raise ModelError(f"{self.client.base_url} answered HTTP {response.status_code} (a redirect, not "
+                                     "followed so the key stays with this host); set SCANCHAT_OPENAI_BASE_URL to the "
+                                     "final address.")
+                if response.status_code >= 300:
                     detail = response.read().decode(errors="replace")[:300]
                     raise ModelError(f"{self.client.base_url} answered HTTP {response.status_code}: {detail}")
                 for chunk in _server_sent_events(response):
@@ -91,12 +94,6 @@ class OpenAIChatModel(ChatModel):
             seconds=time.perf_counter() - started,
             first_token_seconds=first_token_at - started if first_token_at else None,
         )
-
-
-def _api_root(base_url: str) -> str:
-    """Accept both "http://host:8000" and "http://host:8000/v1"; requests are relative to /v1/."""
-    root = base_url.rstrip("/")
-    return (root if root.endswith("/v1") else root + "/v1") + "/"
 
 
 def _server_sent_events(response: httpx.Response) -> Iterator[dict[str, Any]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -130,7 +131,15 @@ def _cli_serve(args: argparse.Namespace) -> int:
     from assistant.config import get_settings
     from assistant.models.registry import load_chat_model
 
+    from assistant.models.server_guard import RequestGuard
+
     settings = get_settings().model_copy(update={"openai_base_url": None})  # never serve a proxy to itself
+    if not settings.serve_api_key:
+        print("serve-model needs an API key for its clients: set SCANCHAT_SERVE_API_KEY (and SCANCHAT_OPENAI_API_KEY "
+              "to the same value on the clients).", file=sys.stderr)
+        return 2
     model = load_chat_model(settings, name=args.model, runtime=args.runtime)
-    uvicorn.run(create_app(model), host=args.host, port=args.port, log_level="info")
+    app = RequestGuard(create_app(model), api_key=settings.serve_api_key,
+                       max_body_bytes=settings.serve_max_body_bytes, max_tokens=settings.serve_max_tokens)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

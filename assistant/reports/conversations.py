@@ -14,8 +14,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from assistant.config import get_settings
 from assistant.findings import Finding
 from assistant.models.base import Message
+from assistant.privacy import PrivacyGate
 from assistant.reports.collect import require_same_scan, scan_reference, tool_findings
 from assistant.reports.model import ReportError, ScanReference
 from assistant.session import ScanSession, ToolRecord
@@ -50,7 +52,7 @@ def conversation_of(session: ScanSession, conversation_id: str, messages: list[M
                     scan_path: str | None = None) -> SavedConversation:
     """What to save of `session` (which must have a scan): its findings, observations and the chat."""
     return SavedConversation(conversation_id=conversation_id, scan=scan_reference(session.require_volume()),
-                             scan_path=scan_path, messages=list(messages or []), findings=tool_findings(session),
+                             scan_path=PrivacyGate(get_settings()).path(scan_path), messages=list(messages or []), findings=tool_findings(session),
                              observations=list(session.observations))
 
 

@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from assistant.config import Settings, get_settings
+from assistant.paths import plain_relative_name
 from assistant.volume import ScanLoadError
 
 # Real DICOM/NIfTI compresses at most ~10-20x; bombs reach 1000x and more.
@@ -36,11 +37,6 @@ def _is_symlink(info: zipfile.ZipInfo) -> bool:
     return stat.S_ISLNK(info.external_attr >> 16)
 
 
-def _unsafe_name(name: str) -> bool:
-    path = PurePosixPath(name.replace("\\", "/"))
-    return path.is_absolute() or ".." in path.parts or (len(name) > 1 and name[1] == ":")
-
-
 def check_archive(archive: zipfile.ZipFile, settings: Settings) -> list[zipfile.ZipInfo]:
     """The members to extract, after refusing anything hostile; raises ScanLoadError."""
     members = archive.infolist()
@@ -51,7 +47,7 @@ def check_archive(archive: zipfile.ZipFile, settings: Settings) -> list[zipfile.
         )
     total = 0
     for info in members:
-        if _unsafe_name(info.filename):
+        if not plain_relative_name(info.filename.replace("\\", "/")):
             raise ScanLoadError(
                 f"The zip contains an unsafe path ({info.filename!r}); re-create it with relative paths only."
             )

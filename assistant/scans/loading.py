@@ -10,6 +10,8 @@ de-identified metadata; what had to be assumed is written to `metadata.notes`.
 from __future__ import annotations
 
 import logging
+import os
+import tokenize
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -22,15 +24,21 @@ import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 
 from assistant.config import Settings, get_settings
+from assistant.privacy import DESCRIPTIVE_ATTRIBUTES, WITHHELD_NOTE, PrivacyGate
 from assistant.scans.archives import extract_archive, format_bytes
-from assistant.volume import Modality, PatientIdentifiers, ScanLoadError, ScanMetadata, Volume
+from assistant.scans.headers import confined_data_files
+from assistant.volume import Modality, ScanLoadError, ScanMetadata, Volume
 
 log = logging.getLogger(__name__)
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = {".nrrd": "NRRD", ".nhdr": "NRRD", ".mha": "MHA", ".mhd": "MHD"}
+# The reader is chosen by the suffix, never by ITK's guess, so only the headers `headers` checks are parsed.
+_ITK_IO = {".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO", ".mha": "MetaImageIO", ".mhd": "MetaImageIO"}
+SCAN_SUFFIXES = NIFTI_SUFFIXES + tuple(ITK_SUFFIXES) + (".npy",)
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima", "")
+_PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}  # float, double float and integer pixel data
 _MODALITY_CODES = {
     "CT": Modality.CT, "MR": Modality.MR, "PT": Modality.PT, "NM": Modality.NM, "US": Modality.US,
     "CR": Modality.XRAY, "DX": Modality.XRAY, "MG": Modality.XRAY, "RF": Modality.XRAY, "XA": Modality.XRAY,
@@ -38,14 +46,27 @@ _MODALITY_CODES = {
 }  # fmt: skip
 
 
-def load_scan(path: str | Path, settings: Settings | None = None) -> Volume:
-    """Load a scan file, DICOM folder or zip as a canonical RAS+ `Volume`; raises ScanLoadError."""
+def load_scan(path: str | Path, settings: Settings | None = None, *, root: Path | None = None) -> Volume:
+    """Load a scan file, DICOM folder or zip as a canonical RAS+ `Volume`; raises ScanLoadError.
+
+    `root` is the upload the file came in (default: its own folder): a MetaImage or NRRD header
+    may name data files only inside it. The volume's name and metadata have passed the privacy
+    gate (`assistant.privacy`); the real names stay in `Volume.identifiers`.
+    """
     settings = settings or get_settings()
     path = Path(path)
+    volume = _load_any(path, settings, root)
+    volume.identifiers = volume.identifiers.model_copy(
+        update={"file_names": tuple(dict.fromkeys([path.name, *volume.identifiers.file_names]))})
+    volume.name = PrivacyGate(settings).file_label(path)
+    return volume
+
+
+def _load_any(path: Path, settings: Settings, root: Path | None) -> Volume:
     if not path.exists():
         raise ScanLoadError(f"{path.name} was not found; check the path or upload the file again.")
     if path.is_dir():
-        return _load_folder(path, settings)
+        return _load_folder(path, settings, root=root or path)
     size = path.stat().st_size
     if size == 0:
         raise ScanLoadError(f"{path.name} is empty (0 bytes); the upload may have failed, try again.")
@@ -57,9 +78,9 @@ def load_scan(path: str | Path, settings: Settings | None = None) -> Volume:
     if name.endswith(NIFTI_SUFFIXES):
         return _load_nifti(path, settings)
     if name.endswith(".zip"):
-        return _load_folder(extract_archive(path, settings), settings, label=path.name)
+        return _load_folder(extract_archive(path, settings), settings, label=path.name)  # the archive is its own root
     if path.suffix.lower() in ITK_SUFFIXES:
-        return _load_itk(path, settings)
+        return _load_itk(path, settings, root or path.parent)
     if name.endswith(".npy"):
         return _load_numpy(path, settings)
     if path.suffix.lower() in DICOM_SUFFIXES or pydicom.misc.is_dicom(path):
@@ -103,9 +124,13 @@ def _replace_non_finite(data: np.ndarray, notes: list[str]) -> np.ndarray:
 def _finish(data: np.ndarray, affine_ras: np.ndarray, name: str, metadata: dict, notes: list[str], **extra) -> Volume:
     """Canonical RAS+ voxel order, float32, finite values, metadata frozen with its notes."""
     data = _replace_non_finite(np.asarray(data, dtype=np.float32), notes)
-    if abs(np.linalg.det(affine_ras[:3, :3])) < 1e-9 or not np.all(np.isfinite(affine_ras)):
-        raise ScanLoadError(f"{name} has an invalid geometry (zero or missing voxel size / orientation).")
-    canonical = nib.as_closest_canonical(nib.Nifti1Image(data, affine_ras))
+    invalid = ScanLoadError(f"{name} has an invalid geometry (zero or missing voxel size / orientation).")
+    if not np.all(np.isfinite(affine_ras)) or abs(np.linalg.det(affine_ras[:3, :3])) < 1e-9:
+        raise invalid
+    try:
+        canonical = nib.as_closest_canonical(nib.Nifti1Image(data, affine_ras))
+    except (nib.orientations.OrientationError, ValueError) as exc:  # axes too close to parallel to tell apart
+        raise invalid from exc
     if "modality" not in metadata:
         metadata["modality"] = guess_modality(data)
         notes.append(f"Modality guessed as {metadata['modality'].value} from the intensity range (no header says).")
@@ -141,8 +166,10 @@ def _load_nifti(path: Path, settings: Settings) -> Volume:
     return _finish(data, image.affine, path.name, {"source_format": "NIfTI"}, notes)
 
 
-def _load_itk(path: Path, settings: Settings) -> Volume:
+def _load_itk(path: Path, settings: Settings, root: Path) -> Volume:
+    confined_data_files(path, root)
     reader = sitk.ImageFileReader()
+    reader.SetImageIO(_ITK_IO[path.suffix.lower()])
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
@@ -154,6 +181,14 @@ def _load_itk(path: Path, settings: Settings) -> Volume:
     if len(size) < 3:
         raise ScanLoadError(f"{path.name} is a 2D image ({size}); a 3D scan is needed.")
     _check_voxels(size[:3], settings, path.name)
+    dimension = len(size)
+    direction = np.array(reader.GetDirection(), dtype=np.float64).reshape(dimension, dimension)
+    geometry = np.concatenate([direction.ravel(), reader.GetSpacing(), reader.GetOrigin()])
+    with np.errstate(over="ignore", invalid="ignore"):
+        determinant = abs(np.linalg.det(direction)) if np.all(np.isfinite(direction)) else 0.0
+    if not np.all(np.isfinite(geometry)) or not 1e-3 < determinant < 1e3:
+        # checked before reading: ITK 5.4 never returns from Execute() on a 1e308 direction matrix
+        raise ScanLoadError(f"{path.name} has an invalid geometry (zero or missing voxel size / orientation).")
     try:
         image = reader.Execute()
     except RuntimeError as exc:
@@ -175,7 +210,7 @@ def _load_numpy(path: Path, settings: Settings) -> Volume:
     """M3D-style arrays: (1,)32x256x256 slices x rows x columns, intensities in 0-1, no geometry."""
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError) as exc:  # the header is a Python literal
         raise ScanLoadError(f"{path.name} is not a readable NumPy array ({exc}).") from exc
     shape = array.shape[1:] if array.ndim == 4 and array.shape[0] == 1 else array.shape
     if len(shape) != 3 or not np.issubdtype(array.dtype, np.number):
@@ -197,10 +232,18 @@ def _load_numpy(path: Path, settings: Settings) -> Volume:
 def _read_header(path: Path) -> pydicom.Dataset | None:
     """Full header with the pixel data left on disk until used; None for non-DICOM files."""
     try:
-        return pydicom.dcmread(path, defer_size="64 KB")
-    except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, AttributeError) as exc:
-        log.debug("skipping %s: %s", path.name, exc)
+        ds = pydicom.dcmread(path, defer_size="64 KB")
+    except Exception as exc:  # a corrupt file meta makes pydicom raise InvalidDicomError, NotImplementedError,
+        # BytesLengthException, ValueError, EOFError...: any of them means this file cannot be read as DICOM
+        log.debug("skipping a file that is not DICOM (%s)", type(exc).__name__)  # its name may identify the patient
         return None
+    for tag in [tag for tag in ds.keys() if tag not in _PIXEL_TAGS]:
+        try:
+            ds[tag]  # decoded now, so that a corrupt element fails here and not in whatever reads it later
+        except Exception as exc:  # pydicom raises NotImplementedError, BytesLengthException, ValueError... per element
+            log.debug("dropping an undecodable DICOM element %s (%s)", tag, type(exc).__name__)
+            del ds[tag]
+    return ds
 
 
 def _has_pixels(ds: pydicom.Dataset) -> bool:
@@ -211,34 +254,41 @@ def _frames(ds: pydicom.Dataset) -> int:
     return int(ds.get("NumberOfFrames", 1) or 1)
 
 
-def _series_label(datasets: list[pydicom.Dataset]) -> str:
+def _series_label(datasets: list[pydicom.Dataset], gate: PrivacyGate) -> str:
     first = datasets[0]
-    description = str(first.get("SeriesDescription", "") or "").strip() or "unnamed series"
+    description = gate.text(first, "SeriesDescription")[0] or "unnamed series"
     return f"{description} ({first.get('Modality', '?')}, {sum(_frames(d) for d in datasets)} images)"
 
 
-def _load_folder(folder: Path, settings: Settings, label: str | None = None) -> Volume:
+def _load_folder(folder: Path, settings: Settings, label: str | None = None, root: Path | None = None) -> Volume:
+    """A DICOM series, or the one other scan file (with the data files its header names) in a folder."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
     if not files:
         raise ScanLoadError(f"{label or folder.name} contains no files; upload a DICOM series or a scan file.")
     if len(files) > settings.max_archive_members:
         raise ScanLoadError(f"{label or folder.name} holds {len(files)} files, more than {settings.max_archive_members}.")
-    others = [p for p in files if p.name.lower().endswith(NIFTI_SUFFIXES + (".nrrd", ".nhdr", ".mha", ".mhd", ".npy"))]
-    dicom_files = [p for p in files if p not in others]
-    if others and not dicom_files:
-        if len(others) > 1:
+    root = root or folder
+    scans = [p for p in files if p.name.lower().endswith(SCAN_SUFFIXES)]
+    data_files = {f for p in scans if p.suffix.lower() in ITK_SUFFIXES for f in confined_data_files(p, root)}
+    dicom_files = [p for p in files if p not in scans and Path(os.path.abspath(p)) not in data_files]
+    if scans and not any(pydicom.misc.is_dicom(p) for p in dicom_files):
+        if len(scans) > 1:
             raise ScanLoadError(f"{label or folder.name} holds several scan files; upload one at a time.")
-        return load_scan(others[0], settings)
-    return _load_dicom_files(dicom_files, settings, label=label or folder.name)
+        return load_scan(scans[0], settings, root=root)
+    volume = _load_dicom_files(dicom_files, settings, label=label or folder.name)
+    inner = [part for source in volume.dicom_sources for part in source.relative_to(folder).parts[:-1]]
+    volume.identifiers = volume.identifiers.model_copy(update={"file_names": tuple(dict.fromkeys(inner))})
+    return volume
 
 
 def _load_dicom_files(paths: list[Path], settings: Settings, label: str) -> Volume:
     """Group DICOM files by series, load the largest image series, list the others."""
     series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
-    found_dicom = False
+    found_dicom, unreadable = False, 0
     for path in paths:
         ds = _read_header(path)
         if ds is None:
+            unreadable += 1
             continue
         found_dicom = True
         if _has_pixels(ds):
@@ -256,6 +306,8 @@ def _load_dicom_files(paths: list[Path], settings: Settings, label: str) -> Volu
     first = datasets[0]
     _check_voxels((int(first.Rows), int(first.Columns), sum(_frames(ds) for ds in datasets)), settings, label)
     notes: list[str] = []
+    if unreadable:
+        notes.append(f"{unreadable} file(s) of the upload could not be read as DICOM and were skipped.")
     try:
         if len(datasets) == 1 and _frames(first) > 1:
             data, affine_ras, source_format = _multiframe_geometry(first, notes)
@@ -266,13 +318,16 @@ def _load_dicom_files(paths: list[Path], settings: Settings, label: str) -> Volu
     except ScanLoadError:
         raise
     except Exception as exc:  # pixel decoding and geometry errors come in many types
-        log.debug("DICOM decoding failed for %s", label, exc_info=True)
+        log.debug("DICOM decoding failed", exc_info=True)
         raise ScanLoadError(f"The DICOM pixel data in {label} could not be decoded ({exc}); the file may be truncated.") from exc
-    metadata = _dicom_metadata(first, source_format, len(datasets))
-    metadata["other_series"] = [_series_label([ds for _, ds in items]) for items in ranked[1:]]
+    gate = PrivacyGate(settings)
+    metadata, withheld = _dicom_metadata(first, source_format, len(datasets), gate)
+    if withheld:
+        notes.append(WITHHELD_NOTE.format(fields=", ".join(withheld)))
+    metadata["other_series"] = [_series_label([ds for _, ds in items], gate) for items in ranked[1:]]
     return _finish(
         data, affine_ras, label, metadata, notes,
-        identifiers=_dicom_identifiers(first), dicom_sources=[path for path, _ in chosen],
+        identifiers=gate.identifiers(first, (), withheld.values()), dicom_sources=[path for path, _ in chosen],
     )  # fmt: skip
 
 
@@ -362,30 +417,24 @@ def _number(ds: pydicom.Dataset, keyword: str) -> float | None:
         return None
 
 
-def _dicom_metadata(ds: pydicom.Dataset, source_format: str, num_files: int) -> dict:
-    """De-identified header facts only (no names, ids, dates or institutions)."""
-    return {
+def _dicom_metadata(ds: pydicom.Dataset, source_format: str, num_files: int,
+                    gate: PrivacyGate) -> tuple[dict, dict[str, str]]:
+    """Header facts through the privacy gate, and the free texts it withheld: technique from the
+    de-identified header (PS3.15 Annex E), descriptions only when they are plain imaging terms."""
+    header = gate.header(ds)
+    metadata = {
         "source_format": source_format,
-        "modality": _MODALITY_CODES.get(str(ds.get("Modality", "")).upper(), Modality.OTHER),
-        "body_part": _text(ds, "BodyPartExamined"),
-        "series_description": _text(ds, "SeriesDescription"),
-        "study_description": _text(ds, "StudyDescription"),
-        "manufacturer": _text(ds, "Manufacturer"),
-        "slice_thickness_mm": _number(ds, "SliceThickness"),
-        "contrast_agent": _text(ds, "ContrastBolusAgent"),
-        "kvp": _number(ds, "KVP"),
-        "magnetic_field_strength_t": _number(ds, "MagneticFieldStrength"),
-        "sequence_name": _text(ds, "SequenceName") or _text(ds, "PulseSequenceName"),
+        "modality": _MODALITY_CODES.get(str(header.get("Modality", "")).upper(), Modality.OTHER),
+        "slice_thickness_mm": _number(header, "SliceThickness"),
+        "kvp": _number(header, "KVP"),
+        "magnetic_field_strength_t": _number(header, "MagneticFieldStrength"),
         "num_source_files": num_files,
     }
-
-
-def _dicom_identifiers(ds: pydicom.Dataset) -> PatientIdentifiers:
-    return PatientIdentifiers(
-        patient_name=_text(ds, "PatientName"),
-        patient_id=_text(ds, "PatientID"),
-        birth_date=_text(ds, "PatientBirthDate"),
-        accession_number=_text(ds, "AccessionNumber"),
-        institution=_text(ds, "InstitutionName"),
-        study_date=_text(ds, "StudyDate"),
-    )
+    withheld: dict[str, str] = {}
+    for field, keywords in DESCRIPTIVE_ATTRIBUTES.items():
+        for keyword in keywords:
+            text, hidden = gate.text(ds, keyword)
+            if hidden:
+                withheld[field.replace("_", " ")] = str(ds.get(keyword)).strip()
+            metadata[field] = metadata.get(field) or text
+    return metadata, withheld

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from assistant.config import Settings
+from assistant.paths import file_inside
 from assistant.terminology.languages import normalize_lang
 from assistant.terminology.models import Concept, SourceInfo
 
@@ -99,6 +101,17 @@ def load_glossary(path: str | Path) -> Glossary:
         log.warning("glossary %s: %r has several %s targets %s; using %r",
                     path.name, conflict.source, conflict.lang, conflict.targets, conflict.targets[0])
     return Glossary(path=str(path), entries=entries, conflicts=conflicts)
+
+
+def load_named_glossary(name: str, settings: Settings) -> Glossary:
+    """A glossary that a chat message or the model names: only a file in `Settings.glossary_roots`
+    (relative names start in the glossary folder). One refusal for a file that is missing, unreadable,
+    a link or elsewhere, so a message cannot probe which server files exist."""
+    found = file_inside(name, settings.glossary_roots, base=settings.glossary_folder)
+    if found is None:
+        raise GlossaryError("That glossary is not available: name an uploaded glossary or a CSV/TBX file in the "
+                            "glossary folder (SCANCHAT_GLOSSARY_DIR).")
+    return load_glossary(found)
 
 
 def _parse_csv(text: str, path: Path) -> list[GlossaryEntry]:
