@@ -211,3 +211,68 @@ def test_ensemble_flags_what_either_member_flags(normative_without_colin):
     assert ensemble.cannot_detect == ENSEMBLES["ensemble"].cannot_detect
     with pytest.raises(ValueError, match="same normal subjects"):
         ensemble_model("mismatch", [zscore, fit_normal_model("zscore", scans=("mr-t1-mni152", "mr-t1-colin27"))])
+
+
+# --- the typed result and its regions, checked against hand-computed values ----------------------
+
+def _result(exceeds: bool, regions: list | None = None):
+    from assistant.anomaly.result import AnomalyRegion, AnomalyResult
+
+    region = AnomalyRegion(rank=1, centroid_mm=(-30.4, 12.0, 20.6), centroid_voxel=(60, 80, 40), size_ml=4.25,
+                           peak_score=3.14, mean_score=1.72, label="Putamen_L")
+    return AnomalyResult(method="ensemble", body_model="brain T1 MR (mr-t1-mni152, mr-t1-itk)", image_score=4.567,
+                         score_parts={"normative: deviation": 4.567, "feature_memory: blob": 1.2}, threshold=3.21,
+                         exceeds_threshold=exceeds, voxel_threshold=1.0, regions=[region] if regions is None else regions,
+                         cannot_detect=["lesions smaller than about 5 mm"], notes=["Thresholds calibrated on normal scans."])
+
+
+def test_the_summary_states_score_threshold_verdict_and_each_region():
+    summary = _result(True).summary().splitlines()
+    assert summary[0] == ("Anomaly screening (ensemble, normal model: brain T1 MR (mr-t1-mni152, mr-t1-itk)): image score "
+                          "4.57, ABOVE the calibrated threshold 3.21 (normative: deviation 4.57, feature_memory: blob 1.20).")
+    assert summary[1] == "Areas deviating most from the normal model:"
+    assert summary[2] == ("  1. 4.25 mL in/near Putamen_L, centre (-30, 12, 21) mm RAS, voxel [60, 80, 40], "
+                          "peak score 3.1, mean 1.7")
+    assert "not a diagnosis" in summary[3]
+    assert summary[4:] == ["Cannot detect: lesions smaller than about 5 mm.", "Thresholds calibrated on normal scans."]
+    quiet = _result(False, regions=[]).summary()
+    assert "4.57, below the calibrated threshold 3.21" in quiet and "No area exceeds the voxel threshold." in quiet
+
+
+def test_the_key_facts_and_findings_carry_the_score_the_threshold_and_the_areas():
+    sentence = ("Anomaly screening score 4.57, below the calibrated threshold 3.21 (a deviation from normal scans, "
+                "not a diagnosis).")
+    assert _result(False).key_facts() == {"4.57": sentence, "3.21": sentence}
+    score, area = _result(True).findings({"max_regions": 5})
+    assert score.what == "anomaly screening score (above threshold 3.21)" and score.kind == "measurement"
+    assert [(q.value, q.unit) for q in score.quantities] == [(4.567, "score")]
+    assert score.parameters == {"max_regions": 5, "method": "ensemble",
+                                "normal_model": "brain T1 MR (mr-t1-mni152, mr-t1-itk)"}
+    assert area.kind == "anomaly" and area.where == "Putamen_L, voxel [60, 80, 40]"
+    assert [(q.value, q.unit) for q in area.quantities] == [(4.25, "mL"), (3.14, "score")]
+    assert area.parameters["rank"] == 1 and area.source_tool == score.source_tool == "detect_anomalies"
+    assert len(_result(True, regions=[]).findings({})) == 1
+
+
+def test_regions_rank_by_summed_score_and_measure_on_the_scan_grid():
+    """Two areas: 27 voxels at 2.0 (sum 54) and 8 voxels at 5.0 (sum 40); voxels of 2 x 2 x 2 mm (8 uL)."""
+    from assistant.anomaly.regions import top_regions
+
+    score_map = np.zeros((20, 20, 20), np.float32)
+    score_map[2:5, 2:5, 2:5] = 2.0
+    score_map[10:12, 14:16, 6:8] = 5.0
+    score_map[18, 18, 18] = 1.0  # at the voxel threshold, not above it
+    volume = Volume(score_map, np.diag([2.0, 2.0, 2.0, 1.0]) + np.array([[0, 0, 0, -10.0]] * 3 + [[0, 0, 0, 0]]),
+                    ScanMetadata(source_format="NumPy", modality=Modality.MR))
+    seen = []
+    regions = top_regions(score_map, 1.0, volume, max_regions=5, label_for_world=lambda mm: seen.append(mm) or "here")
+    assert [r.rank for r in regions] == [1, 2]
+    broad, sharp = regions
+    assert broad.centroid_voxel == (3, 3, 3) and broad.centroid_mm == (-4.0, -4.0, -4.0)
+    assert broad.size_ml == pytest.approx(27 * 0.008) and broad.peak_score == 2.0 and broad.mean_score == 2.0
+    assert sharp.centroid_voxel == (10, 14, 6)  # (10.5, 14.5, 6.5) rounds to even
+    assert sharp.centroid_mm == (11.0, 19.0, 3.0)
+    assert sharp.size_ml == pytest.approx(8 * 0.008) and sharp.peak_score == 5.0 and sharp.label == "here"
+    assert np.allclose(seen[0], (-4.0, -4.0, -4.0))
+    assert [r.centroid_voxel for r in top_regions(score_map, 1.0, volume, max_regions=1)] == [(3, 3, 3)]
+    assert top_regions(np.zeros((5, 5, 5), np.float32), 1.0, volume) == []
