@@ -43,8 +43,7 @@ MODULES = {
         "tests/test_terminology.py", "-k", "not finetuning and not benchmark_concepts and not icd10_labels and not "
         "coding_instructions and not malformed and not tbx and not csv_glossary")),
     "segmentation result": Module("assistant/segmentation/result.py, tools/segment.py (result)", (
-        "tests/test_segmentation.py", "-k", "hand_built or follow_ups or ct_bone or tool_stores or empty_mask "
-        "or findings")),
+        "tests/test_segmentation.py", "-k", "hand_built or follow_ups or ct_bone or tool_stores or empty_mask")),
     "anomaly result": Module("assistant/anomaly/result.py, regions.py, tools/detect_anomalies.py", (
         "tests/test_anomaly.py", "-k", "summary or key_facts or regions_rank or arguments")),
 }

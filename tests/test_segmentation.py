@@ -239,7 +239,7 @@ def test_a_new_prompt_with_a_copied_refinement_and_empty_lists_still_segments():
         SegmentArgs.model_validate({"points": [], "box": []})
 
 
-def test_measurements_of_a_hand_built_mask_on_an_anisotropic_grid():
+def test_measurements_edits_and_findings_of_a_hand_built_mask_on_an_anisotropic_grid():
     """Figures computed by hand: voxels of 2 x 1 x 3 mm (6 uL), the grid's origin at (-10, 0, 5) mm."""
     from assistant.segmentation.result import measure
 
@@ -276,6 +276,11 @@ def test_measurements_of_a_hand_built_mask_on_an_anisotropic_grid():
     assert shrunk.voxel_count == 3 * 2 * 5
     with pytest.raises(ValueError, match="between 0 and 50 mm"):
         refine_mask(block, volume, "grow", amount_mm=0)
+    from tools.segment import SegmentResult
+
+    [finding] = SegmentResult(segmentation=seg).findings({"structure": "test"})  # what a report quotes
+    assert (finding.what, finding.where) == ("test volume", f"centroid {list(seg.centroid_mm)} mm (RAS)")
+    assert [(q.value, q.unit) for q in finding.quantities] == [(0.37, "mL")] and finding.parameters == {"structure": "test"}
     with pytest.raises(EmptySegmentationError, match="Nothing was segmented for empty"):
         measure(np.zeros(volume.shape, bool), volume, target="empty", backend="classical")
     with pytest.raises(ValueError, match="shape"):
