@@ -148,3 +148,18 @@ def test_scan_description_findings_are_the_technique_figures(ct):
     summary = description.summary()
     assert f"dimensions {ct.shape[0]} x {ct.shape[1]} x {ct.shape[2]} voxels, {ct.shape[2]} axial slices" in summary
     assert "orientation RAS" in summary
+
+
+def test_description_of_a_hand_built_volume():
+    """13 x 13 x 6 voxels of 0.8 x 0.8 x 2.5 mm: field of view 10.4 x 10.4 x 15.0 mm, slices 2.5 mm thick."""
+    from assistant.volume import Modality, ScanMetadata, Volume
+
+    data = np.arange(13 * 13 * 6, dtype=np.float32).reshape(13, 13, 6)
+    volume = Volume(data, np.diag([0.8, 0.8, 2.5, 1.0]), ScanMetadata(source_format="NumPy", modality=Modality.MR))
+    description = describe_scan(volume)
+    assert description.field_of_view_mm == (10.4, 10.4, 15.0) and description.slice_thickness_mm == 2.5
+    assert (description.number_of_slices, description.voxel_count) == (6, 1014)
+    assert (description.intensity.minimum, description.intensity.maximum, description.intensity.p50) == (0.0, 1013.0, 506.5)
+    assert ("dimensions 13 x 13 x 6 voxels, 6 axial slices; voxel spacing 0.80 x 0.80 x 2.50 mm, slice thickness 2.50 mm; "
+            "field of view 10.4 x 10.4 x 15.0 mm; orientation RAS; intensity 0.0 to 1013.0 a.u. (mean 506.5, median 506.5)"
+            ) in description.summary()
