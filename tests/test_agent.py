@@ -55,7 +55,9 @@ def test_step_bound_is_never_exceeded(ct):
 
 def test_question_without_a_scan_does_not_invent_facts():
     trace = _agent(None).ask("What is the slice thickness?")
-    assert all(r.error for r in trace.tool_calls)  # any tool call failed with 'no scan'
+    assert [r.name for r in trace.tool_calls] == ["describe_scan"]  # the right tool was tried...
+    assert all("No scan is loaded" in (r.error or "") for r in trace.tool_calls)  # ...and failed for want of a scan
+    assert "no scan is loaded" in trace.answer.casefold()  # the failure reaches the answer
     assert trace.grounding.ok or trace.replaced
     assert "1.5" not in trace.answer
 

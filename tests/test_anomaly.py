@@ -10,12 +10,14 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
-from assistant.anomaly.detector import (AUGMENTATIONS_PER_SCAN, CALIBRATION_AUGMENTATIONS, blob_peaks, check_scan,
-                                        compact_area_excesses, ENSEMBLES, ensemble_model, fit_normal_model, normal_images,
-                                        one_sided_deviation, standout)
+from assistant.anomaly.detector import (AUGMENTATIONS_PER_SCAN, CALIBRATION_AUGMENTATIONS, DEFAULT_METHOD, blob_peaks,
+                                        check_scan, compact_area_excesses, detect_anomalies, ENSEMBLES, ensemble_model,
+                                        fit_normal_model, model_path, normal_images, one_sided_deviation,
+                                        save_normal_model, standout)
 from assistant.anomaly.lesions import LesionSpec, insert_lesion
 from assistant.anomaly.normal_data import load_normal_scan, warp_to_template, warped_normal_scan
 from assistant.anomaly.template import template_space
+from assistant.config import Settings
 from assistant.imaging.registration import register_to_template
 from assistant.volume import Modality, ScanMetadata, Volume
 from tools.base import ToolError
@@ -180,6 +182,34 @@ def test_20mm_lesion_exceeds_the_calibrated_threshold(normative_without_colin, c
     assert scores[1] > normative_without_colin.image_threshold
 
 
+@pytest.fixture(scope="module")
+def held_out_ensemble_settings(normative_without_colin, tmp_path_factory) -> Settings:
+    """Settings whose cache holds the default method (the ensemble) fitted without Colin27, so the tool itself
+    screens Colin27 as a subject it never saw: the benchmark's leave-one-subject-out fold for Colin27."""
+    feature_memory = fit_normal_model("feature_memory", scans=normative_without_colin.training_scans)
+    settings = Settings(cache_dir=tmp_path_factory.mktemp("held-out-anomaly-model"))
+    save_normal_model(ensemble_model(DEFAULT_METHOD, [normative_without_colin, feature_memory]),
+                      model_path(DEFAULT_METHOD, settings))
+    return settings
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [2, 3])
+def test_the_tool_flags_a_30mm_lesion_in_a_held_out_brain_and_points_at_it(held_out_ensemble_settings, seed):
+    """evals/bench_anomaly.py: the default ensemble finds 30 mm lesions in held-out Colin27 (within-subject image AUROC
+    1.000; pooled det@thr 0.93). Here two 30 mm hyperintense lesions (seeds 2 and 3; measured scores 5.23 and 4.73
+    against the threshold 3.26, 2026-12-04) must each exceed the threshold, with the top region centred in the lesion."""
+    colin = load_normal_scan("mr-t1-colin27")
+    native_brain = warped_normal_scan("mr-t1-colin27").registration.warp_labels(template_space().brain_mask).astype(bool)
+    lesion = insert_lesion(colin.data, native_brain, colin.spacing, LesionSpec(diameter_mm=30), np.random.default_rng(seed))
+    result = detect_anomalies(dataclasses.replace(colin, data=lesion.image), settings=held_out_ensemble_settings)
+    assert result.method == DEFAULT_METHOD and "mr-t1-colin27" not in result.body_model
+    assert result.exceeds_threshold and result.image_score > result.threshold
+    top = result.regions[0]
+    assert lesion.mask[top.centroid_voxel], (top, lesion.center_voxel)
+    assert top.size_ml > 5.0  # a 30 mm ball is 14 mL; measured top regions 19.3 and 15.3 mL
+
+
 @pytest.mark.parametrize(
     ("data", "modality", "message"),
     [
@@ -211,3 +241,88 @@ def test_ensemble_flags_what_either_member_flags(normative_without_colin):
     assert ensemble.cannot_detect == ENSEMBLES["ensemble"].cannot_detect
     with pytest.raises(ValueError, match="same normal subjects"):
         ensemble_model("mismatch", [zscore, fit_normal_model("zscore", scans=("mr-t1-mni152", "mr-t1-colin27"))])
+
+
+# --- the typed result and its regions, checked against hand-computed values ----------------------
+
+def _result(exceeds: bool, regions: list | None = None):
+    from assistant.anomaly.result import AnomalyRegion, AnomalyResult
+
+    region = AnomalyRegion(rank=1, centroid_mm=(-30.4, 12.0, 20.6), centroid_voxel=(60, 80, 40), size_ml=4.25,
+                           peak_score=3.14, mean_score=1.72, label="Putamen_L")
+    return AnomalyResult(method="ensemble", body_model="brain T1 MR (mr-t1-mni152, mr-t1-itk)", image_score=4.567,
+                         score_parts={"normative: deviation": 4.567, "feature_memory: blob": 1.2}, threshold=3.21,
+                         exceeds_threshold=exceeds, voxel_threshold=1.0, regions=[region] if regions is None else regions,
+                         cannot_detect=["lesions smaller than about 5 mm"], notes=["Thresholds calibrated on normal scans."])
+
+
+def test_the_summary_states_score_threshold_verdict_and_each_region():
+    summary = _result(True).summary().splitlines()
+    assert summary[0] == ("Anomaly screening (ensemble, normal model: brain T1 MR (mr-t1-mni152, mr-t1-itk)): image score "
+                          "4.57, ABOVE the calibrated threshold 3.21 (normative: deviation 4.57, feature_memory: blob 1.20).")
+    assert summary[1] == "Areas deviating most from the normal model:"
+    assert summary[2] == ("  1. 4.25 mL in/near Putamen_L, centre (-30, 12, 21) mm RAS, voxel [60, 80, 40], "
+                          "peak score 3.1, mean 1.7")
+    assert "not a diagnosis" in summary[3]
+    assert summary[4:] == ["Cannot detect: lesions smaller than about 5 mm.", "Thresholds calibrated on normal scans."]
+    quiet = _result(False, regions=[]).summary()
+    assert "4.57, below the calibrated threshold 3.21" in quiet and "No area exceeds the voxel threshold." in quiet
+
+
+def test_the_key_facts_and_findings_carry_the_score_the_threshold_and_the_areas():
+    sentence = ("Anomaly screening score 4.57, below the calibrated threshold 3.21 (a deviation from normal scans, "
+                "not a diagnosis).")
+    assert _result(False).key_facts() == {"4.57": sentence, "3.21": sentence}
+    score, area = _result(True).findings({"max_regions": 5})
+    assert score.what == "anomaly screening score (above threshold 3.21)" and score.kind == "measurement"
+    assert [(q.value, q.unit) for q in score.quantities] == [(4.567, "score")]
+    assert score.parameters == {"max_regions": 5, "method": "ensemble",
+                                "normal_model": "brain T1 MR (mr-t1-mni152, mr-t1-itk)"}
+    assert area.kind == "anomaly" and area.where == "Putamen_L, voxel [60, 80, 40]"
+    assert [(q.value, q.unit) for q in area.quantities] == [(4.25, "mL"), (3.14, "score")]
+    assert area.parameters["rank"] == 1 and area.source_tool == score.source_tool == "detect_anomalies"
+    assert len(_result(True, regions=[]).findings({})) == 1
+
+
+def test_regions_rank_by_summed_score_and_measure_on_the_scan_grid():
+    """Three areas on voxels of 2 x 2 x 2 mm (8 uL): A, 27 voxels at 2.0 (sum 54); B, 8 voxels half at 2.0 and half at
+    8.0 (sum 40, peak 8); C, 30 voxels at 1.1 (sum 33). By summed score A, B, C; by size it would be C, A, B and by
+    peak B, A, C."""
+    from assistant.anomaly.regions import top_regions
+
+    score_map = np.zeros((20, 20, 20), np.float32)
+    score_map[2:5, 2:5, 2:5] = 2.0
+    score_map[10, 14:16, 6:8] = 2.0
+    score_map[11, 14:16, 6:8] = 8.0
+    score_map[15:18, 2:12, 15] = 1.1
+    score_map[18, 18, 18] = 1.0  # at the voxel threshold, not above it
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = -10.0
+    volume = Volume(score_map, affine, ScanMetadata(source_format="NumPy", modality=Modality.MR))
+    seen = []
+    regions = top_regions(score_map, 1.0, volume, max_regions=5, label_for_world=lambda mm: seen.append(mm) or "here")
+    assert [r.rank for r in regions] == [1, 2, 3]
+    a, b, c = regions
+    assert a.centroid_voxel == (3, 3, 3) and a.centroid_mm == (-4.0, -4.0, -4.0) and a.label == "here"
+    assert (a.size_ml, a.peak_score, a.mean_score) == (0.216, 2.0, 2.0)
+    assert b.centroid_voxel == (11, 14, 6)  # score-weighted centre (10.8, 14.5, 6.5)
+    assert b.centroid_mm == (11.6, 19.0, 3.0)
+    assert (b.size_ml, b.peak_score, b.mean_score) == (0.064, 8.0, 5.0)
+    assert (c.size_ml, c.peak_score, c.mean_score) == (0.24, 1.1, 1.1)
+    assert np.allclose(seen[0], (-4.0, -4.0, -4.0))
+    assert [r.centroid_voxel for r in top_regions(score_map, 1.0, volume, max_regions=1)] == [(3, 3, 3)]
+    assert top_regions(np.zeros((5, 5, 5), np.float32), 1.0, volume) == []
+
+
+def test_the_tool_arguments_default_to_the_benchmarks_method_and_bound_the_regions():
+    from pydantic import ValidationError
+
+    from tools.detect_anomalies import DetectAnomaliesArgs
+
+    schema = DetectAnomaliesArgs.model_json_schema()["properties"]
+    methods = next(option["enum"] for option in schema["method"]["anyOf"] if "enum" in option)
+    assert methods[0] == "ensemble" and {"normative", "feature_memory", "zscore"} <= set(methods)
+    assert DetectAnomaliesArgs().method is None and DetectAnomaliesArgs().max_regions == 5
+    for bad in (0, 11):
+        with pytest.raises(ValidationError):
+            DetectAnomaliesArgs(max_regions=bad)

@@ -197,8 +197,8 @@ def test_cli_lists_the_registry(capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("llama_cpp")  # skipped without llama-cpp-python, except in CI (tests/conftest.py)
 def test_llamacpp_streams_and_follows_the_schema():
-    pytest.importorskip("llama_cpp")
     model = load_chat_model(get_settings(), name="smollm2-135m", runtime="llamacpp")
 
     assert "Paris" in "".join(model.stream(QUESTION, max_new_tokens=24))
@@ -206,8 +206,8 @@ def test_llamacpp_streams_and_follows_the_schema():
     assert choice.tool in {"describe_scan", "segment", "translate"}
 
 
+@pytest.mark.usefixtures("llama_cpp")
 def test_llamacpp_corrupt_gguf_gives_a_model_error(tmp_path):
-    pytest.importorskip("llama_cpp")
     corrupt = tmp_path / "corrupt.gguf"
     corrupt.write_bytes(b"GGUF" + b"\x00\xff" * 5000)
     with pytest.raises(ModelError, match="could not load"):

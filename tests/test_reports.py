@@ -204,9 +204,8 @@ def test_small_model_phrases_only_grounded_impressions(ct_session, index):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("apertium")
 def test_translation_keeps_the_report_and_is_exported_with_it(desk, ct_session, tmp_path):
-    if not shutil.which("apertium"):
-        pytest.skip("apertium (Debian package apertium-eng-spa) is not installed")
     version = desk.draft(ct_session, "Dr A")
     translated = desk.translate(version.report_id, "es", "Dr A", ct_session.volume)
     [translation] = translated.content.translations
@@ -231,9 +230,8 @@ def test_report_panel_mounts_and_shows_flags_inline(ct_session, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("apertium")
 def test_a_glossary_conflict_on_a_reported_term_is_refused_and_saves_nothing(desk, ct_session, tmp_path):
-    if not shutil.which("apertium"):
-        pytest.skip("apertium (Debian package apertium-eng-spa) is not installed")
     from assistant.terminology.glossary import load_glossary
 
     version = desk.draft(ct_session, "Dr A")

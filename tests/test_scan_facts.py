@@ -103,3 +103,63 @@ def test_tools_without_a_scan_say_so():
     tools = {t.name: t for t in build_tools(ScanSession())}
     with pytest.raises(ToolError, match="No scan is loaded"):
         tools["describe_scan"].invoke({})
+
+
+def test_distance_summary_and_finding_quote_the_measured_figures(ct):
+    result = measure_distance(ct, MeasureDistanceArgs(point_a=[50, 50, 10], point_b=[50, 50, 20]))
+    assert result.summary() == ("Distance between voxel [50, 50, 10] and voxel [50, 50, 20]: 15.0 mm "
+                                "(offset x 0.0, y 0.0, z 15.0 mm).")  # 10 slices of 1.5 mm, straight up
+    [finding] = result.findings({"point_a": [50, 50, 10]})
+    assert (finding.what, finding.where, finding.source_tool) == ("distance", "from voxel [50, 50, 10] to voxel [50, 50, 20]",
+                                                                  "measure_distance")
+    assert [(q.value, q.unit) for q in finding.quantities] == [(15.0, "mm")] and finding.parameters == {"point_a": [50, 50, 10]}
+
+
+def test_probe_summaries_and_findings_quote_the_value_or_the_mean(mr):
+    voxel = probe_intensity(mr, ProbeIntensityArgs(point=[64, 30, 64]))
+    value = float(mr.data[64, 30, 64])
+    x, y, z = mr.voxel_to_world([64, 30, 64])
+    assert value > 0 and voxel.summary().startswith(f"Intensity at voxel [64, 30, 64] ({x:.1f}, {y:.1f}, {z:.1f} mm): "
+                                                    f"{value:.1f} a.u.")
+    [finding] = voxel.findings({})
+    assert (finding.what, finding.where, finding.quantities[0].value) == ("intensity", "voxel [64, 30, 64]", value)
+    box = probe_intensity(mr, ProbeIntensityArgs(box=[54, 20, 54, 64, 30, 64]))
+    expected = mr.data[54:65, 20:31, 54:65]
+    assert expected.std() > 0 and box.summary() == (f"Intensity in the box (1331 voxels): mean {expected.mean():.1f} a.u., std {expected.std():.1f}, "
+                             f"min {expected.min():.1f}, max {expected.max():.1f}, median {np.median(expected):.1f}.")
+    [finding] = box.findings({"box": [54, 20, 54, 64, 30, 64]})
+    assert finding.what == "mean intensity (box)" and finding.where == "box [54, 20, 54, 64, 30, 64]"
+    assert finding.quantities[0].value == pytest.approx(float(expected.mean()), abs=0.01)
+    sphere = probe_intensity(mr, ProbeIntensityArgs(point=[60, 60, 60], radius_mm=3))
+    assert "Intensity in the sphere around voxel [60, 60, 60]" in sphere.summary()
+    assert sphere.findings({})[0].what == "mean intensity (sphere)"
+
+
+def test_scan_description_findings_are_the_technique_figures(ct):
+    description = describe_scan(ct)
+    findings = {f.what: [(q.value, q.unit) for q in f.quantities] for f in description.findings({})}
+    assert findings == {
+        "CT (NIfTI)": [],
+        "slice thickness": [(1.5, "mm")],
+        "number of slices": [(float(ct.shape[2]), "slices")],
+        "field of view": [(v, "mm") for v in description.field_of_view_mm],
+    }
+    assert description.field_of_view_mm == tuple(round(n * s, 1) for n, s in zip(ct.shape, ct.spacing))
+    summary = description.summary()
+    assert f"dimensions {ct.shape[0]} x {ct.shape[1]} x {ct.shape[2]} voxels, {ct.shape[2]} axial slices" in summary
+    assert "orientation RAS" in summary
+
+
+def test_description_of_a_hand_built_volume():
+    """13 x 13 x 6 voxels of 0.8 x 0.8 x 2.5 mm: field of view 10.4 x 10.4 x 15.0 mm, slices 2.5 mm thick."""
+    from assistant.volume import Modality, ScanMetadata, Volume
+
+    data = np.arange(13 * 13 * 6, dtype=np.float32).reshape(13, 13, 6)
+    volume = Volume(data, np.diag([0.8, 0.8, 2.5, 1.0]), ScanMetadata(source_format="NumPy", modality=Modality.MR))
+    description = describe_scan(volume)
+    assert description.field_of_view_mm == (10.4, 10.4, 15.0) and description.slice_thickness_mm == 2.5
+    assert (description.number_of_slices, description.voxel_count) == (6, 1014)
+    assert (description.intensity.minimum, description.intensity.maximum, description.intensity.p50) == (0.0, 1013.0, 506.5)
+    assert ("dimensions 13 x 13 x 6 voxels, 6 axial slices; voxel spacing 0.80 x 0.80 x 2.50 mm, slice thickness 2.50 mm; "
+            "field of view 10.4 x 10.4 x 15.0 mm; orientation RAS; intensity 0.0 to 1013.0 a.u. (mean 506.5, median 506.5)"
+            ) in description.summary()

@@ -308,3 +308,52 @@ def test_a_few_finetuning_steps_pull_synonyms_together_and_the_int8_export_agree
     assert agreement.mean() > 0.99 and agreement.min() > 0.98
     assert is_trained(tmp_path / "model", 6, 8, 1e-4, 0, len(groups))
     assert not is_trained(tmp_path / "model", 7, 8, 1e-4, 0, len(groups))
+
+
+# --- the tools' typed results, on hand-built concepts ----------------------------------------
+
+def _hit(concept_id: str, preferred: str, codes: dict[str, str], labels: dict[str, str], matched: str, source: str):
+    from assistant.terminology.models import Concept, TermHit
+
+    concept = Concept(id=concept_id, preferred=preferred, codes=codes, labels=labels, source=source)
+    return TermHit(concept=concept, matched=matched, score=0.93, label=concept.label("es"))
+
+
+PE = _hit("icd10:I26", "Pulmonary embolism", {"ICD-10": "I26"}, {"es": "Embolia pulmonar"}, "pulmonary embolism", "icd10")
+PE_CM = _hit("icd10cm:I26.99", "Other pulmonary embolism without acute cor pulmonale", {"ICD-10-CM": "I26.99"}, {},
+             "pulmonary embolism", "icd10cm")
+
+
+def test_lookup_result_puts_the_best_concept_first_with_its_code_and_label():
+    result = TermLookup(query="PE", language="es", hits=[PE, PE_CM])
+    assert result.summary().splitlines() == [
+        "Best match for 'PE': Pulmonary embolism [ICD-10 I26]; es label: 'Embolia pulmonar' (source icd10, matched "
+        "'pulmonary embolism')",
+        "Other candidates:",
+        "- Other pulmonary embolism without acute cor pulmonale [ICD-10-CM I26.99]; no es label (source icd10cm, "
+        "matched 'pulmonary embolism')",
+    ]
+    facts = result.key_facts()
+    assert set(facts) == {"I26", "Embolia pulmonar"}
+    assert facts["Embolia pulmonar"] == "Pulmonary embolism in es: 'Embolia pulmonar'"
+    assert facts["I26"].startswith("Best match for 'PE': Pulmonary embolism [ICD-10 I26]")
+    [finding] = result.findings({"query": "PE"})
+    assert (finding.kind, finding.what, finding.concept_id, finding.codes) == ("term", "Pulmonary embolism", "icd10:I26",
+                                                                                {"ICD-10": "I26"})
+    english = TermLookup(query="PE", language="en", hits=[PE])
+    assert set(english.key_facts()) == {"I26"} and "es label" not in english.summary()
+    empty = TermLookup(query="xyzzy", language="en", hits=[])
+    assert empty.summary() == "No concept found for 'xyzzy'." and empty.key_facts() == {} and empty.findings({}) == []
+
+
+def test_normalized_terms_list_each_mention_with_its_span_and_codes():
+    from assistant.terminology.models import TermMention
+
+    text = "Known PE."
+    mention = TermMention(start=6, end=8, text="PE", concept=PE.concept, score=1.0)
+    result = NormalizedTerms(language="es", mentions=[mention])
+    assert result.summary() == "'PE' -> Pulmonary embolism [ICD-10 I26] (source icd10, es: 'Embolia pulmonar')"
+    [finding] = result.findings({"text": text})
+    assert (finding.what, finding.where, finding.codes) == ("Pulmonary embolism", "'PE' [6:8]", {"ICD-10": "I26"})
+    assert text[6:8] == "PE"
+    assert NormalizedTerms(language="en", mentions=[]).summary() == "No medical concept recognised in the text."

@@ -16,7 +16,7 @@ from assistant.translation.icd10 import icd10_titles
 from assistant.translation.pipeline import sentence_bounds
 from assistant.translation.terms import GlossaryTermSource, Icd10TitleSource, TermIndexSource, term_present
 
-needs_apertium = pytest.mark.skipif(shutil.which("apertium") is None, reason="Debian apertium not installed")
+needs_apertium = pytest.mark.usefixtures("apertium")  # skipped without Apertium, except in CI (tests/conftest.py)
 
 REPORT = ("The patient has a pulmonary embolism. A CT scan showed a small pleural effusion and no signs of pneumonia.\n"
           "The patient was started on anticoagulation therapy with apixaban 5 mg twice daily.\n\n"
@@ -248,6 +248,7 @@ def test_tool_and_cli_report_engine_terms_and_flags(glossary, capsys, monkeypatc
     assert main(["translate", "Pulmonary embolism.", "--to", "fr"]) == 1
 
 
+@needs_apertium
 def test_the_agent_shows_a_translation_exactly_with_its_term_checks():
     """The translation is the answer (no model rewording), with each required term marked found or missing."""
     from tools.translate_text import run_translation

@@ -37,7 +37,7 @@ class IntensityProbe(ToolResult):
     stats: IntensityStats | None = None
 
     def summary(self) -> str:
-        where = f"voxel {list(self.voxel)}" if self.voxel else "the box"
+        where = f"voxel {list(self.voxel)}" if self.voxel else "box"  # "Intensity in the box", not "the the box"
         if self.position_mm:
             where += " (" + ", ".join(f"{v:.1f}" for v in self.position_mm) + " mm)"
         if self.region == "voxel":
