@@ -51,7 +51,8 @@ class FieldMeaning(BaseModel):
     kind: ClaimKind = "quantity"
     unit: str = ""
     fmt: str = "g"  # format spec of the value (or of each part)
-    parts: list[str] = Field(default_factory=list, description="meaning of each component of a tuple, in order")
+    parts: list[str] = Field(default_factory=list, description="meaning of each component of a tuple, in order, "
+                                                               "then '|'-separated ways of asking for it")
     says: list[str] = Field(default_factory=list, description="a yes/no field's words: for False, then for True")
     headline: bool = Field(False, description="said when the question names no particular field")
     asked_as: list[str] = Field(default_factory=list, description="how clinicians ask for it, for the field matcher")

@@ -93,9 +93,10 @@ def field_claims(model: BaseModel, tool: str, prefix: str = "", context: str = "
         claims.append(Claim(tool=tool, path=path, meaning=described, kind=about.kind, value=value,
                             text=render_value(value, about, unit), headline=about.headline, asked_as=about.asked_as))
         if about.parts and isinstance(value, (tuple, list)):
-            claims += [Claim(tool=tool, path=f"{path}.{i}", meaning=f"{part}{', ' + context if context else ''}",
-                             kind=about.kind, value=v, text=render_value(v, about, unit))
-                       for i, (part, v) in enumerate(zip(about.parts, value))]
+            for i, (part, v) in enumerate(zip(about.parts, value)):
+                said, *asked = part.split("|")  # "spacing between slices (z)|slice interval": its meaning, then ways of asking
+                claims.append(Claim(tool=tool, path=f"{path}.{i}", meaning=f"{said}{', ' + context if context else ''}",
+                                    kind=about.kind, value=v, text=render_value(v, about, unit), asked_as=asked))
     return claims
 
 

@@ -23,7 +23,8 @@ class IntensityStats(BaseModel):
     minimum: float = meaning(description="lowest intensity", unit="@unit", fmt=".1f", asked_as=["minimum value", "darkest"])
     maximum: float = meaning(description="highest intensity", unit="@unit", fmt=".1f", asked_as=["maximum value", "brightest"])
     mean: float = meaning(description="mean intensity", unit="@unit", fmt=".1f", headline=True,
-                          asked_as=["average HU", "average density", "mean value", "average signal"])
+                          asked_as=["average HU", "average density", "mean value", "average signal", "HU", "density",
+                                    "intensity", "signal", "attenuation"])
     std: float = meaning(description="standard deviation of the intensity", unit="@unit", fmt=".1f",
                          asked_as=["spread", "SD", "variation", "noise"])
     p1: float = meaning(description="1st percentile of the intensity", unit="@unit", fmt=".1f")
@@ -39,15 +40,17 @@ class ScanDescription(ToolResult):
     dimensions: tuple[int, int, int] = meaning(
         description="matrix (voxels along x, y, z)", kind="count", headline=True,
         parts=["matrix columns (voxels along x)", "matrix rows (voxels along y)", "voxels along z"],
-        asked_as=["matrix", "matrix size", "dimensions", "image size in voxels", "how many voxels per axis", "resolution in pixels"])
+        asked_as=["matrix", "matrix size", "dimensions", "image size in voxels", "how many voxels per axis",
+                  "resolution in pixels", "acquisition matrix"])
     orientation: str = meaning(description="orientation (anatomical direction each axis grows towards)", kind="label",
                                asked_as=["orientation", "axis directions", "RAS or LPS"])
     spacing_mm: tuple[float, float, float] = meaning(
         description="voxel spacing x, y, z", unit="mm", fmt=".2f", headline=True,
-        parts=["in-plane pixel spacing along x (between columns)", "in-plane pixel spacing along y (between rows)",
-               "spacing between slices (z, through-plane)"],
-        asked_as=["voxel size", "voxel spacing", "pixel spacing", "in-plane resolution", "spacing between slices",
-                  "slice spacing", "slice interval", "gap between slices"])
+        parts=["in-plane pixel spacing along x (between columns)|in-plane resolution|in-plane spacing|pixel spacing|pixel size",
+               "in-plane pixel spacing along y (between rows)",
+               "spacing between slices (z, through-plane)|slice spacing|slice interval|gap between slices|"
+               "distance between slices|slice increment|spacing in z"],
+        asked_as=["voxel size", "voxel spacing", "voxel dimensions in mm", "resolution in mm"])
     slice_thickness_mm: float = meaning(description="slice thickness (from the header when given, else the spacing along z)",
                                         unit="mm", fmt=".2f", headline=True,
                                         asked_as=["slice thickness", "how thick are the slices", "thickness"])
@@ -56,7 +59,8 @@ class ScanDescription(ToolResult):
     field_of_view_mm: tuple[float, float, float] = meaning(
         description="field of view x, y, z", unit="mm", fmt=".1f",
         parts=["field of view along x (left-right)", "field of view along y (anterior-posterior)",
-               "field of view along z (inferior-superior, scan length)"],
+               "field of view along z (inferior-superior, scan length)|scan length|coverage along z|head-foot coverage|"
+               "craniocaudal coverage"],
         asked_as=["field of view", "FOV", "how big is the imaged area", "coverage", "scan length in mm"])
     voxel_count: int = meaning(description="total number of voxels", kind="count", asked_as=["how many voxels in total"])
     intensity: IntensityStats = Field(description="intensities over the whole scan")

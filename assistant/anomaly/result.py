@@ -56,10 +56,12 @@ class AnomalyResult(ToolResult):
         claims.append(Claim(tool=tool, path="regions", meaning="number of deviating areas", kind="count",
                             value=len(self.regions), text=str(len(self.regions)), asked_as=["how many areas", "how many lesions"]))
         for index, region in enumerate(self.regions[:MAX_LISTED]):
-            side = {"L": "left", "R": "right"}.get((region.label or "").rsplit("_", 1)[-1])
+            base, _, suffix = (region.label or "").rpartition("_")
+            side = {"L": "left", "R": "right"}.get(suffix)
             if side:
-                claims.append(Claim(tool=tool, path=f"regions.{index}.label", meaning=f"side, deviating area #{index + 1}",
-                                    kind="side", value=side, text=side, asked_as=["which side", "left or right"]))
+                claims.append(Claim(tool=tool, path=f"regions.{index}.side", meaning=f"side, deviating area #{index + 1}",
+                                    kind="side", value=f"{side} {base.replace('_', ' ').lower()}",
+                                    text=f"{side} (atlas label {region.label})", asked_as=["which side", "left or right"]))
         return claims
 
     def summary(self) -> str:
