@@ -36,7 +36,7 @@ from langgraph.graph import END, START, StateGraph
 from pydantic import ValidationError
 
 from assistant.choosers import NO_TOOL, example_index, make_chooser
-from assistant.claims import BUNDLED, check_claims, pick_claims, render
+from assistant.claims import BUNDLED, check_claims, contradictions, pick_claims, render
 from assistant.config import Settings, get_settings
 from assistant.decisions import asks_for_a_decision
 from assistant.findings import Claim
@@ -386,6 +386,8 @@ class Agent:
             picked, matched = pick_claims(request, now or earlier)
             if not matched and not _GENERIC.search(request) and not {c.tool for c in picked} & BUNDLED:
                 failures.insert(0, "No field of the results answers exactly that; here is what the tools reported.")
+            same_calls = [e for e in self._earlier_records(state) if any((e.name, e.arguments) == (r.name, r.arguments) for r in records)]
+            failures[:0] = contradictions([*picked, *(c.model_copy(update={"earlier": True}) for c in _claims(same_calls))])
             text = render(picked)
         else:  # no result this turn: the conversation may answer, or the model words a turn that needs no tool
             picked, matched = pick_claims(request, earlier) if earlier else ([], False)

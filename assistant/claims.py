@@ -112,6 +112,23 @@ def _siblings(a: Claim, b: Claim) -> bool:
             and b.meaning.split(" along ")[0] == head)
 
 
+def contradictions(claims: Sequence[Claim]) -> list[str]:
+    """Results that contradict themselves, said plainly instead of smoothed over: a verdict flag against its own score
+    and threshold, one field given two different values by two calls."""
+    problems = []
+    by_path = {(c.tool, c.path): c for c in claims if not c.earlier}
+    for claim in claims:
+        score, threshold = by_path.get((claim.tool, "image_score")), by_path.get((claim.tool, "threshold"))
+        if claim.kind == "verdict" and score and threshold and (score.value > threshold.value) != claim.value:
+            problems.append(f"The {claim.tool} result contradicts itself: score {score.text} against threshold "
+                            f"{threshold.text}, yet flagged {claim.text.split(':')[0]}. Treat this screening as unreliable.")
+        old = next((c for c in claims if c.earlier and c.tool == claim.tool and c.path == claim.path), None)
+        if not claim.earlier and claim.kind in ("quantity", "count", "verdict") and old and old.text != claim.text:
+            problems.append(f"{claim.meaning[:1].upper() + claim.meaning[1:]} was {old.text} earlier in this conversation "
+                            f"and is {claim.text} now: the results disagree.")
+    return problems
+
+
 def render(claims: Iterable[Claim]) -> str:
     return "\n".join(claim.sentence() for claim in claims)
 

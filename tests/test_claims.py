@@ -129,3 +129,12 @@ def test_a_code_no_lookup_gave_fails_the_check():
     from assistant.claims import check_claims
 
     assert check_claims("The ICD-10 code is I21.9.", [], ["What is the code for a heart attack?"])
+
+
+def test_a_result_that_contradicts_itself_is_said_plainly():
+    from assistant.claims import contradictions
+
+    broken = _screen(False).model_copy(update={"image_score": 9.0})  # flagged below, scored far above
+    [problem] = contradictions(broken.claims("detect_anomalies"))
+    assert "contradicts itself" in problem and "9.00" in problem
+    assert contradictions(_screen(True).claims("detect_anomalies")) == []
