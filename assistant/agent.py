@@ -250,6 +250,9 @@ class Agent:
         are this turn's calls. Public so the tool-choice benchmark measures the same path.
         """
         name = self.choose_tool(messages, records)
+        if name in ("translate_text", "normalize_terms") and _TERM_REFERENCE.search(messages[0].content) and any(
+                r.name in ("lookup_term", "normalize_terms") and r.result is not None for r in self.session.records):
+            name = "lookup_term"  # "that diagnosis in Spanish": the concept named earlier, looked up in Spanish
         if name == NO_TOOL:
             return None
         state: _State = {"messages": list(messages), "records": list(records), "pending": None, "steps": len(records)}

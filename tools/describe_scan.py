@@ -58,9 +58,10 @@ class ScanDescription(ToolResult):
                                     asked_as=["how many slices", "slice count", "number of images"])
     field_of_view_mm: tuple[float, float, float] = meaning(
         description="field of view x, y, z", unit="mm", fmt=".1f",
-        parts=["field of view along x (left-right)", "field of view along y (anterior-posterior)",
+        parts=["field of view along x (left-right)|how wide|width|side to side|left to right",
+               "field of view along y (anterior-posterior)|front to back",
                "field of view along z (inferior-superior, scan length)|scan length|coverage along z|head-foot coverage|"
-               "craniocaudal coverage"],
+               "craniocaudal coverage|how long is the scan|top to bottom"],
         asked_as=["field of view", "FOV", "how big is the imaged area", "coverage", "scan length in mm"])
     voxel_count: int = meaning(description="total number of voxels", kind="count", asked_as=["how many voxels in total"])
     intensity: IntensityStats = Field(description="intensities over the whole scan")

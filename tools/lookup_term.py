@@ -29,7 +29,7 @@ class LookupTermArgs(BaseModel):
 
 
 # A code is stated as the answer only when the best hit's match score (1.0 exact synonym, else its n-gram or embedding
-# similarity to the query) reaches this bound; calibrated on evals/terms/code_confidence.jsonl (see evals/README.md).
+# similarity to the query) reaches this bound; checked on lay names by `python -m evals.terms.bench_code_confidence`.
 CONFIDENT_MATCH = 0.85
 
 
