@@ -165,6 +165,7 @@ _TERM_REFERENCE = re.compile(
 )
 _OTHER_SIDE = re.compile(r"\b(other|opposite) (side|one|hemisphere)\b|\bcontralateral\b|\b(otro|autre|anderen?|outro) lado\b",
                          re.IGNORECASE)
+_WORDS_TOOLS = ("lookup_term", "translate_text", "normalize_terms")  # about words, not the scan
 _GENERIC = re.compile(r"\b(describe|summar\w*|overview|tell me about|what (is|do we have)|what kind)\b", re.IGNORECASE)
 
 
@@ -253,6 +254,8 @@ class Agent:
         if name in ("translate_text", "normalize_terms") and _TERM_REFERENCE.search(messages[0].content) and any(
                 r.name in ("lookup_term", "normalize_terms") and r.result is not None for r in self.session.records):
             name = "lookup_term"  # "that diagnosis in Spanish": the concept named earlier, looked up in Spanish
+        if name in _WORDS_TOOLS and asks_for_a_decision(messages[0].content):
+            name = NO_TOOL  # "should I give alteplase?" needs the scan's findings, not the drug's code or translation
         if name == NO_TOOL:
             return None
         state: _State = {"messages": list(messages), "records": list(records), "pending": None, "steps": len(records)}
