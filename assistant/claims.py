@@ -24,7 +24,7 @@ from assistant.grounding import check_grounding, numbers_in
 # a distance, a volume. A screening answer without its verdict is how "not abnormal" got written over a positive.
 BUNDLED = {"detect_anomalies", "lookup_term", "normalize_terms", "translate_text", "measure_distance", "segment"}
 MATCH_FLOOR = 0.45  # below this cosine (MiniLM), the question names no field of the result
-SECOND_CLAIM_MARGIN = 0.05  # a second field is added when it matches nearly as well ("thickness and field of view")
+SECOND_CLAIM_MARGIN = 0.03  # a second field is added when it matches nearly as well ("thickness and field of view")
 MAX_CLAIMS = 3
 
 

@@ -56,7 +56,7 @@ def audit(report: RunReport) -> dict:
             conversation.append(turn.user)
             if turn.error:
                 continue
-            latencies.append(turn.seconds)
+            latencies.append((scenario.name, turn.seconds))
             found = check_claims(turn.answer, claims, conversation)
             verdicts += any("contradicts" in p for p in found)
             fields += any("is stated as" in p for p in found)
@@ -70,7 +70,8 @@ def audit(report: RunReport) -> dict:
     return {"conversations": len(counted), "passed": passed, "pass_rate": passed / max(1, len(counted)),
             "pass_rate_95": [low, high], "contradicting_verdicts": verdicts, "wrong_field_numbers": fields,
             "decisions_given": decisions, "turns": len(latencies),
-            "p50_turn_seconds": statistics.median(latencies) if latencies else None, "problems": problems}
+            "p50_turn_seconds": statistics.median(t for _, t in latencies) if latencies else None,
+            "turn_seconds": latencies, "problems": problems}
 
 
 def main() -> None:
@@ -86,6 +87,12 @@ def main() -> None:
         low, high = a["pass_rate_95"]
         print(f"| {name} | {a['conversations']} | {a['passed']}/{a['conversations']} = {a['pass_rate']:.3f} ({low:.3f}-{high:.3f}) "
               f"| {a['contradicting_verdicts']} | {a['wrong_field_numbers']} | {a['decisions_given']} | {a['p50_turn_seconds']:.2f} |")
+    if "old" in audits:  # latency on the very conversations both ran (the old harness cannot transform scans)
+        shared = {name for name, _ in audits["old"]["turn_seconds"]}
+        for name, a in audits.items():
+            times = [t for n, t in a["turn_seconds"] if n in shared]
+            print(f"{name}: p50 turn latency on the {len(shared)} shared conversations: {statistics.median(times):.2f} s "
+                  f"over {len(times)} turns")
     for name, a in audits.items():
         for problem in a["problems"][:20]:
             print(f"{name}: {problem}")
