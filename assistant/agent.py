@@ -146,6 +146,7 @@ class _State(TypedDict, total=False):
     pending: tuple[str, dict[str, Any]] | None
     steps: int
     quoted: list[ToolRecord]  # earlier turns' results this turn answers from, without running their tools again
+    refers_back: bool  # "what did you say?": what earlier answers stated comes first
 
 
 # "again", "remind me", "the number you gave": the answer is already in the conversation (en/es/fr/de/pt).
@@ -230,14 +231,19 @@ class Agent:
             return {"pending": None}
         request = state["messages"][0].content
         earlier = self._earlier_records(state)
-        if not state["records"] and earlier and _REFERS_BACK.search(request) and pick_claims(request, _claims(earlier))[1]:
-            return {"pending": None, "quoted": earlier}  # "remind me of that number": said before, not measured again
+        if not state["records"] and earlier and _REFERS_BACK.search(request) and (
+                self._stated() or pick_claims(request, _claims(earlier))[1]):
+            return {"pending": None, "quoted": earlier, "refers_back": True}  # "remind me": said before, not measured again
         pending = self.decide(state["messages"], state["records"])
         same = next((r for r in reversed(earlier) if pending and (r.name, r.arguments) == pending
                      and not pending[1].get("refine")), None)
         if same is not None:  # the same call on the same scan earlier in the conversation: its result answers
             return {"pending": None, "quoted": [same]}
         return {"pending": pending}
+
+    def _stated(self) -> list[Claim]:
+        """What earlier answers stated, as claims quoted from the conversation."""
+        return [c.model_copy(update={"earlier": True}) for t in self.traces for c in t.claims if not c.earlier]
 
     def _earlier_records(self, state: _State) -> list[ToolRecord]:
         """Successful results of earlier turns on the scan now loaded (loading a scan clears them)."""
@@ -389,7 +395,13 @@ class Agent:
         if records and all(direct):  # e.g. a translation: shown exactly, not reworded
             picked, text = now, "\n\n".join(direct)
         elif now or quoted:
-            picked, matched = pick_claims(request, now or earlier)
+            stated = self._stated()
+            picked, matched = pick_claims(request, stated) if state.get("refers_back") and stated else ([], False)
+            if state.get("refers_back") and stated and not matched:  # "what was that number again?": the last answer's
+                last = next(t.claims for t in reversed(self.traces) if t.claims)
+                picked, matched = [c.model_copy(update={"earlier": True}) for c in last], True
+            if not matched:
+                picked, matched = pick_claims(request, now or earlier)
             if not matched and not _GENERIC.search(request) and not {c.tool for c in picked} & BUNDLED:
                 failures.insert(0, "No field of the results answers exactly that; here is what the tools reported.")
             same_calls = [e for e in self._earlier_records(state) if any((e.name, e.arguments) == (r.name, r.arguments) for r in records)]
