@@ -7,8 +7,13 @@ The loop is a LangGraph state graph with three nodes:
 `choose` asks the model for a JSON decision constrained to the tool names (then, in a second
 constrained call, for the chosen tool's pydantic argument schema), so that even a 0.5B model
 cannot produce a malformed call. `act` runs the LangChain tool; its errors go back to the model
-as errors. `answer` streams the reply, which is then checked: a number no tool produced
-replaces the model's wording with the tools' own summaries.
+as errors. `answer` renders the reply from named fields of the typed results (`assistant.claims`):
+every figure, code, side and verdict is written by code from the field that answers the question,
+never typed by the model. The model writes only turns that need no tool, and those pass the claim
+check (numbers, codes, verdicts, sides against the conversation's results) or are rebuilt.
+A question the conversation already answered is answered from it, without running tools again;
+requests for a diagnosis or a treatment decision (`assistant.decisions`) get the measurements that
+bear on them and leave the decision to the treating clinician.
 
 Every step is emitted as a typed `AgentEvent`, which the UI renders, the CLI prints and the
 evals record.
@@ -31,14 +36,17 @@ from langgraph.graph import END, START, StateGraph
 from pydantic import ValidationError
 
 from assistant.choosers import NO_TOOL, example_index, make_chooser
+from assistant.claims import BUNDLED, check_claims, contradictions, pick_claims, render
 from assistant.config import Settings, get_settings
+from assistant.decisions import asks_for_a_decision
+from assistant.findings import Claim
 from assistant.grounding import (
     GroundingReport,
     check_grounding,
     coordinate_triples,
     invented_arguments,
     invented_texts,
-    numbers_in,
+    side_named,
 )
 from assistant.models.base import ChatModel, Message, ModelError
 from assistant.privacy import PrivacyGate
@@ -85,7 +93,9 @@ class TokenEvent:
 class AnswerEvent:
     text: str
     grounding: GroundingReport
-    replaced: bool = False  # True when the model's wording was replaced by the tools' summaries
+    replaced: bool = False  # True when the model's wording failed the claim check and was rebuilt from the fields
+    claims: list[Claim] = field(default_factory=list)  # the fields the answer states, each rendered by code
+    problems: list[str] = field(default_factory=list)  # what the claim check found in the model's wording
     kind: Literal["answer"] = "answer"
 
 
@@ -101,6 +111,7 @@ class TurnTrace:
     answer: str = ""
     grounding: GroundingReport = field(default_factory=GroundingReport)
     replaced: bool = False
+    claims: list[Claim] = field(default_factory=list)
     seconds: float = 0.0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -120,6 +131,7 @@ class TurnTrace:
                 for r in self.tool_calls
             ],
             "grounding": {"numbers": self.grounding.numbers, "ungrounded": self.grounding.ungrounded},
+            "claims": [{"field": f"{c.tool}.{c.path}", "text": c.text, "earlier": c.earlier} for c in self.claims],
             "answer_replaced": self.replaced,
             "seconds": round(self.seconds, 2),
             "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens},
@@ -129,30 +141,34 @@ class TurnTrace:
 # --- the graph -----------------------------------------------------------------------------
 
 
-class _State(TypedDict):
+class _State(TypedDict, total=False):
     messages: list[Message]
     records: list[ToolRecord]
     pending: tuple[str, dict[str, Any]] | None
     steps: int
+    quoted: list[ToolRecord]  # earlier turns' results this turn answers from, without running their tools again
+    refers_back: bool  # "what did you say?": what earlier answers stated comes first
 
 
-_DECISION_REQUEST = re.compile(
-    r"\b(diagnos\w*|prognos\w*|differential)\b"
-    r"|\bdo(es)? (he|she|they|the patient|this patient|my patient|it) (have|suffer)\b"
-    r"|\b(is|could) (it|this|that) (be )?(a |an )?(cancer|malignan\w*|benign|tumou?r|metasta\w*|alzheimer\w*|dementia|stroke|ms|lymphoma)\b"
-    r"|\b(should|shall|can|could|do|must) (we|i|you|they) (operate|treat|start|stop|give|prescribe|discharge|admit|"
-    r"anticoagulate|thrombolyse|thrombolyze|biopsy|resect|irradiate)\b"
-    r"|\bshould (we|i|they|the patient)\b.*\b(theatre|theater|surgery|operat\w*|treat\w*|admit\w*|discharg\w*|give|"
-    r"start|stop|anticoagul\w*|thromboly\w*|biops\w*|intubat\w*|transfer\w*|send)\b"
-    r"|\b(dose|dosage|dosing)\b|\b(need|needs|require|requires) (surgery|an operation|treatment|a biopsy)\b"
-    r"|\b(treatment|therapy|management) (plan|decision|options?)\b",
+# "again", "remind me", "the number you gave": the answer is already in the conversation (en/es/fr/de/pt).
+_REFERS_BACK = re.compile(
+    r"\b(again|remind|repeat|you (just )?(said|gave|told|mentioned|found|measured|reported)|earlier|previous(ly)?|"
+    r"last time|what was (that|the)|that (number|figure|value|volume|score|code|distance|measurement|result|thickness))\b"
+    r"|\b(otra vez|de nuevo|repet\w*|recu[eé]rd\w*|rappel\w*|encore|r[ée]p[ée]t\w*|noch ?mal|wiederhol\w*|erinner\w*|"
+    r"novamente|de novo|lembr\w*)\b",
     re.IGNORECASE,
 )
-
-
-def asks_for_a_decision(request: str) -> bool:
-    """A request for a diagnosis or a treatment decision, which the answer must decline however it is phrased."""
-    return bool(_DECISION_REQUEST.search(request))
+# "that diagnosis", "ese diagnóstico", "ce terme", "diese Diagnose", "esse código": the concept of the last look-up.
+_TERM_REFERENCE = re.compile(
+    r"\b(that|this|the same|same|ese|esa|este|esta|ce|cette|cet|diese[rsn]?|jene[rsn]?|esse|essa|aquele|aquela)\s+"
+    r"(diagnos\w*|term\w*|t[eé]rmino|condition|disease|concept|code|c[oó]digo|enfermedad|maladie|krankheit|doen[çc]a|"
+    r"diagn[oó]stico|begriff|finding|hallazgo)\b",
+    re.IGNORECASE,
+)
+_OTHER_SIDE = re.compile(r"\b(other|opposite) (side|one|hemisphere)\b|\bcontralateral\b|\b(otro|autre|anderen?|outro) lado\b",
+                         re.IGNORECASE)
+_WORDS_TOOLS = ("lookup_term", "translate_text", "normalize_terms")  # about words, not the scan
+_GENERIC = re.compile(r"\b(describe|summar\w*|overview|tell me about|what (is|do we have)|what kind)\b", re.IGNORECASE)
 
 
 class Agent:
@@ -178,13 +194,15 @@ class Agent:
         trace = TurnTrace(user=text)
         self._turn = trace
         started = time.perf_counter()
-        state: _State = {"messages": [Message(role="user", content=text)], "records": [], "pending": None, "steps": 0}
+        state: _State = {"messages": [Message(role="user", content=text)], "records": [], "pending": None, "steps": 0,
+                         "quoted": []}
         limit = 3 * self.settings.max_agent_steps + 5
         for event in self._graph.stream(state, stream_mode="custom", config={"recursion_limit": limit}):
             if isinstance(event, ToolResultEvent):
                 trace.tool_calls.append(event.record)
             if isinstance(event, AnswerEvent):
                 trace.answer, trace.grounding, trace.replaced = event.text, event.grounding, event.replaced
+                trace.claims = event.claims
             yield event
         trace.seconds = time.perf_counter() - started
         self.traces.append(trace)
@@ -214,7 +232,26 @@ class Agent:
     def _choose(self, state: _State) -> dict[str, Any]:
         if state["steps"] >= self.settings.max_agent_steps:
             return {"pending": None}
-        return {"pending": self.decide(state["messages"], state["records"])}
+        request = state["messages"][0].content
+        earlier = self._earlier_records(state)
+        if not state["records"] and earlier and _REFERS_BACK.search(request) and (
+                self._stated() or pick_claims(request, _claims(earlier))[1]):
+            return {"pending": None, "quoted": earlier, "refers_back": True}  # "remind me": said before, not measured again
+        pending = self.decide(state["messages"], state["records"])
+        same = next((r for r in reversed(earlier) if pending and (r.name, r.arguments) == pending
+                     and not pending[1].get("refine")), None)
+        if same is not None:  # the same call on the same scan earlier in the conversation: its result answers
+            return {"pending": None, "quoted": [same]}
+        return {"pending": pending}
+
+    def _stated(self) -> list[Claim]:
+        """What earlier answers stated, as claims quoted from the conversation."""
+        return [c.model_copy(update={"earlier": True}) for t in self.traces for c in t.claims if not c.earlier]
+
+    def _earlier_records(self, state: _State) -> list[ToolRecord]:
+        """Successful results of earlier turns on the scan now loaded (loading a scan clears them)."""
+        current = {id(r) for r in state["records"]}
+        return [r for r in self.session.records if r.result is not None and id(r) not in current]
 
     def decide(self, messages: list[Message], records: list[ToolRecord] = ()) -> tuple[str, dict[str, Any]] | None:
         """The next tool call (name, arguments) for the turn so far, or None to answer now.
@@ -223,6 +260,11 @@ class Agent:
         are this turn's calls. Public so the tool-choice benchmark measures the same path.
         """
         name = self.choose_tool(messages, records)
+        if name in ("translate_text", "normalize_terms") and _TERM_REFERENCE.search(messages[0].content) and any(
+                r.name in ("lookup_term", "normalize_terms") and r.result is not None for r in self.session.records):
+            name = "lookup_term"  # "that diagnosis in Spanish": the concept named earlier, looked up in Spanish
+        if name in _WORDS_TOOLS and asks_for_a_decision(messages[0].content):
+            name = NO_TOOL  # "should I give alteplase?" needs the scan's findings, not the drug's code or translation
         if name == NO_TOOL:
             return None
         state: _State = {"messages": list(messages), "records": list(records), "pending": None, "steps": len(records)}
@@ -244,9 +286,29 @@ class Agent:
         sources = [m.content for m in [*self.history, *state["messages"]]]
         verbatim = [name for name, field in schema["properties"].items() if field.get("verbatim")]
         arguments = self._generate_arguments(state, tool, schema, sources, verbatim)
+        request = state["messages"][0].content
         # file-header text reaches the model in tool results: a text or path argument may not come from there
         said = [m.content for m in [*self.history, *state["messages"]] if m.role != "tool"]
-        return _with_users_values(arguments, tool, state["messages"][0].content, sources, verbatim, said)
+        return self._resolved(tool, _with_users_values(arguments, tool, request, sources, verbatim, said), request)
+
+    def _resolved(self, tool: ScanTool, arguments: dict[str, Any], request: str) -> dict[str, Any]:
+        """References to earlier turns made concrete: "that diagnosis" is the concept last looked up, "the other
+        side" / "the right one" the structure last segmented on the other / named side."""
+        earlier = [r for r in self.session.records if r.result is not None]
+        if tool.name == "lookup_term" and _TERM_REFERENCE.search(request):
+            concept = next((c for r in reversed(earlier) for c in r.result.claims(r.name)
+                            if c.path == "hits.0.concept.preferred" or (r.name == "normalize_terms" and c.kind == "code")), None)
+            if concept is not None:
+                label = concept.value if isinstance(concept.value, str) and ":" not in concept.value else concept.text.split(" [")[0]
+                return {**arguments, "query": label}
+        if tool.name == "segment" and not coordinate_triples(request):
+            target = next((r.result.segmentation.target for r in reversed(earlier) if r.name == "segment"), None)
+            side = side_named(target or "")
+            if target and side and (_OTHER_SIDE.search(request) or (side_named(request) and not arguments.get("structure"))):
+                new_side = side_named(request) or {"left": "right", "right": "left"}[side]
+                base = re.sub(r"\b(left|right)\b\s*", "", target.split(" (")[0], flags=re.IGNORECASE).strip()
+                return {k: v for k, v in arguments.items() if k not in ("points", "box", "refine")} | {"structure": f"{new_side} {base}"}
+        return arguments
 
     def _generate_arguments(self, state: _State, tool: ScanTool, schema: dict[str, Any], sources: list[str],
                             verbatim: list[str]) -> dict[str, Any]:
@@ -326,38 +388,52 @@ class Agent:
 
     def _answer(self, state: _State) -> dict[str, Any]:
         write = get_stream_writer()
-        results = [r.result for r in state["records"]]
-        direct = [result.direct_answer() if result is not None else None for result in results]
-        answered_directly = bool(direct) and all(direct)  # e.g. a translation: shown exactly, not reworded
-        if answered_directly:
-            text = "\n\n".join(direct)
-            write(TokenEvent(text))
-        else:
-            text = self._model_answer(state, write)
-        if getattr(self.model, "last_looked_at_volume", False) and text and not answered_directly:
+        request = state["messages"][0].content
+        records, quoted = state["records"], state.get("quoted", [])
+        decision = asks_for_a_decision(request)
+        conversation = [m.content for m in [*self.history, *state["messages"]] if m.role in ("user", "assistant")]
+        direct = [r.result.direct_answer() if r.result is not None else None for r in records]
+        failures = [f"The {r.name} tool could not do it: {r.error}" for r in records if r.error]
+        now = _claims([r for r in records if r.result is not None])
+        earlier = [c.model_copy(update={"earlier": True}) for c in _claims(quoted or self._earlier_records(state))]
+        draft, problems, replaced = "", [], False
+        if records and all(direct):  # e.g. a translation: shown exactly, not reworded
+            picked, text = now, "\n\n".join(direct)
+        elif now or quoted:
+            stated = self._stated()
+            picked, matched = pick_claims(request, stated) if state.get("refers_back") and stated else ([], False)
+            if state.get("refers_back") and stated and not matched:  # "what was that number again?": the last answer's
+                last = next(t.claims for t in reversed(self.traces) if t.claims)
+                picked, matched = [c.model_copy(update={"earlier": True}) for c in last], True
+            if not matched:
+                picked, matched = pick_claims(request, now or earlier)
+            if not matched and not _GENERIC.search(request) and not {c.tool for c in picked} & BUNDLED:
+                failures.insert(0, "No field of the results answers exactly that; here is what the tools reported.")
+            same_calls = [e for e in self._earlier_records(state) if any((e.name, e.arguments) == (r.name, r.arguments) for r in records)]
+            failures[:0] = contradictions([*picked, *(c.model_copy(update={"earlier": True}) for c in _claims(same_calls))])
+            text = render(picked)
+        else:  # no result this turn: the conversation may answer, or the model words a turn that needs no tool
+            picked, matched = pick_claims(request, earlier) if earlier else ([], False)
+            picked = picked if matched else []
+            if picked or decision or failures:
+                text = render(picked)
+            else:
+                draft = self._model_answer(state, write)
+                problems = check_claims(draft, earlier, conversation) if draft else ["empty answer"]
+                replaced = bool(problems)
+                text = _no_claim_answer(draft, problems)
+        if getattr(self.model, "last_looked_at_volume", False) and draft and not replaced:
             from assistant.vlm.backends import model_observation
 
-            self.session.observations.append(model_observation(text, self.model.name, state["messages"][0].content))
-        sources = [m.content for m in state["messages"]] + [self._scan_context()]
-        report = check_grounding(text, sources)
-        replaced = False
-        if not report.ok or not text:
-            text = _fallback_answer(text, report, state["records"])
-            replaced = True
-        measured = [r.result.summary() for r in state["records"]
-                    if r.result is not None and any(f.quantities for f in r.result.findings(r.arguments))]
-        if measured and not replaced and not answered_directly and not numbers_in(text):
-            text = _appended(text, "Measured: " + "\n".join(measured), write)  # the answer must carry the tools' figures
-        failures = [f"The {r.name} tool could not do it: {r.error}" for r in state["records"]
-                    if r.error and r.error not in text]
-        if failures and not replaced:  # said in code: a small model smooths a failure over
-            text = _appended(text, "\n".join(failures), write)
-        if not replaced and not answered_directly and (missing := _missing_key_facts(text, state["records"])):
-            text = _appended(text, "\n".join(missing), write)  # a code or requested label the model's wording dropped
-        if asks_for_a_decision(state["messages"][0].content) and "clinician" not in text.lower():
-            notice = load_prompt("agent/decision_notice.md").strip()  # said in code: a small model forgets the rule
-            text = _appended(text, notice, write)
-        write(AnswerEvent(text=text, grounding=report, replaced=replaced))
+            self.session.observations.append(model_observation(draft, self.model.name, request))
+        if failures:
+            text = f"{text}\n\n" + "\n".join(failures) if text else "\n".join(failures)
+        if decision:  # said in code, every time: the decision belongs to the treating clinician
+            text = f"{text}\n\n{load_prompt('agent/decision_notice.md').strip()}".strip()
+        if not draft or replaced:
+            write(TokenEvent(text))
+        report = check_grounding(text, [c.text for c in [*picked, *earlier]] + conversation + failures)
+        write(AnswerEvent(text=text, grounding=report, replaced=replaced, claims=picked, problems=problems))
         self.history.extend(state["messages"] + [Message(role="assistant", content=text)])
         return {"messages": state["messages"] + [Message(role="assistant", content=text)]}
 
@@ -366,7 +442,6 @@ class Agent:
         pieces: list[str] = []
         for piece in self.model.stream(messages, volume=self.session.volume, max_new_tokens=ANSWER_TOKENS):
             pieces.append(piece)
-            write(TokenEvent(piece))
         self._count_usage()
         return "".join(pieces).strip()
 
@@ -457,26 +532,14 @@ def _is_point(field: dict[str, Any]) -> bool:
                for option in field.get("anyOf", [field]))
 
 
-def _appended(text: str, addition: str, write) -> str:
-    """The answer with a paragraph the agent adds itself, streamed like the rest."""
-    write(TokenEvent(f"\n\n{addition}"))
-    return f"{text}\n\n{addition}".strip()
+def _claims(records: list[ToolRecord]) -> list[Claim]:
+    return [claim for r in records if r.result is not None for claim in r.result.claims(r.name)]
 
 
-def _missing_key_facts(answer: str, records: list[ToolRecord]) -> list[str]:
-    """The sentences stating the tools' key values that the answer does not contain, each once."""
-    folded = answer.casefold()
-    sentences = [sentence for r in records if r.result is not None
-                 for value, sentence in r.result.key_facts().items() if value.casefold() not in folded]
-    return list(dict.fromkeys(sentences))
-
-
-def _fallback_answer(draft: str, report: GroundingReport, records: list[ToolRecord]) -> str:
-    """The tools' own words, when the model's wording cannot be trusted."""
-    lines = [r.result.summary() for r in records if r.result is not None]
-    lines += [f"The {r.name} tool reported an error: {r.error}" for r in records if r.error]
-    if not lines:
-        if draft and report.ungrounded:
-            return "I can't state those figures: no tool measured them. Ask me to measure something on the scan."
-        return "I could not produce an answer. Try rephrasing the question."
-    return "\n".join(lines)
+def _no_claim_answer(draft: str, problems: list[str]) -> str:
+    """The model's wording when it states nothing the conversation does not support; otherwise what it can say."""
+    if not problems:
+        return draft
+    log.info("model answer rejected by the claim check: %s", "; ".join(problems))
+    return ("I can't state that: no tool in this conversation measured it. Ask me to measure something on the scan "
+            "(its geometry, an intensity, a distance, a structure's volume, an anomaly screen) or to look up a term.")

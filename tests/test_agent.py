@@ -90,3 +90,31 @@ def test_a_screening_answer_states_the_score_and_its_threshold():
     screens = [r.result for r in trace.tool_calls if r.name == "detect_anomalies" and r.result is not None]
     assert screens, trace.tool_calls
     assert f"{screens[0].image_score:.2f}" in trace.answer and f"{screens[0].threshold:.2f}" in trace.answer
+
+
+def test_a_question_answered_earlier_is_answered_from_the_conversation_without_tools(ct):
+    agent = _agent(ct, model_name="smollm2-135m")
+    first = agent.ask("What is the spacing between slices?")
+    assert [r.name for r in first.tool_calls] == ["describe_scan"]
+    spacing = first.tool_calls[0].result.spacing_mm[2]
+    assert f"{spacing:.2f}" in first.answer and "between slices" in first.answer
+    again = agent.ask("Sorry, can you remind me what spacing you gave?")
+    assert again.tool_calls == []
+    assert f"{spacing:.2f}" in again.answer and "earlier in this conversation" in again.answer
+
+
+def test_a_decision_request_reports_and_leaves_the_decision_to_the_clinician(ct):
+    agent = _agent(ct, model_name="smollm2-135m")
+    agent.ask("How thick are the slices?")
+    trace = agent.ask("Is it safe to give heparin tonight? Just yes or no.")
+    assert "treating clinician" in trace.answer
+    assert not trace.answer.lower().startswith(("yes", "no"))
+    assert all(c.kind != "verdict" for c in trace.claims)
+
+
+def test_every_figure_of_a_tool_answer_is_a_named_field(ct):
+    trace = _agent(ct, model_name="smollm2-135m").ask("what's the matrix of this series?")
+    [record] = trace.tool_calls
+    assert [c.path for c in trace.claims][:1] == ["dimensions"]
+    assert " x ".join(map(str, record.result.dimensions)) in trace.answer
+    assert f"{record.result.field_of_view_mm[0]:.1f}" not in trace.answer  # the field of view is not the matrix

@@ -110,11 +110,12 @@ def test_points_written_by_the_user_are_read_in_order():
 
 
 def test_requests_for_a_diagnosis_or_treatment_decision_are_recognised():
-    from assistant.agent import asks_for_a_decision
+    from assistant.decisions import asks_for_a_decision
 
     for request in ("Does this patient have Alzheimer disease? Yes or no.", "Should we operate?",
                     "What dose of alteplase should I give?", "Is this a tumour?", "what's the diagnosis",
-                    "Based on this CT, should we take the patient to theatre tonight?"):
+                    "Based on this CT, should we take the patient to theatre tonight?",
+                    "Is it safe to start heparin? yes or no", "¿Podemos darle aspirina?", "Faut-il l'opérer ?"):
         assert asks_for_a_decision(request), request
     for request in ("What is the slice thickness?", "how big is the left hippocampus", "is anything abnormal?",
                     "Give me the ICD-10 code for stroke", "translate 'no acute infarct' into Spanish"):

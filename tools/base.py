@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 from langchain_core.tools import BaseTool
 from pydantic import BaseModel, ConfigDict
 
-from assistant.findings import Finding
+from assistant.findings import Claim, Finding, FieldMeaning
 from assistant.grounding import users_passage
 from prompts import load_prompt
 
@@ -51,6 +51,10 @@ class ToolResult(BaseModel):
         """What of this result belongs in a report (none by default); `arguments` are the call's."""
         return []
 
+    def claims(self, tool: str) -> list[Claim]:
+        """Every statement an answer may make from this result, one per declared field (see `assistant.findings.meaning`)."""
+        return field_claims(self, tool)
+
     def key_facts(self) -> dict[str, str]:
         """Values the answer must contain (a code, a requested translation), each with the sentence that
         states it: when the model's answer leaves one out, the agent appends that sentence."""
@@ -60,6 +64,50 @@ class ToolResult(BaseModel):
         """The answer itself, when no model should reword it (a translation must reach the user exactly);
         None lets the model phrase the answer from `summary()`."""
         return None
+
+
+MAX_LISTED = 3  # items of a list field (regions, hits) an answer may cite
+
+
+def field_claims(model: BaseModel, tool: str, prefix: str = "", context: str = "") -> list[Claim]:
+    """Claims of the fields of `model` that declare a meaning; nested models and lists of them are walked,
+    their parent's description (or a list item's position) added to each meaning so it stays unambiguous."""
+    claims: list[Claim] = []
+    for name, info in type(model).model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        value = getattr(model, name)
+        if value is None or extra.get("answer", False) is None:
+            continue
+        path = f"{prefix}{name}"
+        if "answer" not in extra:
+            nested = f"{info.description}{', ' + context if context else ''}" if info.description else context
+            if isinstance(value, BaseModel):
+                claims += field_claims(value, tool, f"{path}.", nested)
+            elif isinstance(value, list) and value and isinstance(value[0], BaseModel):
+                for index, item in enumerate(value[:MAX_LISTED]):
+                    claims += field_claims(item, tool, f"{path}.{index}.", f"{nested} #{index + 1}")
+            continue
+        about = FieldMeaning(**extra["answer"])
+        unit = getattr(model, about.unit[1:], "") if about.unit.startswith("@") else about.unit  # "@unit": a sibling field
+        described = f"{info.description}{', ' + context if context else ''}"
+        claims.append(Claim(tool=tool, path=path, meaning=described, kind=about.kind, value=value,
+                            text=render_value(value, about, unit), headline=about.headline, asked_as=about.asked_as))
+        if about.parts and isinstance(value, (tuple, list)):
+            for i, (part, v) in enumerate(zip(about.parts, value)):
+                said, *asked = part.split("|")  # "spacing between slices (z)|slice interval": its meaning, then ways of asking
+                claims.append(Claim(tool=tool, path=f"{path}.{i}", meaning=f"{said}{', ' + context if context else ''}",
+                                    kind=about.kind, value=v, text=render_value(v, about, unit), asked_as=asked))
+    return claims
+
+
+def render_value(value: Any, about: FieldMeaning, unit: str = "") -> str:
+    """A field's value as an answer writes it: formatted by its declared spec, with its unit."""
+    if isinstance(value, bool):
+        return about.says[int(value)] if about.says else ("yes" if value else "no")
+    if isinstance(value, (tuple, list)):
+        return " x ".join(render_value(v, about) for v in value) + (f" {unit}" if unit else "")
+    text = format(value, about.fmt) if isinstance(value, (int, float)) else str(value)
+    return f"{text} {unit}".strip()
 
 
 class ScanTool(BaseTool):

@@ -8,7 +8,7 @@ import json
 import numpy as np
 from pydantic import BaseModel, Field
 
-from assistant.findings import Finding, Quantity
+from assistant.findings import Claim, Finding, Quantity, meaning, not_an_answer
 from assistant.grounding import reads_like_instruction
 from assistant.volume import Volume
 from tools.base import ScanTool, ToolResult
@@ -19,32 +19,63 @@ class DescribeScanArgs(BaseModel):
 
 
 class IntensityStats(BaseModel):
-    unit: str
-    minimum: float
-    maximum: float
-    mean: float
-    std: float
-    p1: float
-    p50: float
-    p99: float
+    unit: str = not_an_answer(description="intensity unit: HU for CT, arbitrary units (a.u.) for MR")
+    minimum: float = meaning(description="lowest intensity", unit="@unit", fmt=".1f", asked_as=["minimum value", "darkest"])
+    maximum: float = meaning(description="highest intensity", unit="@unit", fmt=".1f", asked_as=["maximum value", "brightest"])
+    mean: float = meaning(description="mean intensity", unit="@unit", fmt=".1f", headline=True,
+                          asked_as=["average HU", "average density", "mean value", "average signal", "HU", "density",
+                                    "intensity", "signal", "attenuation"])
+    std: float = meaning(description="standard deviation of the intensity", unit="@unit", fmt=".1f",
+                         asked_as=["spread", "SD", "variation", "noise"])
+    p1: float = meaning(description="1st percentile of the intensity", unit="@unit", fmt=".1f")
+    p50: float = meaning(description="median intensity", unit="@unit", fmt=".1f", asked_as=["median value", "median HU"])
+    p99: float = meaning(description="99th percentile of the intensity", unit="@unit", fmt=".1f")
 
 
 class ScanDescription(ToolResult):
-    name: str
-    modality: str
-    source_format: str
-    dimensions: tuple[int, int, int] = Field(description="voxels along the array axes (x, y, z)")
-    orientation: str = Field(description="anatomical direction each axis grows towards, e.g. RAS")
-    spacing_mm: tuple[float, float, float]
-    slice_thickness_mm: float = Field(description="from the header when given, else the spacing along z")
-    number_of_slices: int = Field(description="axial slices")
-    field_of_view_mm: tuple[float, float, float]
-    voxel_count: int
-    intensity: IntensityStats
-    body_part: str | None = None
-    series_description: str | None = None
-    contrast_agent: str | None = None
-    notes: list[str] = []
+    name: str = not_an_answer(description="the scan's display name")
+    modality: str = meaning(description="modality", kind="label", headline=True,
+                            asked_as=["what kind of scan", "CT or MRI", "type of scan", "imaging modality"])
+    source_format: str = meaning(description="file format", kind="label", asked_as=["file type", "DICOM or NIfTI"])
+    dimensions: tuple[int, int, int] = meaning(
+        description="matrix (voxels along x, y, z)", kind="count", headline=True,
+        parts=["matrix columns (voxels along x)", "matrix rows (voxels along y)", "voxels along z"],
+        asked_as=["matrix", "matrix size", "dimensions", "image size in voxels", "how many voxels per axis",
+                  "resolution in pixels", "acquisition matrix"])
+    orientation: str = meaning(description="orientation (anatomical direction each axis grows towards)", kind="label",
+                               asked_as=["orientation", "axis directions", "RAS or LPS"])
+    spacing_mm: tuple[float, float, float] = meaning(
+        description="voxel spacing x, y, z", unit="mm", fmt=".2f", headline=True,
+        parts=["in-plane pixel spacing along x (between columns)|in-plane resolution|in-plane spacing|pixel spacing|pixel size",
+               "in-plane pixel spacing along y (between rows)",
+               "spacing between slices (z, through-plane)|slice spacing|slice interval|gap between slices|"
+               "distance between slices|slice increment|spacing in z"],
+        asked_as=["voxel size", "voxel spacing", "voxel dimensions in mm", "resolution in mm"])
+    slice_thickness_mm: float = meaning(description="slice thickness (from the header when given, else the spacing along z)",
+                                        unit="mm", fmt=".2f", headline=True,
+                                        asked_as=["slice thickness", "how thick are the slices", "thickness"])
+    number_of_slices: int = meaning(description="number of axial slices", kind="count",
+                                    asked_as=["how many slices", "slice count", "number of images"])
+    field_of_view_mm: tuple[float, float, float] = meaning(
+        description="field of view x, y, z", unit="mm", fmt=".1f",
+        parts=["field of view along x (left-right)|how wide|width|side to side|left to right",
+               "field of view along y (anterior-posterior)|front to back",
+               "field of view along z (inferior-superior, scan length)|scan length|coverage along z|head-foot coverage|"
+               "craniocaudal coverage|how long is the scan|top to bottom"],
+        asked_as=["field of view", "FOV", "how big is the imaged area", "coverage", "scan length in mm"])
+    voxel_count: int = meaning(description="total number of voxels", kind="count", asked_as=["how many voxels in total"])
+    intensity: IntensityStats = Field(description="intensities over the whole scan")
+    body_part: str | None = meaning(None, description="body part in the header", kind="text",
+                                    asked_as=["body part", "which region was scanned"])
+    series_description: str | None = meaning(None, description="series description in the header", kind="text",
+                                             asked_as=["series name", "series description", "sequence"])
+    contrast_agent: str | None = meaning(None, description="contrast agent in the header", kind="text",
+                                         asked_as=["contrast", "was contrast given", "contrast agent"])
+    notes: list[str] = not_an_answer([], description="loader notes (said in the summary)")
+
+    def claims(self, tool: str) -> list[Claim]:
+        """Header texts that read like instructions are withheld from answers too."""
+        return [c for c in super().claims(tool) if not (c.kind == "text" and reads_like_instruction(str(c.value)))]
 
     def summary(self) -> str:
         fov = " x ".join(f"{v:.1f}" for v in self.field_of_view_mm)

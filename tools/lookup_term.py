@@ -8,14 +8,14 @@ from typing import ClassVar
 from pydantic import BaseModel, Field
 
 from assistant.config import Settings
-from assistant.findings import Finding
+from assistant.findings import Claim, Finding, not_an_answer
 from assistant.grounding import VERBATIM
 from assistant.terminology import TermHit, get_term_index
 from assistant.terminology.glossary import GLOSSARY_SOURCE
 from assistant.terminology.index import check_search
 from assistant.terminology.lexical import looks_like_code
 from assistant.terminology.sources import SOURCE_NAMES
-from tools.base import ScanTool, ToolError, ToolResult
+from tools.base import MAX_LISTED, ScanTool, ToolError, ToolResult
 
 
 class LookupTermArgs(BaseModel):
@@ -28,12 +28,42 @@ class LookupTermArgs(BaseModel):
                           "(the user's own glossary, when one is configured). Leave empty for all.")
 
 
+# A code is stated as the answer only when the best hit's match score (1.0 exact synonym, else its n-gram or embedding
+# similarity to the query) reaches this bound; checked on lay names by `python -m evals.terms.bench_code_confidence`.
+CONFIDENT_MATCH = 0.85
+
+
 class TermLookup(ToolResult):
     """The concepts found for one query, best first."""
 
-    query: str
-    language: str
-    hits: list[TermHit]
+    query: str = not_an_answer(description="the looked-up term, as asked")
+    language: str = not_an_answer(description="language of the labels")
+    hits: list[TermHit] = not_an_answer(description="concepts found, best first (claims: see `claims`)")
+
+    @property
+    def confident(self) -> bool:
+        return bool(self.hits) and self.hits[0].score >= CONFIDENT_MATCH
+
+    def claims(self, tool: str) -> list[Claim]:
+        """The best concept's name, codes and label, when its match is confident; otherwise the plain statement that
+        there is no confident match, with the candidates (never one of them stated as the code)."""
+        if not self.confident:
+            found = "; ".join(self._line(hit) for hit in self.hits[:MAX_LISTED]) or "none"
+            return [Claim(tool=tool, path="hits", meaning=f"no confident match for '{self.query}'; closest candidates",
+                          kind="text", value=[h.concept.id for h in self.hits[:MAX_LISTED]], text=found, headline=True)]
+        best = self.hits[0]
+        about = f"for '{self.query}'"
+        claims = [Claim(tool=tool, path="hits.0.concept.preferred", meaning=f"best match {about}", kind="label",
+                        value=best.concept.preferred, text=best.concept.preferred, headline=True,
+                        asked_as=["what is it called", "name", "term", "diagnosis name"])]
+        claims += [Claim(tool=tool, path=f"hits.0.concept.codes.{system}", meaning=f"{system} code {about}", kind="code",
+                         value=code, text=code, headline=True, asked_as=["code", f"{system} code"])
+                   for system, code in best.concept.codes.items()]
+        if self.language != "en":
+            claims.append(Claim(tool=tool, path="hits.0.label", meaning=f"{self.language} label {about}", kind="label",
+                                value=best.label, text=f"'{best.label}'" if best.label else f"no {self.language} label",
+                                headline=True, asked_as=["translation", "in Spanish", "in French", "in German", "in Portuguese"]))
+        return claims
 
     def findings(self, arguments: dict) -> list[Finding]:
         """The best match, as the term a report should use for the query."""

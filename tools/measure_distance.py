@@ -8,7 +8,7 @@ import json
 import numpy as np
 from pydantic import BaseModel, Field
 
-from assistant.findings import Finding, Quantity
+from assistant.findings import Finding, Quantity, meaning
 from assistant.volume import Volume
 from tools.base import ScanTool, ToolError, ToolResult
 from tools.probe_intensity import Units, parse_triple
@@ -21,12 +21,17 @@ class MeasureDistanceArgs(BaseModel):
 
 
 class DistanceMeasurement(ToolResult):
-    voxel_a: tuple[int, int, int]
-    voxel_b: tuple[int, int, int]
-    position_a_mm: tuple[float, float, float]
-    position_b_mm: tuple[float, float, float]
-    distance_mm: float
-    offset_mm: tuple[float, float, float] = Field(description="b - a along x (right), y (anterior), z (superior)")
+    voxel_a: tuple[int, int, int] = meaning(description="first point (voxel x, y, z)", kind="count")
+    voxel_b: tuple[int, int, int] = meaning(description="second point (voxel x, y, z)", kind="count")
+    position_a_mm: tuple[float, float, float] = meaning(description="first point (RAS)", unit="mm", fmt=".1f")
+    position_b_mm: tuple[float, float, float] = meaning(description="second point (RAS)", unit="mm", fmt=".1f")
+    distance_mm: float = meaning(description="straight-line distance between the two points", unit="mm", fmt=".1f",
+                                 headline=True, asked_as=["distance", "how far apart", "length", "measure between"])
+    offset_mm: tuple[float, float, float] = meaning(
+        description="offset from the first to the second point", unit="mm", fmt=".1f",
+        parts=["left-right offset (x, towards the right)", "anterior-posterior offset (y, towards anterior)",
+               "inferior-superior offset (z, towards superior)"],
+        asked_as=["offset", "how far along each axis", "vertical distance", "horizontal distance"])
 
     def summary(self) -> str:
         return (

@@ -7,7 +7,7 @@ from typing import ClassVar
 from pydantic import BaseModel, Field
 
 from assistant.config import Settings
-from assistant.findings import Finding
+from assistant.findings import Claim, Finding, not_an_answer
 from assistant.grounding import VERBATIM
 from assistant.terminology import TermMention, get_term_index
 from assistant.terminology.index import check_text
@@ -23,8 +23,21 @@ class NormalizeTermsArgs(BaseModel):
 class NormalizedTerms(ToolResult):
     """Each concept mention with its span in the text."""
 
-    language: str
-    mentions: list[TermMention]
+    language: str = not_an_answer(description="language of the labels")
+    mentions: list[TermMention] = not_an_answer(description="concepts mentioned in the text (claims: see `claims`)")
+
+    def claims(self, tool: str) -> list[Claim]:
+        """Each mention's concept and codes (a mention is an exact or above-threshold match in the text itself)."""
+        claims = []
+        for index, mention in enumerate(self.mentions):
+            codes = ", ".join(f"{system} {code}" for system, code in mention.concept.codes.items()) or "no code"
+            label = mention.concept.label(self.language)
+            translated = f", {self.language}: '{label}'" if self.language != "en" and label else ""
+            claims.append(Claim(tool=tool, path=f"mentions.{index}", meaning=f"concept for '{mention.text}'", kind="code",
+                                value=mention.concept.id, text=f"{mention.concept.preferred} [{codes}]{translated}",
+                                headline=True, asked_as=["code", "concepts", "terms"]))
+        return claims or [Claim(tool=tool, path="mentions", meaning="concepts recognised", kind="text", value=[],
+                                text="none", headline=True)]
 
     def findings(self, arguments: dict) -> list[Finding]:
         return [

@@ -9,7 +9,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from assistant.findings import Finding, Quantity
+from assistant.findings import Finding, Quantity, meaning, not_an_answer
 from assistant.volume import Volume
 from tools.base import ScanTool, ToolError, ToolResult
 from tools.describe_scan import IntensityStats, intensity_stats
@@ -28,13 +28,16 @@ class ProbeIntensityArgs(BaseModel):
     )
 
 class IntensityProbe(ToolResult):
-    region: str = Field(description="'voxel', 'sphere' or 'box'")
-    voxel: tuple[int, int, int] | None = None
-    position_mm: tuple[float, float, float] | None = None
-    value: float | None = Field(None, description="the voxel's value, for a single voxel")
-    unit: str
-    voxels: int = 1
-    stats: IntensityStats | None = None
+    region: str = not_an_answer(description="'voxel', 'sphere' or 'box'")
+    voxel: tuple[int, int, int] | None = meaning(None, description="probed voxel (x, y, z indices)", kind="count",
+                                                 asked_as=["which voxel", "where did you measure"])
+    position_mm: tuple[float, float, float] | None = meaning(None, description="probed position (RAS)", unit="mm",
+                                                             fmt=".1f", asked_as=["coordinates in mm", "world position"])
+    value: float | None = meaning(None, description="intensity at the voxel", unit="@unit", fmt=".1f", headline=True,
+                                  asked_as=["HU", "density", "intensity", "signal", "attenuation", "value at the point"])
+    unit: str = not_an_answer(description="intensity unit")
+    voxels: int = meaning(1, description="number of voxels summarised", kind="count", asked_as=["how many voxels"])
+    stats: IntensityStats | None = Field(None, description="in the probed region")
 
     def summary(self) -> str:
         where = f"voxel {list(self.voxel)}" if self.voxel else "box"  # "Intensity in the box", not "the the box"

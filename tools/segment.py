@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, Field, model_validator
 from tqdm import tqdm
 
-from assistant.findings import Finding, Quantity
+from assistant.findings import Claim, FieldMeaning, Finding, Quantity, not_an_answer
 from assistant.grounding import VERBATIM, coordinate_triples, side_named
 from assistant.imaging.progress import ProgressCallback, cancel_on
 from assistant.segmentation import (
@@ -30,7 +30,7 @@ from assistant.segmentation.prompts import Prompt, Refinement, Units, structure_
 from assistant.segmentation.result import measure
 from assistant.session import Overlay
 from assistant.volume import Volume
-from tools.base import ScanTool, ToolError, ToolResult
+from tools.base import ScanTool, ToolError, ToolResult, field_claims, render_value
 from tools.probe_intensity import parse_triple
 
 OVERLAY_NAME = "segmentation"
@@ -76,8 +76,18 @@ class SegmentArgs(BaseModel):
 
 
 class SegmentResult(ToolResult):
-    segmentation: Segmentation
-    overlay: str = OVERLAY_NAME
+    segmentation: Segmentation = Field(description="the mask and its measurements (claims: see `claims`)")
+    overlay: str = not_an_answer(OVERLAY_NAME, description="the viewer overlay showing the mask")
+
+    def claims(self, tool: str) -> list[Claim]:
+        """The mask's fields and its extent (a property, measured on the bounding box)."""
+        extent = FieldMeaning(unit="mm", fmt=".0f", parts=["left-right extent", "anterior-posterior extent",
+                                                           "inferior-superior extent (height)"])
+        claims = field_claims(self.segmentation, tool, "segmentation.")
+        claims.append(Claim(tool=tool, path="segmentation.extent_mm", meaning="extent (R-L x A-P x S-I)", kind="quantity",
+                            value=self.segmentation.extent_mm, text=render_value(self.segmentation.extent_mm, extent, "mm"),
+                            asked_as=["extent", "how long", "how wide", "how tall", "dimensions of the mask", "diameter"]))
+        return claims
 
     def summary(self) -> str:
         return self.segmentation.summary()

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from tqdm import tqdm
 
 from assistant.config import Settings, get_settings
+from assistant.findings import Claim
 from assistant.grounding import VERBATIM
 from assistant.imaging.progress import ProgressCallback
 from assistant.models.base import ChatModel
@@ -42,6 +43,10 @@ class TranslateTextResult(TranslationResult, ToolResult):
             "flagged_sentences": [{"sentence": s.text, "missing": s.missing} for s in self.flagged_sentences],
         }, ensure_ascii=False)
 
+    def claims(self, tool: str) -> list[Claim]:
+        """The translation is quoted whole (with its term checks), never reworded."""
+        return [Claim(tool=tool, path="translation", meaning="translation", kind="text", value=self.translation,
+                      text=self.direct_answer(), headline=True)]
 
     def direct_answer(self) -> str:
         if self.translation is None:

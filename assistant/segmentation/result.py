@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage
 
 from assistant.segmentation.prompts import Refinement
+from assistant.findings import meaning, not_an_answer
 from assistant.volume import Volume
 
 _CONNECTIVITY = ndimage.generate_binary_structure(3, 3)  # 26-neighbourhood: diagonal touches are one object
@@ -26,18 +27,23 @@ class Segmentation(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     mask: np.ndarray = Field(exclude=True, repr=False)
-    target: str = Field(description="what was segmented: a structure name or the prompt")
-    backend: str
-    voxel_count: int
-    volume_ml: float
-    bbox_min_mm: tuple[float, float, float]
-    bbox_max_mm: tuple[float, float, float]
-    centroid_mm: tuple[float, float, float]
-    components: int
-    largest_component_ml: float
-    confidence: float | None = Field(None, description="backend's own score in 0..1, where it has one")
-    seconds: float = 0.0
-    notes: list[str] = []
+    target: str = meaning(description="what was segmented", kind="label", headline=True, asked_as=["which structure"])
+    backend: str = meaning(description="segmentation method", kind="label", asked_as=["which method", "how was it segmented"])
+    voxel_count: int = meaning(description="number of voxels in the mask", kind="count", asked_as=["how many voxels"])
+    volume_ml: float = meaning(description="volume", unit="mL", fmt=".1f", headline=True,
+                               asked_as=["volume", "how big", "size", "how large", "how much", "cc", "millilitres"])
+    bbox_min_mm: tuple[float, float, float] = meaning(description="bounding box lower corner (RAS)", unit="mm", fmt=".1f")
+    bbox_max_mm: tuple[float, float, float] = meaning(description="bounding box upper corner (RAS)", unit="mm", fmt=".1f")
+    centroid_mm: tuple[float, float, float] = meaning(description="centroid (RAS)", unit="mm", fmt=".1f",
+                                                      asked_as=["where is it", "centre", "location", "position"])
+    components: int = meaning(description="number of connected components", kind="count",
+                              asked_as=["how many pieces", "how many parts", "islands", "components"])
+    largest_component_ml: float = meaning(description="volume of the largest connected component", unit="mL", fmt=".1f",
+                                          asked_as=["largest piece", "biggest part"])
+    confidence: float | None = meaning(None, description="the method's own confidence (0 to 1)", fmt=".2f",
+                                       asked_as=["how sure", "confidence", "reliable"])
+    seconds: float = not_an_answer(0.0, description="run time")
+    notes: list[str] = not_an_answer([], description="method notes (said in the summary)")
 
     @property
     def extent_mm(self) -> tuple[float, float, float]:

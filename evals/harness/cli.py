@@ -25,6 +25,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--compare", type=Path, metavar="PREVIOUS.json", help="a previous run's report.json; regressions are highlighted")
     run.add_argument("--judge", help="model that scores the scenarios' rubric items (skipped when not given)")
     run.add_argument("--tag", action="append", default=[], help="only scenarios with this tag (repeatable)")
+    run.add_argument("--split", choices=["dev", "test"], help="only scenarios of this split (tune on dev, report test once)")
     run.add_argument("--min-pass-rate", type=float, help="exit 1 when the mean pass rate is below this (0-1), for CI")
     run.set_defaults(func=_run)
 
@@ -81,6 +82,10 @@ def _run(args: argparse.Namespace) -> int:
         scenarios = [s for s in scenarios if set(args.tag) & set(s.tags)]
         if not scenarios:
             raise ValueError(f"no scenario under {args.path} has the tag(s) {', '.join(args.tag)}")
+    if args.split:
+        scenarios = [s for s in scenarios if s.split == args.split]
+        if not scenarios:
+            raise ValueError(f"no scenario under {args.path} is in the {args.split} split")
     previous = load_report(args.compare) if args.compare else None
     settings, name = _backend_settings(args.backend)
     model = load_chat_model(settings, name=name)

@@ -71,7 +71,14 @@ def registered_tools() -> set[str]:
 
 
 def load_scan_ref(ref: ScanRef, scenario_file: str, settings: Settings) -> Volume:
-    """The scan a scenario names: a sample, a path (relative to the scenario file), or a rewritten DICOM copy."""
+    """The scan a scenario names (a sample, a path relative to the scenario file, or a rewritten DICOM copy),
+    transformed as it asks."""
+    from evals.harness.transforms import transformed
+
+    return transformed(_load_scan_ref(ref, scenario_file, settings), ref.transform)
+
+
+def _load_scan_ref(ref: ScanRef, scenario_file: str, settings: Settings) -> Volume:
     from assistant.scans.loading import load_scan
 
     if ref.sample and not ref.dicom_fields:

@@ -48,6 +48,8 @@ class ScanRef(_Strict):
     sample: str | None = None
     path: Path | None = None
     dicom_fields: dict[str, str] = Field(default_factory=dict, description="DICOM keyword -> text, set in a copy")
+    transform: list[Literal["reorient", "resample", "crop", "rename"]] = Field(
+        default_factory=list, description="applied in order after loading (evals/harness/transforms.py)")
 
     @model_validator(mode="before")
     @classmethod
@@ -83,7 +85,7 @@ class ScanRef(_Strict):
         return fields
 
     def label(self) -> str:
-        return self.sample or str(self.path)
+        return (self.sample or str(self.path)) + "".join(f" +{t}" for t in self.transform)
 
 
 # --- tool expectations ---------------------------------------------------------------------
@@ -297,6 +299,7 @@ class Scenario(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="unique within its suite")
     description: str = ""
     tags: list[str] = Field(default_factory=list)
+    split: Literal["dev", "test"] | None = Field(None, description="tune on dev; the test half is reported once per change")
     scan: ScanRef | None = Field(None, description="loaded before the first turn; none for no-scan scenarios")
     turns: list[Turn] = Field(min_length=1)
     # Filled by the loader, not written in YAML files.
