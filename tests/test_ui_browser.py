@@ -62,7 +62,7 @@ def app_url(tmp_path_factory, exports_dir):
         env={**os.environ, "SCANCHAT_REPORTS_DB": str(database), "SCANCHAT_UI_EXPORTS_DIR": str(exports_dir)},
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
+    deadline = time.time() + 600  # generous: a loaded CI machine imports slowly
     while time.time() < deadline:
         try:
             urllib.request.urlopen(url, timeout=2)
@@ -73,7 +73,7 @@ def app_url(tmp_path_factory, exports_dir):
             time.sleep(1)
     else:
         proc.kill()
-        pytest.fail("the app did not start within 180 s")
+        pytest.fail("the app did not start within 600 s")
     yield url
     proc.terminate()
     proc.wait(timeout=30)
