@@ -242,3 +242,40 @@ BEGIN SELECT RAISE(ABORT, 'signed versions are final'); END;
 CREATE TRIGGER versions_are_kept BEFORE DELETE ON versions
 BEGIN SELECT RAISE(ABORT, 'report versions are never deleted'); END;
 """
+
+
+def test_stale_uploads_are_swept_and_nothing_outside_the_folder_is_touched(tmp_path):
+    from assistant.lifecycle import private_dir, remove_session_files, sweep
+
+    uploads = private_dir(tmp_path / "uploads")
+    old, new = uploads / "old-session", uploads / "new-session"
+    for folder in (old, new):
+        folder.mkdir()
+        (folder / "scan.nii.gz").write_bytes(b"voxels")
+    os.utime(old, (1_000_000, 1_000_000))
+    outside = tmp_path / "keep.txt"
+    outside.write_text("not an upload")
+    assert sweep(uploads, max_age_s=3600) == 1
+    assert not old.exists() and new.exists()
+    assert remove_session_files([outside, uploads / ".." / "keep.txt"], uploads) == 0 and outside.exists()
+    assert remove_session_files([new], uploads) == 1 and not new.exists()
+    assert stat.S_IMODE(os.stat(uploads).st_mode) == 0o700
+
+
+def test_per_user_session_and_memory_limits():
+    from assistant.lifecycle import LimitError, SessionLimits
+
+    limits = SessionLimits(max_sessions=2, max_bytes=1000)
+    limits.open("alice", "s1")
+    limits.open("alice", "s2")
+    limits.open("bob", "s3")  # bob's sessions do not count against alice
+    with pytest.raises(LimitError, match="alice already has 2 sessions"):
+        limits.open("alice", "s4")
+    limits.charge("s1", 600)
+    with pytest.raises(LimitError, match="more than the"):
+        limits.charge("s2", 500)
+    limits.charge("s3", 900)
+    limits.close("s1")
+    limits.charge("s2", 500)
+    limits.open("alice", "s4")
+    assert limits.held("alice") == (2, 500) and limits.held("bob") == (1, 900)
