@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
 from pydantic import BaseModel
+from sqlalchemy.exc import SQLAlchemyError
 
-from assistant.db import Database
+from assistant.db import Database, DatabaseError
 from assistant.db.schema import audit
+
+log = logging.getLogger(__name__)
 
 REDACTED = '{"erased":true}'
 GENESIS = "0" * 64
@@ -65,9 +69,15 @@ class AuditLog:
         self.db = db
 
     def record(self, user: str, action: str, scan_id: str | None = None, /, **detail: Any) -> None:
-        """Append one entry; entries are serialised (one writer at a time) so the chain has no forks."""
-        with self.db.transaction() as db:
-            self.append(db, user, action, scan_id, **detail)
+        """Append one entry; entries are serialised (one writer at a time) so the chain has no forks.
+        Raises `DatabaseError` (a message, not a traceback) when the database cannot take it."""
+        try:
+            with self.db.transaction() as db:
+                self.append(db, user, action, scan_id, **detail)
+        except SQLAlchemyError as exc:
+            log.warning("audit entry %s by %s not written", action, user, exc_info=True)
+            raise DatabaseError(f"The audit trail in {self.db.where} cannot be written right now; "
+                                f"'{action}' was not recorded.") from exc
 
     def append(self, db: sa.Connection, user: str, action: str, scan_id: str | None = None, /, **detail: Any) -> None:
         """Append inside a caller's transaction, so an entry is written exactly when the change it records is."""

@@ -15,12 +15,14 @@ import ipaddress
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from enum import Enum
 
 import sqlalchemy as sa
 from pydantic import BaseModel
+from sqlalchemy.exc import SQLAlchemyError
 
 from assistant.db import Database
 from assistant.db.schema import users
@@ -122,21 +124,34 @@ class Users:
         return [(User(name=name, role=Role(role)), not disabled) for name, role, disabled in rows]
 
     def any_enabled(self) -> bool:
-        with self.db.reading() as db:
+        with self._reading() as db:
             return db.execute(sa.select(users.c.name).where(users.c.disabled == sa.false()).limit(1)).first() is not None
 
     def get(self, name: str) -> User | None:
         """The enabled user of that name, if any."""
-        with self.db.reading() as db:
+        with self._reading() as db:
             row = db.execute(sa.select(users.c.role).where(users.c.name == name, users.c.disabled == sa.false())).first()
         return User(name=name, role=Role(row[0])) if row else None
+
+    @contextmanager
+    def _reading(self) -> Iterator[sa.Connection]:
+        """Nobody is let in while the database cannot say who they are; the message says why."""
+        try:
+            with self.db.reading() as db:
+                yield db
+        except SQLAlchemyError as exc:
+            log.warning("the users table cannot be read", exc_info=True)
+            raise AuthError(f"Logins cannot be checked right now: the database {self.db.where} is not available.") from exc
 
     def authenticate(self, name: str, password: str) -> bool:
         """Gradio's ``launch(auth=...)`` callable: True for an enabled user with this password."""
         global _DUMMY_HASH
-        with self.db.reading() as db:
-            row = db.execute(sa.select(users.c.password_hash)
-                             .where(users.c.name == name, users.c.disabled == sa.false())).first()
+        try:
+            with self._reading() as db:
+                row = db.execute(sa.select(users.c.password_hash)
+                                 .where(users.c.name == name, users.c.disabled == sa.false())).first()
+        except AuthError:
+            return False
         if row is None:
             _DUMMY_HASH = _DUMMY_HASH or hash_password("not a password of anyone")
             verify_password(password or "", _DUMMY_HASH)

@@ -117,3 +117,18 @@ def test_audit_commands(tmp_path):
         db.execute(sa.text("""UPDATE audit SET detail = '{"question":"edited"}' WHERE seq = 1"""))
     broken = cli("verify")
     assert broken.returncode == 1 and "TAMPERED: entry 1: its detail was edited" in broken.stdout
+
+
+def test_concurrent_writers_make_one_unbroken_chain(store):
+    """Eight threads (as eight users' chat turns) appending at once: no fork, no lost entry."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def turn(i: int) -> None:
+        for j in range(5):
+            store.audit.record(f"user{i}", "ask", SCAN, question=f"question {j}")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(turn, range(8)))
+    check = store.audit.verify()
+    assert check.ok, check.problems
+    assert check.entries == 4 + 8 * 5

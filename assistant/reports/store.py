@@ -99,6 +99,7 @@ class ReportStore:
         self.path = self.db.path
         self.users = Users(self.db)
         self.audit = AuditLog(self.db)
+        self.expire_conversations()  # the retention period holds even where nobody runs `scanchat expire`
 
     # --- reports: writing ---------------------------------------------------------------------------
 
