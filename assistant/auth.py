@@ -185,8 +185,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_can_bind(host: str, users_table: Users) -> None:
+def check_can_bind(host: str, users_table: Users, trusted_header: str | None = None) -> None:
     """Refuse to serve a network address with nobody to log in: everyone who reached it would be 'local'."""
+    if trusted_header and not is_loopback(host):
+        log.warning("listening on %s while trusting the %s header: anyone who reaches this address directly, not "
+                    "through the authenticating proxy, can claim any user name", host, trusted_header)
     if not is_loopback(host) and not users_table.any_enabled():
         raise AuthError(
             f"Refusing to listen on {host}: no users are configured, so anyone who can reach this address could read "
