@@ -1,11 +1,11 @@
 """Several clinicians on one deployment, measured: the real app over HTTP with N logged-in users at once.
 
-Starts `scanchat ui` on a free loopback port with a fresh database, adds N users, and lets each
-one, in its own thread and its own gradio_client session, load the same sample scan and ask a
-scripted conversation. Reports per N: turn latency p50/p95 (and the scan-facts turn's p95)
-against N = 1 in the same run, throughput (turns/s), the server's peak resident memory, errors,
-and cross-user leaks: any user whose chat shows another user's question or a restored
-conversation that is not theirs (must be 0).
+Starts `scanchat ui` on a free loopback port with a fresh database, adds N users, warms the model up
+with one unmeasured turn, and lets each user, in its own thread and its own gradio_client session,
+load the same sample scan and ask a scripted conversation. Reports per N: turn latency p50/p95 (and
+the scan-facts turn's p95) against N = 1 in the same run, throughput (turns/s), the server's peak
+resident memory, errors, and cross-user leaks: any user whose chat shows another user's question
+or a restored conversation that is not theirs (must be 0).
 
     python evals/bench_load.py [--users 1 4 8 16] [--turns 2] [--sample mr-multiframe-dicom] [--model smollm2-135m]
 
@@ -130,11 +130,14 @@ def main() -> int:
     for n in args.users:
         for i in range(n):
             store.users.add(f"u{n}x{i}", "clinician", f"u{n}x{i}-password")
+    store.users.add("warmup", "clinician", "warmup-password")
     port = free_port()
     server = start_app(folder, args.model, port)
     url = f"http://127.0.0.1:{port}/"
     rows = []
     try:
+        warm = one_user(url, "warmup", args.sample, 1)  # loads the model and the scan once, outside the figures
+        print(f"warm-up turn {warm['latencies']} s {warm['errors']}", file=sys.stderr)
         for n in sorted(set(args.users)):
             rows.append(run(n, url, args.sample, args.turns, server))
             print(json.dumps(rows[-1]), file=sys.stderr)
