@@ -23,6 +23,7 @@ CLI_MODULES: tuple[str, ...] = (
     "evals.harness.cli",
     "assistant.reports.cli",
     "assistant.vlm.cli",
+    "assistant.db.cli",
 )
 
 

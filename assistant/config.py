@@ -90,6 +90,19 @@ class Settings(BaseSettings):
         False, description="Allow DICOM patient identifiers into prompts and remote endpoints."
     )
 
+    # --- deployment: database, identity, lifecycle (assistant/db, assistant/auth.py, assistant/audit.py) ----------
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL of the database, e.g. postgresql+psycopg://scanchat@db/scanchat; "
+                          "default: the SQLite file reports_db.")
+    trusted_user_header: str | None = Field(
+        None, description="HTTP header carrying the user name set by an authenticating reverse proxy (e.g. "
+                          "X-Forwarded-User); off by default. Only for apps reachable through that proxy alone.")
+    conversation_retention_days: int | None = Field(
+        None, ge=1, description="Saved conversations not updated for this many days are deleted; None keeps them.")
+    session_ttl_s: int = Field(4 * 3600, ge=60, description="An idle browser session expires (its uploads and exports deleted) after this.")
+    max_sessions_per_user: int = Field(4, ge=1, description="Concurrent browser sessions one user may hold.")
+    max_session_bytes: int = Field(2 * 1024**3, ge=1, description="Memory one user's sessions may hold in loaded volumes.")
+
     # --- UI -----------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = 7860

@@ -33,6 +33,7 @@ import zipfile
 from collections import Counter
 from pathlib import Path
 
+from assistant.auth import LOCAL_USER
 from assistant.config import get_settings
 from assistant.grounding import numbers_in
 from assistant.reports.checks import apply_all_fixes, check_report
@@ -196,11 +197,11 @@ def sr_checks(desk: ReportDesk, version: ReportVersion, session: ScanSession, fo
 
     if not version.content.scan.is_dicom:
         try:
-            desk.export(version.report_id, folder, ["dicom_sr"], session.volume)
+            desk.export(version.report_id, folder, ["dicom_sr"], session.volume, LOCAL_USER)
             return {"sr": "exported for a non-DICOM input (wrong)"}
         except ReportError:
             return {"sr": "refused (not DICOM)"}
-    [path] = desk.export(version.report_id, folder, ["dicom_sr"], session.volume)
+    [path] = desk.export(version.report_id, folder, ["dicom_sr"], session.volume, LOCAL_USER)
     sr = hd.sr.srread(path)
     containers = [item.ConceptNameCodeSequence[0].CodeMeaning for item in sr.ContentSequence]
     result = {"sr": "ok", "sr_highdicom_read": "Imaging Measurements" in containers, "sr_dsrdump_ok": None}
@@ -224,12 +225,12 @@ def bench_generated(samples: list[str], lang: str | None, use_llm: bool, index) 
     for sample in samples:
         session = measured_session(sample)
         started = time.perf_counter()
-        version = desk.draft(session, "bench")
+        version = desk.draft(session, LOCAL_USER)
         template_seconds = time.perf_counter() - started
         row: dict = {"template_draft_seconds": round(template_seconds, 2)}
         if model is not None:
             started = time.perf_counter()
-            llm_version = desk.draft(session, "bench", model=model)
+            llm_version = desk.draft(session, LOCAL_USER, model=model)
             row["llm_draft_seconds"] = round(time.perf_counter() - started, 2)
             row["llm_draft_ratio_to_template"] = round(row["llm_draft_seconds"] / max(template_seconds, 1e-6), 1)
             row["llm_impression_kept"] = llm_version.content.drafted_by != "template"

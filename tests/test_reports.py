@@ -10,6 +10,7 @@ import highdicom as hd
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
+from assistant.auth import Role, User
 from assistant.reports.checks import apply_all_fixes, check_report, term_flags
 from assistant.reports.collect import collect_findings
 from assistant.reports.draft import draft_report
@@ -23,6 +24,11 @@ from assistant.session import ScanSession, ToolRecord
 from assistant.terminology import get_term_index
 from tools.measure_distance import MeasureDistanceArgs, measure_distance
 from tools.probe_intensity import ProbeIntensityArgs, probe_intensity
+
+
+DR_A = User(name="dr-a", role=Role.clinician)  # drafts and edits her own reports
+DR_B = User(name="dr-b", role=Role.reviewer)  # reads every report and signs
+DR_C = User(name="dr-c", role=Role.reviewer)
 
 
 def _session_with_measurements(sample: str) -> ScanSession:
@@ -77,13 +83,13 @@ def test_grounding_flags_an_edited_in_number_and_a_wrong_unit(ct_session, index)
 
 
 def test_export_is_refused_while_a_number_is_ungrounded(desk, ct_session, tmp_path):
-    version = desk.draft(ct_session, "Dr A")
+    version = desk.draft(ct_session, DR_A)
     text = version.content.text.model_copy(update={"impression": "Haematoma of 31.5 mL."})
-    edited = desk.edit(version.report_id, text, "Dr A", version.number, ct_session.volume)
+    edited = desk.edit(version.report_id, text, DR_A, version.number, ct_session.volume)
     with pytest.raises(ReportError, match="31.5 mL"):
-        desk.export(version.report_id, tmp_path / "out", ["markdown"], ct_session.volume)
+        desk.export(version.report_id, tmp_path / "out", ["markdown"], ct_session.volume, DR_A)
     with pytest.raises(ReportError, match="31.5 mL"):
-        desk.sign(version.report_id, "Dr A", ct_session.volume)
+        desk.sign(version.report_id, DR_B, ct_session.volume)
     assert edited.number == 2
 
 
@@ -97,27 +103,28 @@ def test_a_scan_without_findings_and_a_session_without_a_scan_get_clear_messages
 
 
 def test_a_report_about_another_scan_is_refused(desk, ct_session, tmp_path):
-    version = desk.draft(ct_session, "Dr A")
+    version = desk.draft(ct_session, DR_A)
     other = load_sample("ct-small-dicom")
     with pytest.raises(ReportError, match="another scan"):
-        desk.edit(version.report_id, version.content.text, "Dr A", version.number, other)
+        desk.edit(version.report_id, version.content.text, DR_A, version.number, other)
     with pytest.raises(ReportError, match="another scan"):
-        desk.export(version.report_id, tmp_path, ["pdf"], other)
+        desk.export(version.report_id, tmp_path, ["pdf"], other, DR_A)
 
 
 def test_versions_and_sign_off_survive_reopening_the_database(desk, ct_session):
-    first = desk.draft(ct_session, "Dr A")
+    first = desk.draft(ct_session, DR_A)
     rid = first.report_id
-    second = desk.edit(rid, first.content.text.model_copy(update={"clinical_information": "Headache."}), "Dr A",
+    second = desk.edit(rid, first.content.text.model_copy(update={"clinical_information": "Headache."}), DR_A,
                        first.number, ct_session.volume)
-    desk.sign(rid, "Dr B", ct_session.volume)
-    third = desk.edit(rid, second.content.text.model_copy(update={"clinical_information": "Headache, fall."}), "Dr C",
+    desk.sign(rid, DR_B, ct_session.volume)
+    third = desk.edit(rid, second.content.text.model_copy(update={"clinical_information": "Headache, fall."}), DR_C,
                       second.number, ct_session.volume)
     with pytest.raises(ReportError, match="after the version 2"):
-        desk.edit(rid, second.content.text, "Dr A", second.number, ct_session.volume)
+        desk.edit(rid, second.content.text, DR_A, second.number, ct_session.volume)
 
-    reopened = ReportStore(desk.store.path).versions(rid)
-    assert [(v.number, v.author, v.signed_by) for v in reopened] == [(1, "Dr A", None), (2, "Dr A", "Dr B"), (3, "Dr C", None)]
+    reopened = ReportStore(desk.store.path).versions(rid, DR_A)
+    assert [(v.number, v.author, v.signed_by) for v in reopened] == [(1, "dr-a", None), (2, "dr-a", "dr-b"), (3, "dr-c", None)]
+    assert reopened[1].signer_role == "reviewer" and {v.owner for v in reopened} == {"dr-a"}
     assert reopened[1].changed_sections == ["clinical_information"]
     assert reopened[2].change_note == "edited clinical_information after sign-off"
     assert reopened[2].content.text.clinical_information == "Headache, fall." == third.content.text.clinical_information
@@ -126,25 +133,25 @@ def test_versions_and_sign_off_survive_reopening_the_database(desk, ct_session):
 
 
 def test_text_typed_but_not_saved_survives_a_closed_browser(desk, ct_session):
-    first = desk.draft(ct_session, "Dr A")
+    first = desk.draft(ct_session, DR_A)
     typed = first.content.text.model_copy(update={"impression": "Typed, never saved."})
-    desk.store.keep_unsaved(first.report_id, first.number, "Dr A", typed)
+    desk.store.keep_unsaved(first.report_id, first.number, DR_A, typed)
 
     reopened = ReportDesk(desk.settings, ReportStore(desk.store.path), desk.index)  # a restart: nothing in memory
-    latest = reopened.latest_for_scan(ct_session.volume)
+    latest = reopened.latest_for_scan(ct_session.volume, DR_A)
     assert latest.report_id == first.report_id
-    unsaved = reopened.store.unsaved(latest.report_id)
+    unsaved = reopened.store.unsaved(latest.report_id, DR_A)
     assert unsaved is not None and unsaved.based_on == first.number and unsaved.text.impression == "Typed, never saved."
 
-    reopened.edit(latest.report_id, unsaved.text, "Dr A", unsaved.based_on, ct_session.volume)
-    assert reopened.store.unsaved(latest.report_id) is None  # a saved version supersedes the kept text
-    assert reopened.store.latest(latest.report_id).content.text.impression == "Typed, never saved."
+    reopened.edit(latest.report_id, unsaved.text, DR_A, unsaved.based_on, ct_session.volume)
+    assert reopened.store.unsaved(latest.report_id, DR_A) is None  # a saved version supersedes the kept text
+    assert reopened.store.latest(latest.report_id, DR_A).content.text.impression == "Typed, never saved."
     with pytest.raises(ReportError, match="no saved report"):
-        reopened.latest_for_scan(load_sample("mr-t1-mni152"))
+        reopened.latest_for_scan(load_sample("mr-t1-mni152"), DR_A)
 
 
 def test_fhir_bundle_validates_and_carries_the_measured_values(desk, ct_session):
-    version = desk.sign(desk.draft(ct_session, "Dr A").report_id, "Dr A", ct_session.volume)
+    version = desk.sign(desk.draft(ct_session, DR_A).report_id, DR_B, ct_session.volume)
     bundle = Bundle.model_validate(fhir_bundle(version))
     report, *observations = [entry.resource for entry in bundle.entry]
     assert report.get_resource_type() == "DiagnosticReport" and report.status == "final"
@@ -155,8 +162,8 @@ def test_fhir_bundle_validates_and_carries_the_measured_values(desk, ct_session)
 
 
 def test_dicom_sr_references_the_source_series_and_reads_back(desk, dicom_session, tmp_path):
-    version = desk.draft(dicom_session, "Dr A")
-    [path] = desk.export(version.report_id, tmp_path, ["dicom_sr"], dicom_session.volume)
+    version = desk.draft(dicom_session, DR_A)
+    [path] = desk.export(version.report_id, tmp_path, ["dicom_sr"], dicom_session.volume, DR_A)
     sr = hd.sr.srread(path)
     evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
     assert evidence.SeriesInstanceUID == version.content.scan.series_instance_uid
@@ -171,7 +178,7 @@ def test_dicom_sr_references_the_source_series_and_reads_back(desk, dicom_sessio
 
 
 def test_dicom_sr_for_a_nifti_scan_is_refused_with_a_reason(desk, ct_session, tmp_path):
-    version = desk.draft(ct_session, "Dr A")
+    version = desk.draft(ct_session, DR_A)
     with pytest.raises(ReportError, match="needs a DICOM input"):
         export_report(version, ExportPaths(dicom_sr=tmp_path / "r.dcm"), volume=ct_session.volume)
 
@@ -206,11 +213,11 @@ def test_small_model_phrases_only_grounded_impressions(ct_session, index):
 @pytest.mark.slow
 @pytest.mark.usefixtures("apertium")
 def test_translation_keeps_the_report_and_is_exported_with_it(desk, ct_session, tmp_path):
-    version = desk.draft(ct_session, "Dr A")
-    translated = desk.translate(version.report_id, "es", "Dr A", ct_session.volume)
+    version = desk.draft(ct_session, DR_A)
+    translated = desk.translate(version.report_id, "es", DR_A, ct_session.volume)
     [translation] = translated.content.translations
     assert translation.language == "es" and translation.text.findings != version.content.text.findings
-    [markdown] = desk.export(version.report_id, tmp_path, ["markdown"], ct_session.volume)
+    [markdown] = desk.export(version.report_id, tmp_path, ["markdown"], ct_session.volume, DR_A)
     text = markdown.read_text()
     assert version.content.text.findings in text and translation.text.findings in text
 
@@ -234,14 +241,14 @@ def test_report_panel_mounts_and_shows_flags_inline(ct_session, tmp_path):
 def test_a_glossary_conflict_on_a_reported_term_is_refused_and_saves_nothing(desk, ct_session, tmp_path):
     from assistant.terminology.glossary import load_glossary
 
-    version = desk.draft(ct_session, "Dr A")
+    version = desk.draft(ct_session, DR_A)
     path = tmp_path / "conflict.csv"
     path.write_text("source,target,lang\nslice thickness,grosor de corte,es\nslice thickness,espesor de corte,es\n"
                     "brain,encéfalo,es\nbrain,cerebro,es\n", encoding="utf-8")
     assert "slice thickness" in version.content.text.technique.casefold()
     with pytest.raises(ReportError, match="grosor de corte / espesor de corte"):
-        desk.translate(version.report_id, "es", "Dr A", ct_session.volume, glossary=load_glossary(path))
-    assert [v.number for v in desk.store.versions(version.report_id)] == [1]  # nothing half-translated was saved
+        desk.translate(version.report_id, "es", DR_A, ct_session.volume, glossary=load_glossary(path))
+    assert [v.number for v in desk.store.versions(version.report_id, DR_A)] == [1]  # nothing half-translated was saved
 
 
 def test_a_crash_in_the_middle_of_a_save_loses_no_version(desk, ct_session):
@@ -251,33 +258,33 @@ def test_a_crash_in_the_middle_of_a_save_loses_no_version(desk, ct_session):
     import sys
     import textwrap
 
-    first = desk.draft(ct_session, "Dr A")
-    desk.sign(first.report_id, "Dr A", ct_session.volume)
+    first = desk.draft(ct_session, DR_A)
+    desk.sign(first.report_id, DR_B, ct_session.volume)
     crash = textwrap.dedent(f"""
         import os, signal
+        import sqlalchemy as sa
+        from assistant.auth import User
         from assistant.reports.store import ReportStore
         store = ReportStore({str(desk.store.path)!r})
-        latest = store.latest({first.report_id!r})
+        latest = store.latest({first.report_id!r}, User(name="dr-a", role="clinician"))
         half = latest.model_copy(update={{"number": 2, "author": "Dr Crash", "signed_at": None, "signed_by": None}})
-        with store._transaction() as db:
+        with store.db.transaction() as db:
             store._insert(db, half)
-            db.execute("UPDATE reports SET created = 'x' WHERE id = ?", ({first.report_id!r},))
+            db.execute(sa.text("UPDATE reports SET created = 'x' WHERE id = :id"), {{"id": {first.report_id!r}}})
             os.kill(os.getpid(), signal.SIGKILL)  # dies before COMMIT, as a power cut would
     """)
     run = subprocess.run([sys.executable, "-c", crash], capture_output=True, text=True, env=os.environ, timeout=120)
     assert run.returncode == -9, run.stderr[-2000:]
-    versions = ReportStore(desk.store.path).versions(first.report_id)
-    assert [(v.number, v.author, v.signed_by) for v in versions] == [(1, "Dr A", "Dr A")]
+    versions = ReportStore(desk.store.path).versions(first.report_id, DR_A)
+    assert [(v.number, v.author, v.signed_by) for v in versions] == [(1, "dr-a", "dr-b")]
     assert versions[0].content == first.content
     text = first.content.text.model_copy(update={"clinical_information": "Headache."})
-    assert desk.edit(first.report_id, text, "Dr B", 1, ct_session.volume).number == 2
+    assert desk.edit(first.report_id, text, DR_B, 1, ct_session.volume).number == 2
 
 
 def test_conversation_and_findings_survive_a_restart(ct_session, tmp_path):
-    from assistant.config import get_settings
     from assistant.models.base import Message
     from assistant.reports.conversations import conversation_of, restore_session
-    from ui.app import ScanChatApp
 
     def facts(findings):  # a finding's creation time is when it was collected, not part of the fact
         return [f.model_dump(exclude={"created"}) for f in findings]
@@ -287,10 +294,10 @@ def test_conversation_and_findings_survive_a_restart(ct_session, tmp_path):
     chat = [Message(role="user", content="How far apart are these two points?"),
             Message(role="tool", name="measure_distance", content=measurement.result.summary()),
             Message(role="assistant", content="Here is the measured distance.")]
-    ReportStore(database).save_conversation(conversation_of(ct_session, "conv-1", chat, "ct-head"))
+    ReportStore(database).save_conversation(conversation_of(ct_session, "conv-1", DR_A, chat, "ct-head"))
     measured = facts(collect_findings(ct_session))
 
-    saved = ReportStore(database).conversation("conv-1")  # a new process would open the file like this
+    saved = ReportStore(database).conversation("conv-1", DR_A)  # a new process would open the file like this
     assert saved.messages == chat and facts(saved.findings) == measured
     restored = restore_session(saved, load_sample("ct-head"))
     assert facts(collect_findings(restored)) == measured
@@ -299,10 +306,3 @@ def test_conversation_and_findings_survive_a_restart(ct_session, tmp_path):
     assert f"{distance.value:g} mm" in content.text.findings
     with pytest.raises(ReportError, match="another scan"):
         restore_session(saved, load_sample("ct-small-dicom"))
-
-    app = ScanChatApp(get_settings().model_copy(update={"reports_db": database}))
-    state, *_, info, shown = app.load(None, None, "ct-head", "auto", progress=lambda *args, **kwargs: None)
-    assert [m.content for m in shown] == [m.content for m in chat] and "restored" in info
-    assert state.conversation_id == "conv-1" and facts(collect_findings(state.session)) == measured
-    state, *_, shown = app.load(state, None, "ct-small-dicom", "auto", progress=lambda *args, **kwargs: None)
-    assert shown == [] and state.conversation_id != "conv-1"  # another scan starts a new conversation

@@ -21,6 +21,7 @@ def _progress_bar(description: str):
 
 def _run(args: argparse.Namespace) -> int:
     from assistant.agent import Agent
+    from assistant.auth import command_line_user
     from assistant.commands import settings_from_args as settings_from  # one settings object for every command
     from assistant.models.registry import load_chat_model
     from assistant.reports.export import ExportPaths, export_report
@@ -43,13 +44,14 @@ def _run(args: argparse.Namespace) -> int:
         for question in tqdm(args.ask, desc="tool calls", file=sys.stderr, leave=False):
             agent.ask(question)
     desk = ReportDesk(settings)
+    user = command_line_user(desk.store.users, args.user)
     bar, progress = _progress_bar("report")
     with bar:
-        version = desk.draft(session, args.author, model=None if args.no_llm else model,
+        version = desk.draft(session, user, model=None if args.no_llm else model,
                              clinical_information=args.clinical or "", progress=progress)
         if args.lang:
             glossary = load_glossary(args.glossary) if args.glossary else None
-            version = desk.translate(version.report_id, args.lang, args.author, session.volume, glossary=glossary,
+            version = desk.translate(version.report_id, args.lang, user, session.volume, glossary=glossary,
                                      progress=progress)
     for flag in desk.check(version):
         print(f"[{flag.kind}] {flag.section}: {flag.message}", file=sys.stderr)
@@ -58,8 +60,9 @@ def _run(args: argparse.Namespace) -> int:
             print(f"[translation {translation.language}] {note}", file=sys.stderr)
     paths = ExportPaths(pdf=args.out, markdown=args.md, fhir=args.fhir, dicom_sr=args.sr)
     written = export_report(version, paths, volume=session.volume, segmentations=args.seg or ())
+    desk.store.record_export(version, user, [fmt for fmt, path in paths.model_dump().items() if path])
     print(f"report {version.report_id} version {version.number} (drafted by {version.content.drafted_by}) "
-          f"in {desk.store.path}")
+          f"in {desk.store.db.where}")
     for path in written:
         print(f"wrote {path}")
     return 0
@@ -77,7 +80,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sr", type=Path, help="DICOM SR (TID 1500) to write; DICOM inputs only")
     p.add_argument("--seg", type=Path, action="append", help="DICOM SEG of this series to reference in the SR")
     p.add_argument("--clinical", help="clinical information (the request's question)")
-    p.add_argument("--author", default="scanchat-cli", help="who the versions are saved as")
+    p.add_argument("--user", help="the user the report is saved as (required once users exist; see `scanchat users`)")
     p.add_argument("--db", help="report database (default: Settings.reports_db)")
     p.add_argument("--no-llm", action="store_true", help="template impression only, no model")
     p.add_argument("--model", help="chat model (default: settings)")

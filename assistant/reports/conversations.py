@@ -1,6 +1,7 @@
-"""Conversations survive a restart: the chat and the findings of its tool calls, kept per scan.
+"""Conversations survive a restart: the chat and the findings of its tool calls, kept per (user, scan).
 
-A conversation is saved (in the report store's SQLite file) after every answer. Findings are
+A conversation is saved (in the report store's database) after every answer and belongs to the
+user who had it: it is found again by that user and that scan, never by the scan alone. Findings are
 stored as the typed `Finding`s their tools produced, so a restored session can be reported on
 exactly as before; the scan itself is not copied, only its fingerprint and where it was loaded
 from, and findings are restored only onto the very scan they were measured on.
@@ -14,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from assistant.auth import LOCAL_USER, User
 from assistant.config import get_settings
 from assistant.findings import Finding
 from assistant.models.base import Message
@@ -27,6 +29,7 @@ from tools.base import ToolResult
 
 class SavedConversation(BaseModel):
     conversation_id: str
+    owner: str = Field(LOCAL_USER.name, description="The user who had it (saved before owners existed: 'local').")
     scan: ScanReference
     scan_path: str | None = Field(None, description="Where the scan was loaded from, to open it again.")
     messages: list[Message] = Field(default_factory=list, description="The agent's history: questions, tool results, answers.")
@@ -48,10 +51,11 @@ class StoredFindings(ToolResult):
         return list(self.stored)
 
 
-def conversation_of(session: ScanSession, conversation_id: str, messages: list[Message] | None = None,
+def conversation_of(session: ScanSession, conversation_id: str, owner: User, messages: list[Message] | None = None,
                     scan_path: str | None = None) -> SavedConversation:
-    """What to save of `session` (which must have a scan): its findings, observations and the chat."""
-    return SavedConversation(conversation_id=conversation_id, scan=scan_reference(session.require_volume()),
+    """What to save of `owner`'s `session` (which must have a scan): its findings, observations and the chat."""
+    return SavedConversation(conversation_id=conversation_id, owner=owner.name,
+                             scan=scan_reference(session.require_volume()),
                              scan_path=PrivacyGate(get_settings()).path(scan_path), messages=list(messages or []), findings=tool_findings(session),
                              observations=list(session.observations))
 

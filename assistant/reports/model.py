@@ -88,8 +88,12 @@ class ReportVersion(BaseModel):
     change_note: str = ""
     changed_sections: list[str] = Field(default_factory=list)
     content: ReportContent
-    signed_by: str | None = None
+    signed_by: str | None = Field(None, description="The logged-in user who signed (never a typed name).")
     signed_at: datetime | None = None
+    signer_role: str | None = Field(None, description="That user's role when signing.")
+    owner: str | None = Field(None, description="The user the report belongs to.")
+    erased_at: datetime | None = Field(None, description="When the patient's records were erased; a signed version "
+                                                         "is kept as a medical record and marked.")
 
     @property
     def signed(self) -> bool:
