@@ -106,9 +106,6 @@ class Settings(BaseSettings):
     # --- UI -----------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = 7860
-    session_ttl_seconds: int = Field(
-        4 * 3600, ge=60, description="A browser session's scan, chat and exported files are dropped this long after "
-                                     "its last action (or when the tab closes).")
     ui_exports_dir: Path | None = Field(None, description="Where the UI writes downloads; default cache_dir/exports.")
     chat_concurrency: int = Field(
         4, ge=1, description="Chat replies of different sessions run at once, up to this many; viewer events never "

@@ -20,6 +20,7 @@ from pathlib import Path
 import gradio as gr
 
 from assistant.agent import Agent, AnswerEvent, InputError, TokenEvent, ToolCallEvent, ToolResultEvent
+from assistant.auth import AuthError, User, check_can_bind, gradio_auth, request_user
 from assistant.config import Settings, get_settings
 from assistant.imaging.progress import cancel_on
 from assistant.models.base import Message
@@ -51,6 +52,7 @@ class ChatState:
     conversation_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # key of the saved conversation
     scan_path: str | None = None
     restored_history: list[Message] = field(default_factory=list)  # the agent's memory of a restored conversation
+    user: User | None = None  # who loaded the scan: the conversation is saved and restored as theirs
     cancel: threading.Event = field(default_factory=threading.Event)  # set by the Cancel button, checked by long tool runs
     exports_root: Path | None = None  # Settings.exports_dir, the only folder whose files the UI offers
     turns: int = 0  # chat turns answered in this session
@@ -105,6 +107,18 @@ class ScanChatApp:
         state = self._open.pop(request.session_hash, None) if request.session_hash else None
         end_session(state)
 
+    def _user(self, request: gr.Request | None) -> User:
+        """The logged-in user (Gradio login or trusted proxy header), or the local user of an install without users."""
+        return request_user(getattr(request, "username", None), dict(getattr(request, "headers", None) or {}),
+                            self.store.users, self.settings.trusted_user_header)
+
+    def _audit(self, user: User, action: str, scan_id: str | None, **detail) -> None:
+        try:
+            self.store.audit.record(user.name, action, scan_id, **detail)
+        except ValueError as exc:
+            log.warning("%s", exc)
+            gr.Warning(str(exc))
+
     def _agent(self, state: ChatState, progress: gr.Progress | None = None) -> Agent:
         if state.agent is None:
             from assistant.models.registry import load_chat_model
@@ -117,19 +131,20 @@ class ScanChatApp:
 
     def _save_conversation(self, state: ChatState) -> None:
         """After every answer, so that a restart or a closed browser loses nothing."""
-        if state.session.volume is None or state.agent is None:
+        if state.session.volume is None or state.agent is None or state.user is None:
             return
         try:
-            self.store.save_conversation(conversation_of(state.session, state.conversation_id, state.agent.history,
-                                                         state.scan_path))
+            self.store.save_conversation(conversation_of(state.session, state.conversation_id, state.user,
+                                                         state.agent.history, state.scan_path),
+                                         patient_id=state.session.volume.identifiers.patient_id)
         except (ReportError, OSError) as exc:
             log.warning("the conversation could not be saved: %s", exc)
             gr.Warning(f"The conversation could not be saved: {exc}")
 
     def _restore_conversation(self, state: ChatState, volume) -> list[gr.ChatMessage]:
-        """Pick up the last saved conversation about this very scan: its findings and its chat."""
+        """Pick up this user's last saved conversation about this very scan: its findings and its chat."""
         try:
-            saved = self.store.latest_conversation(scan_fingerprint(volume))
+            saved = self.store.latest_conversation(state.user, scan_fingerprint(volume), warn=gr.Warning)
         except ReportError as exc:
             gr.Warning(f"Saved conversations could not be read: {exc}")
             return []
@@ -213,6 +228,7 @@ class ScanChatApp:
              progress=gr.Progress()):
         state = state or self.new_state(request)
         try:
+            user = self._user(request)
             if upload:
                 path = Path(upload if isinstance(upload, str) else upload.name)
             elif sample:
@@ -222,12 +238,13 @@ class ScanChatApp:
                 raise ScanLoadError("Choose a file to upload or a sample scan first.")
             progress(0.5, desc=f"Reading {path.name}")
             volume = load_scan(path, self.settings)
-        except (ScanLoadError, OSError, ValueError) as exc:
+        except (ScanLoadError, AuthError, OSError, ValueError) as exc:
             gr.Warning(str(exc))
             return (state, *[gr.update()] * 8)
         state.agent, state.restored_history = None, []
-        state.conversation_id, state.scan_path = uuid.uuid4().hex, str(path)
+        state.conversation_id, state.scan_path, state.user = uuid.uuid4().hex, str(path), user
         state.session.load(volume)
+        self._audit(user, "load_scan", scan_fingerprint(volume), source_format=volume.metadata.source_format)
         chat = self._restore_conversation(state, volume)
         state.cursor = {plane: display.slice_count(volume, plane) // 2 for plane in PLANES}
         sliders = [_slider(display.slice_count(volume, plane), state.cursor[plane]) for plane in PLANES]
@@ -280,6 +297,16 @@ class ScanChatApp:
         so that a failure in any of them cannot turn the conversation into an error."""
         state = state or self.new_state(request)
         history = list(history or [])
+        try:
+            user = self._user(request)
+            if state.user is not None and state.user != user:
+                raise AuthError("This browser session belongs to another user; reload the page.")
+        except AuthError as exc:
+            gr.Warning(str(exc))
+            yield state, history, message
+            return
+        state.user = user
+        calls_before = len(state.session.records)
         try:
             agent = self._agent(state, progress)
         except Exception as exc:  # model missing or broken: say so in the chat
@@ -344,13 +371,16 @@ class ScanChatApp:
             state.session.progress = None
             state.turns += 1
             state.last_turn_seconds = time.monotonic() - started
+        if state.session.volume is not None:
+            self._audit(user, "ask", scan_fingerprint(state.session.volume), question=message,
+                        tools=[r.name for r in state.session.records[calls_before:]])
         self._save_conversation(state)
         yield state, history, ""
 
     # -- layout --------------------------------------------------------------------------
 
     def build(self) -> gr.Blocks:
-        ttl = self.settings.session_ttl_seconds
+        ttl = self.settings.session_ttl_s
         with gr.Blocks(title="ScanChat", delete_cache=(min(ttl, 3600), ttl)) as demo:
             state = gr.State(None, time_to_live=ttl, delete_callback=end_session)
             gr.Markdown("## ScanChat\nUpload a CT or MRI scan (or pick a sample), then ask about it. "
@@ -449,10 +479,14 @@ def build_app(settings: Settings | None = None) -> gr.Blocks:
 
 def launch(settings: Settings | None = None, host: str | None = None, port: int | None = None) -> None:
     settings = settings or get_settings()
+    app = ScanChatApp(settings)
+    host = host or settings.host
+    check_can_bind(host, app.store.users, settings.trusted_user_header)
     settings.exports_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    build_app(settings).queue(default_concurrency_limit=settings.chat_concurrency).launch(
-        server_name=host or settings.host,
+    app.build().queue(default_concurrency_limit=settings.chat_concurrency).launch(
+        server_name=host,
         server_port=port or settings.port,
         max_file_size=settings.max_upload_bytes,
         allowed_paths=[str(settings.exports_dir)],
+        auth=gradio_auth(app.store.users, settings.trusted_user_header),
     )

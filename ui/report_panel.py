@@ -10,11 +10,11 @@ state (an object with a ``session`` attribute and, once the chat has started, an
 from __future__ import annotations
 
 import logging
-import sqlite3
 from typing import Any
 
 import gradio as gr
 
+from assistant.auth import AuthError, User, request_user
 from assistant.config import Settings
 from assistant.reports.checks import ReportFlag
 from assistant.reports.export import report_markdown, status_line
@@ -24,7 +24,7 @@ from assistant.translation.refine import LANGUAGE_NAMES
 
 log = logging.getLogger(__name__)
 
-_USER_ERRORS = (ReportError, ValueError)
+_USER_ERRORS = (ReportError, AuthError, ValueError)
 
 
 def inline_flags(text: ReportText, flags: list[ReportFlag]) -> list[tuple[str, str | None]]:
@@ -64,12 +64,15 @@ def build_report_panel(state_component: gr.State, settings: Settings | None = No
     def volume_of(chat_state):
         return chat_state.session.volume if chat_state is not None else None
 
+    def user_of(request: gr.Request | None) -> User:
+        """The logged-in user of this request (never a typed name); raises AuthError for anyone else."""
+        return request_user(getattr(request, "username", None), dict(getattr(request, "headers", None) or {}),
+                            get_desk().store.users, get_desk().settings.trusted_user_header)
+
     with gr.Column(elem_id="report-panel"):
         gr.Markdown("### Report")
         report_id = gr.State(None)
-        with gr.Row():
-            author = gr.Textbox(label="Your name (saved with each version)", scale=2)
-            clinical = gr.Textbox(label="Clinical information", scale=3)
+        clinical = gr.Textbox(label="Clinical information")
         with gr.Row():
             draft_button = gr.Button("Draft report from findings", variant="primary")
             open_button = gr.Button("Open this scan's last report")
@@ -96,17 +99,17 @@ def build_report_panel(state_component: gr.State, settings: Settings | None = No
             export_button = gr.Button("Export")
         downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="report-downloads")
 
-    def show(version: ReportVersion, restore_unsaved: bool = False):
+    def show(version: ReportVersion, user: User, restore_unsaved: bool = False):
         flags = get_desk().check(version)
         text, status_text = version.content.text, status_line(version)
-        unsaved = get_desk().store.unsaved(version.report_id) if restore_unsaved else None
+        unsaved = get_desk().store.unsaved(version.report_id, user) if restore_unsaved else None
         if unsaved is not None and unsaved.based_on == version.number:
             text = unsaved.text
             status_text += (f"\n\nUnsaved edits typed by {unsaved.author} at {unsaved.updated:%Y-%m-%d %H:%M} are restored "
                             "below; press **Save edits** to keep them as a version.")
         choices = [(f"v{v.number} · {v.author} · {v.created:%Y-%m-%d %H:%M}"
                     + (f" · signed by {v.signed_by}" if v.signed else "") + (f" · {v.change_note}" if v.change_note else ""),
-                    v.number) for v in get_desk().store.versions(version.report_id)]
+                    v.number) for v in get_desk().store.versions(version.report_id, user)]
         translation = "\n\n".join(f"**{LANGUAGE_NAMES.get(t.language, t.language)}** ({t.engine}; required terms "
                                   f"{'n/a' if t.term_success_rate is None else f'{t.term_success_rate:.0%}'})\n\n"
                                   + "\n\n".join([*t.highlighted.values(), *(f"> {n}" for n in t.notes)])
@@ -118,73 +121,85 @@ def build_report_panel(state_component: gr.State, settings: Settings | None = No
     outputs = [report_id, status, title, *sections.values(), version_number, highlighted, flags_md, versions,
                translation_view]
 
-    def shown(action, restore_unsaved: bool = False) -> tuple:
-        """Run one report action and show the resulting version; a user error becomes a message and leaves the
-        panel as it was (raising would mark every report field as an error)."""
+    def shown(action, request: gr.Request | None, restore_unsaved: bool = False) -> tuple:
+        """Run one report action as the request's user and show the resulting version; a user error becomes a
+        message and leaves the panel as it was (raising would mark every report field as an error)."""
         try:
-            return show(action(), restore_unsaved)
+            user = user_of(request)
+            return show(action(user), user, restore_unsaved)
         except _USER_ERRORS as exc:
             gr.Warning(str(exc))
             return tuple(gr.update() for _ in outputs)
 
-    def draft(chat_state, who, clinical_text, with_model, progress=gr.Progress()):
+    def draft(chat_state, clinical_text, with_model, request: gr.Request, progress=gr.Progress()):
         if chat_state is None or chat_state.session.volume is None:
-            return shown(lambda: _refuse("Load a scan and ask the assistant to measure something first."))
+            return shown(lambda user: _refuse("Load a scan and ask the assistant to measure something first."), request)
         agent = getattr(chat_state, "agent", None)
         model = agent.model if with_model and agent is not None else None
-        return shown(lambda: get_desk().draft(chat_state.session, who, model=model, clinical_information=clinical_text,
-                                              progress=lambda f, m: progress(f, desc=m)))
+        return shown(lambda user: get_desk().draft(chat_state.session, user, model=model,
+                                                   clinical_information=clinical_text,
+                                                   progress=lambda f, m: progress(f, desc=m)), request)
 
-    def open_last(chat_state):
-        return shown(lambda: get_desk().latest_for_scan(volume_of(chat_state)), restore_unsaved=True)
+    def open_last(chat_state, request: gr.Request):
+        return shown(lambda user: get_desk().latest_for_scan(volume_of(chat_state), user), request, restore_unsaved=True)
 
-    def keep_typing(rid, who, based_on, title_text, *bodies):
+    def keep_typing(rid, based_on, title_text, clinical_information, technique, findings, impression,
+                    request: gr.Request):
         """Every edit is kept as it is typed (not as a version), so a closed browser loses nothing."""
         if rid and based_on is not None:
+            text = ReportText(title=title_text, clinical_information=clinical_information, technique=technique,
+                              findings=findings, impression=impression)
             try:
-                get_desk().store.keep_unsaved(rid, int(based_on), who, ReportText(title=title_text, **dict(zip(SECTIONS, bodies))))
-            except sqlite3.Error:
+                get_desk().store.keep_unsaved(rid, int(based_on), user_of(request), text)
+            except _USER_ERRORS:
                 log.exception("could not keep the unsaved report text")
 
-    def save(chat_state, rid, who, based_on, title_text, *bodies):
-        text = ReportText(title=title_text, **dict(zip(SECTIONS, bodies)))
-        return shown(lambda: get_desk().edit(_required(rid), text, who, int(based_on), volume_of(chat_state)))
+    def save(chat_state, rid, based_on, title_text, clinical_information, technique, findings, impression,
+             request: gr.Request):
+        text = ReportText(title=title_text, clinical_information=clinical_information, technique=technique,
+                          findings=findings, impression=impression)
+        return shown(lambda user: get_desk().edit(_required(rid), text, user, int(based_on), volume_of(chat_state)),
+                     request)
 
-    def fix(chat_state, rid, who):
-        return shown(lambda: get_desk().fix_all(_required(rid), who, volume_of(chat_state)))
+    def fix(chat_state, rid, request: gr.Request):
+        return shown(lambda user: get_desk().fix_all(_required(rid), user, volume_of(chat_state)), request)
 
-    def sign(chat_state, rid, who):
-        return shown(lambda: get_desk().sign(_required(rid), who, volume_of(chat_state)))
+    def sign(chat_state, rid, request: gr.Request):
+        return shown(lambda user: get_desk().sign(_required(rid), user, volume_of(chat_state)), request)
 
-    def translate(chat_state, rid, who, lang, progress=gr.Progress()):
-        return shown(lambda: get_desk().translate(_required(rid), lang, who, volume_of(chat_state),
-                                                  progress=lambda f, m: progress(f, desc=m)))
+    def translate(chat_state, rid, lang, request: gr.Request, progress=gr.Progress()):
+        return shown(lambda user: get_desk().translate(_required(rid), lang, user, volume_of(chat_state),
+                                                       progress=lambda f, m: progress(f, desc=m)), request)
 
-    def view_version(rid, number):
+    def view_version(rid, number, request: gr.Request):
         if not rid or number is None:
             return ""
-        return report_markdown(get_desk().store.version(rid, int(number)))
+        try:
+            return report_markdown(get_desk().store.version(rid, int(number), user_of(request)))
+        except _USER_ERRORS as exc:
+            gr.Warning(str(exc))
+            return gr.update()
 
-    def export(chat_state, rid, chosen):
+    def export(chat_state, rid, chosen, request: gr.Request):
         """Into the browser session's own export folder, which is deleted with the session."""
         try:
             if chat_state is None:
                 raise ReportError("Load a scan and draft a report first.")
             return [str(p) for p in get_desk().export(_required(rid), chat_state.export_folder, list(chosen),
-                                                      volume_of(chat_state))]
+                                                      volume_of(chat_state), user_of(request))]
         except (*_USER_ERRORS, OSError) as exc:
             gr.Warning(f"The report could not be exported: {exc}")
             return gr.update()
 
-    draft_button.click(draft, [state_component, author, clinical, use_model], outputs)
+    draft_button.click(draft, [state_component, clinical, use_model], outputs)
     open_button.click(open_last, [state_component], outputs)
     for box in (title, *sections.values()):
-        box.input(keep_typing, [report_id, author, version_number, title, *sections.values()], None,
+        box.input(keep_typing, [report_id, version_number, title, *sections.values()], None,
                   trigger_mode="always_last", show_progress="hidden")
-    save_button.click(save, [state_component, report_id, author, version_number, title, *sections.values()], outputs)
-    fix_button.click(fix, [state_component, report_id, author], outputs)
-    sign_button.click(sign, [state_component, report_id, author], outputs)
-    translate_button.click(translate, [state_component, report_id, author, language], outputs)
+    save_button.click(save, [state_component, report_id, version_number, title, *sections.values()], outputs)
+    fix_button.click(fix, [state_component, report_id], outputs)
+    sign_button.click(sign, [state_component, report_id], outputs)
+    translate_button.click(translate, [state_component, report_id, language], outputs)
     versions.change(view_version, [report_id, versions], version_view)
     export_button.click(export, [state_component, report_id, formats], downloads)
     return {"report_id": report_id, "status": status, "sections": sections, "flags": flags_md, "versions": versions,
