@@ -70,8 +70,27 @@ def _match_case(template: str, word: str) -> str:
     return word[:1].upper() + word[1:] if template[:1].isupper() else word
 
 
+# Adjectives that follow the noun in Spanish reports ("hematoma subdural agudo izquierdo") but that a
+# word-by-word engine leaves in English order before it ("un agudo ZXTERM0").
+_POSTNOMINAL = {"es": ("izquierdo", "izquierda", "derecho", "derecha", "agudo", "aguda", "crónico", "crónica",
+                       "bilateral", "focal", "simple", "suave", "leve", "moderado", "moderada", "grave", "severo",
+                       "severa", "difuso", "difusa", "múltiple", "distal", "proximal")}
+
+
+def postnominal_order(text: str, placeholder: str, lang: str) -> str:
+    """Move the post-nominal adjectives standing right before `placeholder` behind it."""
+    words = _POSTNOMINAL.get(lang)
+    if not words:
+        return text
+    alternatives = "|".join(words)
+    pattern = re.compile(rf"(?<!\w)(?P<adjs>(?:(?:{alternatives})\s+)+)(?P<term>{placeholder})(?!\d)", re.IGNORECASE)
+    return pattern.sub(lambda m: m.group("term") + " " + " ".join(m.group("adjs").split()), text)
+
+
 def agree(text: str, placeholder: str, gender: Gender | None, lang: str) -> str:
-    """Make the determiner and adjectives around `placeholder` agree with `gender`."""
+    """Put post-nominal adjectives behind `placeholder` and make the determiner and adjectives
+    around it agree with `gender`."""
+    text = postnominal_order(text, placeholder, lang)
     if gender is None or not supports_agreement(lang):
         return text
     determiners = (_FEMININE_DETERMINERS if gender == "f" else _MASCULINE_DETERMINERS)[lang]
@@ -85,11 +104,16 @@ def agree(text: str, placeholder: str, gender: Gender | None, lang: str) -> str:
         return " ".join([_match_case(det, determiners[det.lower()]), *adjectives]) + " "
 
     text = before.sub(fix_before, text)
-    after = re.compile(rf"(?<={placeholder})(?P<space>\s+)(?P<word>\w+)")
+    after = re.compile(rf"(?<={placeholder})(?P<words>(?:\s+\w+){{1,2}})")
+    movable = set(_POSTNOMINAL.get(lang, ()))
 
     def fix_after(match: re.Match[str]) -> str:
-        word = match.group("word")
-        fixed = _swap_ending(word, gender) if _ADJECTIVE_AFTER.match(word) else word
-        return match.group("space") + fixed
+        """Up to two adjectives right after the term (the first may be any adjective-like word)."""
+        fixed, agreeing = [], True
+        for position, word in enumerate(match.group("words").split()):
+            is_adjective = word.casefold() in movable or (position == 0 and _ADJECTIVE_AFTER.match(word))
+            agreeing = agreeing and bool(is_adjective)
+            fixed.append(_swap_ending(word, gender) if agreeing else word)
+        return " " + " ".join(fixed)
 
     return after.sub(fix_after, text, count=1)

@@ -40,6 +40,7 @@ class TranslationEngine(ABC):
     name: str = "engine"
     keeps_placeholders: bool = False
     can_ban_words: bool = False
+    uses_phrasebook: bool = False  # translates word by word: radiology phrases are given to it as units
     pairs: frozenset[tuple[str, str]] = field(default_factory=frozenset)
 
     def supports(self, source_lang: str, target_lang: str) -> bool:
@@ -71,6 +72,7 @@ class ApertiumEngine(TranslationEngine):
 
     name: str = "apertium"
     keeps_placeholders: bool = True
+    uses_phrasebook: bool = True
     pairs: frozenset[tuple[str, str]] = frozenset({("en", "es")})
     command: tuple[str, ...] = ("apertium",)
     timeout_s: float = 60.0
