@@ -74,7 +74,33 @@ def _match_case(template: str, word: str) -> str:
 # word-by-word engine leaves in English order before it ("un agudo ZXTERM0").
 _POSTNOMINAL = {"es": ("izquierdo", "izquierda", "derecho", "derecha", "agudo", "aguda", "crónico", "crónica",
                        "bilateral", "focal", "simple", "suave", "leve", "moderado", "moderada", "grave", "severo",
-                       "severa", "difuso", "difusa", "múltiple", "distal", "proximal")}
+                       "severa", "difuso", "difusa", "múltiple", "distal", "proximal"),
+                "pt": ("esquerdo", "esquerda", "direito", "direita", "agudo", "aguda", "crônico", "crônica",
+                       "bilateral", "focal", "simples", "leve", "moderado", "moderada", "grave", "difuso", "difusa",
+                       "distal", "proximal")}
+# Singular -> plural determiners, for a plural term behind a placeholder the engine took as singular.
+_PLURAL_DETERMINERS = {
+    "es": {"el": "los", "la": "las", "un": "unos", "una": "unas", "del": "de los", "al": "a los"},
+    "pt": {"o": "os", "a": "as", "um": "uns", "uma": "umas", "do": "dos", "da": "das", "no": "nos", "na": "nas",
+           "ao": "aos", "pelo": "pelos", "pela": "pelas"},
+}
+_SINGULAR_ENDINGS = ("sis", "tis", "xis", "creas", "tórax", "torax", "bíceps", "tríceps")
+
+
+def is_plural(term: str) -> bool:
+    """Whether a Spanish/Portuguese term's head noun (its first word) is plural."""
+    head = term.split()[0].casefold() if term.split() else ""
+    return head.endswith(("os", "as", "es", "ns", "is", "ões")) and not head.endswith(_SINGULAR_ENDINGS)
+
+
+def plural_determiner(text: str, placeholder: str, term: str, lang: str) -> str:
+    """'el ZXTERM0' -> 'los ZXTERM0' when the term is plural (hipocampos, seios paranasais)."""
+    table = _PLURAL_DETERMINERS.get(lang)
+    if not table or not is_plural(term):
+        return text
+    alternatives = "|".join(sorted(map(re.escape, table), key=len, reverse=True))
+    pattern = re.compile(rf"(?<!\w)(?P<det>{alternatives})\s+(?={placeholder}\b)", re.IGNORECASE)
+    return pattern.sub(lambda m: _match_case(m.group("det"), table[m.group("det").lower()]) + " ", text)
 
 
 def postnominal_order(text: str, placeholder: str, lang: str) -> str:
