@@ -9,7 +9,7 @@ constraints all compare terms by `variant_key` and expand a query into `spelling
 from __future__ import annotations
 
 import re
-from functools import cache
+from functools import cache, lru_cache
 
 from assistant.terminology.lexical import normalize_text
 
@@ -83,7 +83,8 @@ def variant_key(term: str) -> str:
     return " ".join(sorted(singular(word) for word in words if word not in {"of", "the", "a", "an"}))
 
 
-def spellings(term: str) -> list[str]:
+@lru_cache(maxsize=65536)
+def spellings(term: str) -> tuple[str, ...]:
     """The term as written, in US and UK spelling, and with its last word made singular: the
     forms the index may hold it under (the original first, no repeats)."""
     lowered = " ".join(term.casefold().replace("-", " ").split())
@@ -93,4 +94,4 @@ def spellings(term: str) -> list[str]:
         words = form.split()
         if words:
             forms.append(" ".join([*words[:-1], singular(words[-1])]))
-    return list(dict.fromkeys(forms))
+    return tuple(dict.fromkeys(forms))
