@@ -53,14 +53,18 @@ _INVARIANT = {"herpes", "diabetes", "rabies", "scabies", "series", "species", "f
 def us_spelling(text: str) -> str:
     """`text` (already lower case) with UK spellings turned into US ones."""
     for uk, us in _UK_US_PARTS:
-        text = text.replace(uk, us)
+        if uk in text:
+            text = text.replace(uk, us)
     return _ISE.sub(lambda m: m.group(0) if m.group(1) in _NOT_ISE else f"{m.group(1)}iz{m.group(2)}", text)
+
+
+_US_UK_COMPILED = [(re.compile(us), uk) for us, uk in _US_UK]
 
 
 def uk_spelling(text: str) -> str:
     """A UK spelling of a lower-case US term (WHO ICD-10 titles are written that way)."""
-    for us, uk in _US_UK:
-        text = re.sub(us, uk, text)
+    for us, uk in _US_UK_COMPILED:
+        text = us.sub(uk, text)
     return text
 
 
