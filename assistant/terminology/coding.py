@@ -155,18 +155,22 @@ def _method(linked, member: str, holder: str) -> str | None:
     return None
 
 
-def answer_code(index, query: str, system: str, k: int = 10) -> CodeAnswer:
-    """The code of `query`'s concept in `system` when the calibrated confidence allows stating it."""
-    system = check_system(system) if system not in SYSTEM_SOURCES else system
-    model = calibration()
-    candidates = code_candidates(index, query, system, k)
+def rank_candidates(candidates: list[CodeCandidate], weights: list[float], k: int) -> list[CodeCandidate]:
+    """Candidates with their calibrated confidence, most confident first (ties: retrieval order)."""
     scored = []
     for position, candidate in enumerate(candidates):
         competitors = [c.match_score * c.link_confidence for c in candidates if c is not candidate]
         margin = candidate.match_score * candidate.link_confidence - max(competitors, default=0.0)
-        candidate.confidence = round(_probability(features(candidate, margin), model.weights), 4)
-        scored.append((candidate.confidence, -position, candidate))
-    ranked = [c for _, _, c in sorted(scored, key=lambda item: (item[0], item[1]), reverse=True)][:k]
+        confidence = round(_probability(features(candidate, margin), weights), 4)
+        scored.append((confidence, -position, candidate.model_copy(update={"confidence": confidence})))
+    return [c for _, _, c in sorted(scored, key=lambda item: (item[0], item[1]), reverse=True)][:k]
+
+
+def answer_code(index, query: str, system: str, k: int = 10) -> CodeAnswer:
+    """The code of `query`'s concept in `system` when the calibrated confidence allows stating it."""
+    system = check_system(system) if system not in SYSTEM_SOURCES else system
+    model = calibration()
+    ranked = rank_candidates(code_candidates(index, query, system, k), model.weights, k)
     best = ranked[0] if ranked else None
     stated = best is not None and best.confidence >= model.bound
     return CodeAnswer(system=system, code=best.code if stated else None, title=best.title if stated else None,
