@@ -48,6 +48,8 @@ def guess_gender(term: str, lang: str) -> Gender | None:
     if lang not in _FEMININE_ENDINGS or not term.strip():
         return None
     head = term.split()[0].casefold()
+    if is_plural(term):  # "glándulas" is feminine like "glándula"
+        head = head[:-3] + "ão" if head.endswith("ões") else head[:-1]
     if head.endswith(_MASCULINE_ENDINGS):
         return "m"
     if head.endswith(_FEMININE_ENDINGS[lang]):
@@ -74,7 +76,8 @@ def _match_case(template: str, word: str) -> str:
 # word-by-word engine leaves in English order before it ("un agudo ZXTERM0").
 _POSTNOMINAL = {"es": ("izquierdo", "izquierda", "derecho", "derecha", "agudo", "aguda", "crónico", "crónica",
                        "bilateral", "focal", "simple", "suave", "leve", "moderado", "moderada", "grave", "severo",
-                       "severa", "difuso", "difusa", "múltiple", "distal", "proximal"),
+                       "severa", "difuso", "difusa", "múltiple", "distal", "proximal", "generalizado",
+                       "generalizada", "dilatado", "dilatada", "dilatados", "dilatadas"),
                 "pt": ("esquerdo", "esquerda", "direito", "direita", "agudo", "aguda", "crônico", "crônica",
                        "bilateral", "focal", "simples", "leve", "moderado", "moderada", "grave", "difuso", "difusa",
                        "distal", "proximal")}
@@ -85,6 +88,40 @@ _PLURAL_DETERMINERS = {
            "ao": "aos", "pelo": "pelos", "pela": "pelas"},
 }
 _SINGULAR_ENDINGS = ("sis", "tis", "xis", "creas", "tórax", "torax", "bíceps", "tríceps")
+
+
+_PREPOSITIONS = {"de", "del", "da", "do", "das", "dos", "en", "em", "con", "com", "a", "para", "por", "sin", "sem"}
+
+
+def pluralize(term: str, lang: str) -> str:
+    """'derrame pleural' -> 'derrames pleurales' (es) / 'derrames pleurais' (pt): the words before the
+    first preposition take the plural; the rest ('fractura de cráneo') stays."""
+    words, out, inflecting = term.split(), [], True
+    for word in words:
+        if word.casefold() in _PREPOSITIONS:
+            inflecting = False
+        out.append(_plural_word(word, lang) if inflecting else word)
+    return " ".join(out)
+
+
+def _plural_word(word: str, lang: str) -> str:
+    lower = word.casefold()
+    if word.isupper() or lower.endswith(("s", "x")):
+        return word
+    if lang == "pt":
+        if lower.endswith("ão"):
+            return word[:-2] + "ões"
+        if lower.endswith("l"):
+            return word[:-1] + "is"
+        if lower.endswith("m"):
+            return word[:-1] + "ns"
+    if lang == "es":
+        for accented, plain in (("ón", "ones"), ("án", "anes"), ("és", "eses"), ("ín", "ines")):
+            if lower.endswith(accented):
+                return word[:-2] + plain
+        if lower.endswith("z"):
+            return word[:-1] + "ces"
+    return word + ("s" if lower[-1] in "aeiouáéíóú" else "es")
 
 
 def is_plural(term: str) -> bool:
@@ -113,9 +150,9 @@ def postnominal_order(text: str, placeholder: str, lang: str) -> str:
     return pattern.sub(lambda m: m.group("term") + " " + " ".join(m.group("adjs").split()), text)
 
 
-def agree(text: str, placeholder: str, gender: Gender | None, lang: str) -> str:
+def agree(text: str, placeholder: str, gender: Gender | None, lang: str, plural: bool = False) -> str:
     """Put post-nominal adjectives behind `placeholder` and make the determiner and adjectives
-    around it agree with `gender`."""
+    around it agree with `gender` (and with a plural term, in number)."""
     text = postnominal_order(text, placeholder, lang)
     if gender is None or not supports_agreement(lang):
         return text
@@ -139,7 +176,10 @@ def agree(text: str, placeholder: str, gender: Gender | None, lang: str) -> str:
         for position, word in enumerate(match.group("words").split()):
             is_adjective = word.casefold() in movable or (position == 0 and _ADJECTIVE_AFTER.match(word))
             agreeing = agreeing and bool(is_adjective)
-            fixed.append(_swap_ending(word, gender) if agreeing else word)
+            if agreeing:
+                word = _swap_ending(word, gender)
+                word = _plural_word(word, lang) if plural else word
+            fixed.append(word)
         return " " + " ".join(fixed)
 
     return after.sub(fix_after, text, count=1)

@@ -13,7 +13,7 @@ from functools import cache
 from pathlib import Path
 
 from assistant.translation.agreement import guess_gender
-from assistant.translation.terms import TermConstraint, TermSpan, variant_pattern
+from assistant.translation.terms import TermConstraint, TermSpan, number_matched, variant_pattern
 
 PHRASEBOOK_FILE = Path(__file__).with_name("phrasebook.tsv")
 LANGUAGES = ("es", "pt")
@@ -50,5 +50,6 @@ class PhrasebookSource:
         for pattern, en, target in _patterns(target_lang):
             constraint = TermConstraint(source=en, target=target, origin="phrasebook",
                                         gender=guess_gender(target, target_lang))
-            spans += [TermSpan(m.start(), m.end(), constraint) for m in pattern.finditer(text)]
+            spans += [TermSpan(m.start(), m.end(), number_matched(constraint, m.group(), target_lang))
+                      for m in pattern.finditer(text)]
         return spans

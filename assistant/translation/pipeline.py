@@ -20,7 +20,7 @@ from assistant.imaging.progress import ProgressCallback, report
 from assistant.models.base import ChatModel, ModelError
 from assistant.terminology.glossary import Glossary
 from assistant.terminology.languages import normalize_lang
-from assistant.translation.agreement import agree, plural_determiner
+from assistant.translation.agreement import agree, is_plural, plural_determiner
 from assistant.translation.engines import TranslationEngine, TranslationError, local_model_dir, pick_engine
 from assistant.translation.phrasebook import PhrasebookSource
 from assistant.translation.postedit import english_leftovers, post_edit
@@ -278,7 +278,8 @@ def _restore(translated: str, sentence: _Sentence, prefix: str, target_lang: str
         pattern = re.compile(rf"(?<!\w){placeholder}(?!\d)", re.IGNORECASE)
         if not pattern.search(translated):
             return None
-        translated = agree(translated, placeholder, span.constraint.gender, target_lang)
+        translated = agree(translated, placeholder, span.constraint.gender, target_lang,
+                           plural=is_plural(span.constraint.target))
         translated = plural_determiner(translated, placeholder, span.constraint.target, target_lang)
         target = span.constraint.target
 

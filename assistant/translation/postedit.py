@@ -29,7 +29,8 @@ _SPANISH: list[Rule] = [
     (r"^(Un|Una|El|La) (.+?) (?:está|es|estuvo) (?:vist[oa]|observad[oa])\b", lambda m: f"Se observa {m.group(1).lower()} {m.group(2)}"),
     (r"^(Unos|Unas|Los|Las|Varios|Varias|Múltiples) (.+?) (?:están|son) (?:vist[oa]s|observad[oa]s)\b",
      lambda m: f"Se observan {m.group(1).lower()} {m.group(2)}"),
-    (r"^(\w+) (?:Está|está|Es|es|Están|están|Son|son) (?:vist[oa]s?|observad[oa]s?)\b", r"Se observan \1"),
+    (r"^(\w+) (?:Está|está|Es|es|Están|están|Son|son) (?:vist[oa]s?|observad[oa]s?)\b",
+     lambda m: f"Se observan {m.group(1) if m.group(1).isupper() else m.group(1).lower()}"),
     (r"^(El|La|Los|Las) (.+?) (?:está|es) recomendad[oa]\b", lambda m: f"Se recomienda {m.group(1).lower()} {m.group(2)}"),
     (r"\b(es|son) (dilatad|ensanchad|aumentad|engrosad|estrechad|adelgazad|distendid|conservad|alinead|"
      r"centrad|reducid|desplazad|calcificad|ampliad)([oa]s?)\b",
@@ -50,6 +51,13 @@ _SPANISH: list[Rule] = [
     (r"\b(un|una|Un|Una) (\d+(?:[.,]\d+)?) (\w+) de (mm|cm)\b", r"\1 \3 de \2 \4"),
     (r"\b(un|una|Un|Una) (\d+(?:[.,]\d+)?) (mm|cm) (?:el |la )?(\w+)\b", r"\1 \4 de \2 \3"),
     (r"\bhueso\b(?= (?:está|en el riñón))", "cálculo"),
+    (r"\b(No hay|No se observan?|No se identifican?) (?:ningún|ninguna|ningunos|ningunas) ", r"\1 "),
+    (r"\bmidiendo (?=\d)", "de "),
+    (r"\buna área\b", "un área"),
+    (r"\bla área\b", "el área"),
+    (r"\bangostad([oa]s?)\b", r"estrechad\1"),
+    (r"\bes patente\b", "es permeable"),
+    (r"^(Los|Las) ([^,]+?) es (\w+)\b", lambda m: f"{m.group(1)} {m.group(2)} son {_plural_adjective(m.group(3), 'es')}"),
 ]
 _PORTUGUESE: list[Rule] = [
     (r"\b(é|são) (aumentad|dilatad|alargad|estreitad|espessad|afinad|preservad|distendid|centrad|reduzid|"
@@ -58,14 +66,30 @@ _PORTUGUESE: list[Rule] = [
     (r"\b(está|estão) ampliad([oa]s?)\b", r"\1 aumentad\2"),
     (r"^(Um|Uma|O|A) (.+?) (?:é|foi) vist[oa]\b", lambda m: f"Observa-se {m.group(1).lower()} {m.group(2)}"),
     (r"^(Uns|Umas|Os|As|Vários|Várias|Múltiplos|Múltiplas) (.+?) (?:são|foram) vist[oa]s\b", lambda m: f"Observam-se {m.group(1).lower()} {m.group(2)}"),
-    (r"^(\w+) (?:são|foram) vist[oa]s\b", r"Observam-se \1"),
+    (r"^(\w+) (?:são|foram) vist[oa]s\b",
+     lambda m: f"Observam-se {m.group(1) if m.group(1).isupper() else m.group(1).lower()}"),
     (r"^(A|O|As|Os) (.+?) (?:é|está) recomendad[oa]\b", lambda m: f"Recomenda-se {m.group(1).lower()} {m.group(2)}"),
     (r"\bmudanças\b", "alterações"),
     (r"\bmudança\b", "alteração"),
     (r"\btomografia computadorizada\b", "TC"),
+    (r"^Nenhum (.+?) (?:é|foi) (?:visto|observado)\b", r"Não se observa \1"),
+    (r"^Nenhuma (.+?) (?:é|foi) (?:vista|observada)\b", r"Não se observa \1"),
+    (r"^Nenhum (.+?) (?:é|foi) identificad[oa]\b", r"Não se identifica \1"),
+    (r"^Nenhuma (.+?) (?:é|foi) identificad[oa]\b", r"Não se identifica \1"),
+    (r"^Não são identificad[oa]s\b", "Não se identificam"),
+    (r"^Não existem?\b", "Não há"),
+    (r"\bmedindo (?=\d)", "de "),
+    (r"\bsuave\b", "leve"),
+    (r"^(Os|As) ([^,]+?) é (\w+)\b", lambda m: f"{m.group(1)} {m.group(2)} são {_plural_adjective(m.group(3), 'pt')}"),
     (r"\bimagens de seguimento\b", "controle por imagem"),
 ]
 _RULES = {"es": _SPANISH, "pt": _PORTUGUESE}
+
+
+def _plural_adjective(word: str, lang: str) -> str:
+    from assistant.translation.agreement import _plural_word
+
+    return _plural_word(word, lang) if re.fullmatch(r"[a-záéíóúâêôãõç]+", word) else word
 _SPURIOUS_NAO = re.compile(r"(?<=\w )não (?=(?:o|a|os|as)?\s*(?!é\b|está\b|há\b|se\b|foi\b|são\b|estão\b|mostra|"
                            r"tem\b|têm\b|pode|deve|houve|apresenta|identific|observ|visualiz)[a-zà-ú]{3,})")
 

@@ -76,7 +76,8 @@ class GlossaryTermSource:
         for source, target in self.glossary.terms(target_lang).items():
             constraint = TermConstraint(source=source, target=target, origin="glossary",
                                         gender=guess_gender(target, target_lang))
-            spans += [TermSpan(m.start(), m.end(), constraint) for m in variant_pattern(source).finditer(text)]
+            spans += [TermSpan(m.start(), m.end(), number_matched(constraint, m.group(), target_lang))
+                      for m in variant_pattern(source).finditer(text)]
         return spans
 
 
@@ -164,6 +165,18 @@ def _as_running_text(label: str, lang: str) -> str:
 
 def _fold(text: str) -> str:
     return " ".join(text.casefold().split())
+
+
+def number_matched(constraint: TermConstraint, matched: str, target_lang: str) -> TermConstraint:
+    """The constraint with its target in the plural when a singular source term was matched in the
+    plural ("nodules" for the term "nodule")."""
+    from assistant.translation.agreement import pluralize
+
+    term_word, found_word = constraint.source.split()[-1].casefold(), matched.split()[-1].casefold()
+    if found_word == term_word or term_word.endswith("s") or not found_word.endswith("s") \
+            or target_lang not in ("es", "pt"):
+        return constraint
+    return constraint.model_copy(update={"target": pluralize(constraint.target, target_lang)})
 
 
 def _plural_tolerant(word: str) -> str:
