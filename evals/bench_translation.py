@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -186,7 +187,7 @@ def _report_scores(name: str, engine_name: str, sources: list[str], references: 
     lang_of = {"apertium": "es", "bergamot": "pt"}
     unflagged = 0
     for i, (source, hypothesis, reference) in enumerate(zip(sources, hypotheses, references, strict=True)):
-        reference_words = {w.casefold() for w in reference.split()}
+        reference_words = {w.casefold() for w in re.findall(r"[^\W\d_]+", reference)}
         left = [w for w in english_leftovers(source, hypothesis, lang_of.get(engine_name, "es"))
                 if w.casefold() not in reference_words]
         unflagged += len([w for w in left if flagged is None or w not in flagged[i]])
