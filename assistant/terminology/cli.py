@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
 
 from tqdm import tqdm
@@ -67,6 +68,9 @@ def _build(args: argparse.Namespace) -> int:
           f"{meta.embedded} embedded with {meta.embedder} ({meta.options.index_type}); built in {meta.build_seconds} s")
     for source in meta.sources:
         print(f"  {source.name}: {source.concepts} concepts, {source.package} {source.version}; {source.licence}")
+    methods = Counter(link.method for link in index.graph.links())  # built now, not on the first search
+    print(f"concept graph: {len(index.graph.groups)} linked concepts; links by method: "
+          + ", ".join(f"{method} {count}" for method, count in methods.most_common()))
     return 0
 
 
