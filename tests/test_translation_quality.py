@@ -83,3 +83,19 @@ def test_names_drugs_and_acronyms_in_the_target_are_not_taken_for_english():
     assert english_leftovers("Started apixaban after the Doppler study.", "Se inició apixaban tras el estudio Doppler.",
                              "es") == []
     assert english_leftovers("The CT shows an effusion.", "La CT muestra un effusion.", "es") == ["CT", "effusion"]
+
+
+@pytest.mark.parametrize("term, lang, plural", [
+    ("derrame pleural", "es", "derrames pleurales"), ("derrame pleural", "pt", "derrames pleurais"),
+    ("fractura de cráneo", "es", "fracturas de cráneo"), ("lesión", "es", "lesiones"), ("lesão", "pt", "lesões"),
+    ("TC", "es", "TC"),
+])
+def test_a_target_term_is_put_in_the_plural_before_its_preposition(term, lang, plural):
+    from assistant.translation.agreement import pluralize
+
+    assert pluralize(term, lang) == plural
+
+
+def test_a_plural_source_gets_a_plural_target():
+    spans = _glossary(("nodule", "nódulo")).find("Several nodules and one nodule.", "en", "es")
+    assert [span.constraint.target for span in spans] == ["nódulos", "nódulo"]
