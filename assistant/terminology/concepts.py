@@ -39,7 +39,7 @@ from assistant.terminology.variants import variant_key
 
 log = logging.getLogger(__name__)
 
-GRAPH_VERSION = 1
+GRAPH_VERSION = 2  # 2: name links weighted by how many matched names are preferred terms
 Embed = Callable[[list[str]], np.ndarray]
 # Systems in which one concept has one code: a merge that would give a concept two is refused.
 EXCLUSIVE_SYSTEMS = ("ICD-10", "ICD-10-CM", "HPO", "SNOMED")
