@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from functools import cache
 from pathlib import Path
 from typing import Literal
@@ -105,6 +106,23 @@ def _probability(values: list[float], weights: list[float]) -> float:
     return 1.0 / (1.0 + math.exp(-max(min(z, 30.0), -30.0)))
 
 
+# Everyday words that classifications spell otherwise ("breast cancer" is "malignant neoplasm of
+# breast", "broken hip" a "fracture of hip"); the query is also searched in the classification's words.
+_CLINICAL_FORMS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"^(?:cancer of (?:the )?(.+)|(.+?) cancer)$", re.IGNORECASE), "malignant neoplasm of {}"),
+    (re.compile(r"^(?:broken|fractured) (.+)$", re.IGNORECASE), "fracture of {}"),
+)
+
+
+def clinical_forms(query: str) -> list[str]:
+    """The query in a classification's wording, where an everyday pattern applies."""
+    forms = []
+    for pattern, template in _CLINICAL_FORMS:
+        if match := pattern.match(query.strip()):
+            forms.append(template.format(next(group for group in match.groups() if group)))
+    return forms
+
+
 def code_candidates(index, query: str, system: str, k: int = 10) -> list[CodeCandidate]:
     """Candidate codes in `system` for `query`, best first, uncalibrated confidence 0."""
     found: dict[str, CodeCandidate] = {}
@@ -119,8 +137,12 @@ def code_candidates(index, query: str, system: str, k: int = 10) -> list[CodeCan
                                     link_confidence=round(link_confidence, 4), rank=rank, confidence=0.0)
 
     hits = index.search(query, k=CONCEPT_HITS)
+    ranked_hits = list(enumerate(hits, start=1))
+    for form in clinical_forms(query):  # interleaved by rank with the query's own hits
+        ranked_hits += list(enumerate(index.search(form, k=CONCEPT_HITS), start=1))
+    ranked_hits.sort(key=lambda item: (item[0], -item[1].score))
     unresolved: list[tuple[int, TermHit]] = []
-    for rank, hit in enumerate(hits, start=1):
+    for rank, hit in ranked_hits:
         linked = hit.linked or index.linked(hit.concept)
         if code := linked.code(system):
             holder = next((m for m in linked.members if (c := index.concept(m)) and c.codes.get(system) == code),
