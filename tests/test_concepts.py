@@ -134,7 +134,8 @@ def test_unknown_code_system_is_refused():
 
 @pytest.mark.parametrize("a, b", [("Intracranial haemorrhage", "intracranial hemorrhage"),
                                   ("Anaemia, unspecified", "anemia"), ("kidney stones", "Kidney stone"),
-                                  ("oedema (localised)", "edema"), ("non-small-cell carcinoma", "non small cell carcinoma"),
+                                  ("oedema (localised)", "edema"),
+                                  ("non-small-cell carcinoma", "non small cell carcinoma"),
                                   ("Abscess of lungs", "lung abscess")])
 def test_spelling_and_form_variants_share_a_key(a, b):
     assert variant_key(a) == variant_key(b)

@@ -51,8 +51,8 @@ class TermLookup(ToolResult):
             if answer.code is None:
                 return []
             best = answer.candidates[0]
-            return [Finding(kind="term", what=best.title, concept_id=best.concept_id, codes={answer.system: answer.code},
-                            source_tool="lookup_term", parameters=arguments)]
+            return [Finding(kind="term", what=best.title, concept_id=best.concept_id,
+                            codes={answer.system: answer.code}, source_tool="lookup_term", parameters=arguments)]
         if not self.hits:
             return []
         concept = self.hits[0].concept

@@ -240,7 +240,8 @@ def build_concept_graph(concepts: Sequence[Concept], embed: Embed | None = None)
             if len(key) >= MIN_KEY_CHARS:
                 exact[key].append((index, preferred))
                 variants[variant_key(name)].append((index, preferred, name))
-    exact_pairs = {pair: (key, kind) for key, members in exact.items() for pair, kind in _pairs([members], concepts).items()}
+    exact_pairs = {pair: (key, kind) for key, members in exact.items()
+                   for pair, kind in _pairs([members], concepts).items()}
     for (a, b), (key, kind) in sorted(exact_pairs.items(), key=lambda item: (-item[1][1], item[0])):
         groups.merge(a, b, ConceptLink(source=concepts[b].id, target=concepts[a].id, method="label-exact",
                                        confidence=round(CONFIDENCE["label-exact"] * NAME_KIND_FACTOR[kind], 4),
@@ -281,11 +282,13 @@ def _link_variants(concepts: Sequence[Concept], variants: dict[str, list[tuple[i
         return
     texts = list(dict.fromkeys(text for _, _, x, y, _ in candidates for text in (x, y)))
     vectors = dict(zip(texts, embed(texts)))
-    scored = sorted(((float(vectors[x] @ vectors[y]), a, b, x, y, kind) for a, b, x, y, kind in candidates), reverse=True)
+    scored = sorted(((float(vectors[x] @ vectors[y]), a, b, x, y, kind) for a, b, x, y, kind in candidates),
+                    reverse=True)
     for cosine, a, b, x, y, kind in scored:
         if cosine >= VARIANT_MIN_COSINE:
             groups.merge(a, b, ConceptLink(source=concepts[b].id, target=concepts[a].id, method="label-variant",
-                                           confidence=round(cosine * CONFIDENCE["label-exact"] * NAME_KIND_FACTOR[kind], 4),
+                                           confidence=round(cosine * CONFIDENCE["label-exact"]
+                                                            * NAME_KIND_FACTOR[kind], 4),
                                            evidence=f"{y!r} ~ {x!r}"))
 
 
@@ -320,8 +323,8 @@ def _collect(concepts: Sequence[Concept], own: list[dict[str, str]], groups: _Gr
             for i, mapping, parent in broader_links:
                 broader.update(mapping)
                 links.append(ConceptLink(source=concepts[i].id, target=f"icd10:{parent}", method="code-parent",
-                                         confidence=CONFIDENCE["code-parent"], evidence=f"ICD-10-CM {concepts[i].codes['ICD-10-CM']} "
-                                                                                        f"is under WHO ICD-10 {parent}"))
+                                         confidence=CONFIDENCE["code-parent"],
+                                         evidence=f"ICD-10-CM {concepts[i].codes['ICD-10-CM']} is under WHO ICD-10 {parent}"))
                 break
         group = LinkedConcept(id=head.id, preferred=head.preferred, members=[concepts[i].id for i in members],
                               codes=dict(codes), broader=broader, labels=labels, links=links)

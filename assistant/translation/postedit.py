@@ -26,12 +26,14 @@ _SPANISH: list[Rule] = [
     (r"^[Nn]inguna (.+?) (?:está|es) (?:vista|observada)\b", r"No se observa ninguna \1"),
     (r"^[Nn]ingún (.+?) (?:está|es|son|están) identificad[oa]s?\b", r"No se identifica ningún \1"),
     (r"^[Nn]inguna (.+?) (?:está|es|son|están) identificad[oa]s?\b", r"No se identifica ninguna \1"),
-    (r"^(Un|Una|El|La) (.+?) (?:está|es|estuvo) (?:vist[oa]|observad[oa])\b", lambda m: f"Se observa {m.group(1).lower()} {m.group(2)}"),
+    (r"^(Un|Una|El|La) (.+?) (?:está|es|estuvo) (?:vist[oa]|observad[oa])\b",
+     lambda m: f"Se observa {m.group(1).lower()} {m.group(2)}"),
     (r"^(Unos|Unas|Los|Las|Varios|Varias|Múltiples) (.+?) (?:están|son) (?:vist[oa]s|observad[oa]s)\b",
      lambda m: f"Se observan {m.group(1).lower()} {m.group(2)}"),
     (r"^(\w+) (?:Está|está|Es|es|Están|están|Son|son) (?:vist[oa]s?|observad[oa]s?)\b",
      lambda m: f"Se observan {m.group(1) if m.group(1).isupper() else m.group(1).lower()}"),
-    (r"^(El|La|Los|Las) (.+?) (?:está|es) recomendad[oa]\b", lambda m: f"Se recomienda {m.group(1).lower()} {m.group(2)}"),
+    (r"^(El|La|Los|Las) (.+?) (?:está|es) recomendad[oa]\b",
+     lambda m: f"Se recomienda {m.group(1).lower()} {m.group(2)}"),
     (r"\b(es|son) (dilatad|ensanchad|aumentad|engrosad|estrechad|adelgazad|distendid|conservad|alinead|"
      r"centrad|reducid|desplazad|calcificad|ampliad)([oa]s?)\b",
      lambda m: ("está " if m.group(1) == "es" else "están ") + m.group(2) + m.group(3)),
@@ -57,7 +59,8 @@ _SPANISH: list[Rule] = [
     (r"\bla área\b", "el área"),
     (r"\bangostad([oa]s?)\b", r"estrechad\1"),
     (r"\bes patente\b", "es permeable"),
-    (r"^(Los|Las) ([^,]+?) es (\w+)\b", lambda m: f"{m.group(1)} {m.group(2)} son {_plural_adjective(m.group(3), 'es')}"),
+    (r"^(Los|Las) ([^,]+?) es (\w+)\b",
+     lambda m: f"{m.group(1)} {m.group(2)} son {_plural_adjective(m.group(3), 'es')}"),
 ]
 _PORTUGUESE: list[Rule] = [
     (r"\b(é|são) (aumentad|dilatad|alargad|estreitad|espessad|afinad|preservad|distendid|centrad|reduzid|"
@@ -65,7 +68,8 @@ _PORTUGUESE: list[Rule] = [
      lambda m: ("está " if m.group(1) == "é" else "estão ") + m.group(2) + m.group(3)),
     (r"\b(está|estão) ampliad([oa]s?)\b", r"\1 aumentad\2"),
     (r"^(Um|Uma|O|A) (.+?) (?:é|foi) vist[oa]\b", lambda m: f"Observa-se {m.group(1).lower()} {m.group(2)}"),
-    (r"^(Uns|Umas|Os|As|Vários|Várias|Múltiplos|Múltiplas) (.+?) (?:são|foram) vist[oa]s\b", lambda m: f"Observam-se {m.group(1).lower()} {m.group(2)}"),
+    (r"^(Uns|Umas|Os|As|Vários|Várias|Múltiplos|Múltiplas) (.+?) (?:são|foram) vist[oa]s\b",
+     lambda m: f"Observam-se {m.group(1).lower()} {m.group(2)}"),
     (r"^(\w+) (?:são|foram) vist[oa]s\b",
      lambda m: f"Observam-se {m.group(1) if m.group(1).isupper() else m.group(1).lower()}"),
     (r"^(A|O|As|Os) (.+?) (?:é|está) recomendad[oa]\b", lambda m: f"Recomenda-se {m.group(1).lower()} {m.group(2)}"),

@@ -134,7 +134,8 @@ def report(records: list[dict]) -> dict:
         low, high = wilson(counts["after@10"], n)
         table[f"{system}/{kind}"] = {"n": n, **{k: round(v / n, 3) for k, v in counts.items()},
                                      "after@10_ci": [low, high], "stated": len(stated),
-                                     "stated_right": stated_right, "stated_precision_ci": wilson(stated_right, len(stated))}
+                                     "stated_right": stated_right,
+                                     "stated_precision_ci": wilson(stated_right, len(stated))}
         print(f"{system:<10} {kind:<18} {n:>4} {counts['before@1'] / n:>9.3f} {counts['before@10'] / n:>9.3f} "
               f"{counts['after@1'] / n:>8.3f} {counts['after@10'] / n:>8.3f} {f'{low:.2f}-{high:.2f}':>13} "
               f"{len(stated):>7} {f'{stated_right}/{len(stated)}':>12}")
@@ -144,7 +145,8 @@ def report(records: list[dict]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--split", choices=("dev", "test"), required=True)
-    parser.add_argument("--fit", action="store_true", help="fit the confidence model and bound (dev only) and save them")
+    parser.add_argument("--fit", action="store_true",
+                        help="fit the confidence model and bound (dev only) and save them")
     parser.add_argument("--limit", type=int, help="at most this many pairs (a quick run)")
     parser.add_argument("--embedder", help="index embedder (default: the configured one)")
     parser.add_argument("--misses", action="store_true", help="print the queries whose right code is not ranked first")
