@@ -21,6 +21,16 @@ rendered with their one required target term in every sentence (one source term 
 term throughout the document).
 
     python -m evals.bench_translation [--icd-titles 400] [--llm qwen2.5-coder-0.5b | --no-llm] [--seq2seq DIR]
+
+Report sentences (``--reports dev|test``): 163 everyday report sentences with Spanish and Portuguese
+references written for this benchmark (evals/data/report_sentences.tsv, mixed UK/US spellings and
+plurals), split in halves by a hash of the sentence. In one run per engine: the raw engine, the
+product without a glossary (phrasebook for word-by-word engines + repair rules), and the product
+with the annotated terms as a glossary in US spelling (term success with spelling variants).
+Also counted: English words left in the output that the result does not flag.
+
+    python -m evals.bench_translation --reports dev     # tune here
+    python -m evals.bench_translation --reports test    # report once
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -45,6 +56,8 @@ from assistant.translation.icd10 import icd10_titles
 from assistant.translation.terms import GlossaryTermSource, Icd10TitleSource, TermSpan, term_present
 
 DATA = Path(__file__).parent / "data" / "translation_sentences.jsonl"
+REPORT_SENTENCES = Path(__file__).parent / "data" / "report_sentences.tsv"
+REPORT_RESULTS = Path(__file__).parent / "results" / "bench_translation_reports.json"
 RESULTS = Path(__file__).parent / "results" / "bench_translation.json"
 
 
@@ -147,6 +160,86 @@ def seq2seq_engine(folder: str | None, lang: str) -> Seq2SeqEngine | None:
     return Seq2SeqEngine(model_dir=path, pairs=frozenset({("en", lang)}))
 
 
+def report_set(lang: str, split: str) -> tuple[list[str], list[str], list[list[tuple[str, str]]]]:
+    """English sentences, references and annotated (English, target) terms of one half."""
+    import hashlib
+
+    rows = [line.split("\t") for line in REPORT_SENTENCES.read_text(encoding="utf-8").splitlines()
+            if line.strip() and not line.startswith(("#", "en\t"))]
+    column = {"es": 1, "pt": 2}[lang]
+    chosen = [row for row in rows if ("dev" if hashlib.sha256(row[0].encode()).digest()[0] % 2 == 0 else "test") == split]
+    terms = [[(t.split("=")[0], t.split("=")[column]) for t in row[3].split("|") if t] for row in chosen]
+    return [row[0] for row in chosen], [row[column] for row in chosen], terms
+
+
+def _report_scores(name: str, engine_name: str, sources: list[str], references: list[str],
+                   terms: list[list[tuple[str, str]]], hypotheses: list[str], flagged: list[list[str]] | None,
+                   seconds: float) -> dict:
+    from assistant.translation.postedit import english_leftovers
+    from assistant.translation.terms import variant_pattern
+
+    required = found = 0
+    for source, hypothesis, line_terms in zip(sources, hypotheses, terms, strict=True):
+        for english, target in line_terms:
+            if variant_pattern(english).search(source):
+                required += 1
+                found += term_present(target, hypothesis)
+    lang_of = {"apertium": "es", "bergamot": "pt"}
+    unflagged = 0
+    for i, (source, hypothesis, reference) in enumerate(zip(sources, hypotheses, references, strict=True)):
+        reference_words = {w.casefold() for w in re.findall(r"[^\W\d_]+", reference)}
+        left = [w for w in english_leftovers(source, hypothesis, lang_of.get(engine_name, "es"))
+                if w.casefold() not in reference_words]
+        unflagged += len([w for w in left if flagged is None or w not in flagged[i]])
+    return {"variant": name, "engine": engine_name, "segments": len(sources), "required_terms": required,
+            "term_success": round(found / required, 4) if required else None,
+            "chrf": round(sacrebleu.corpus_chrf(hypotheses, [references]).score, 2),
+            "bleu": round(sacrebleu.corpus_bleu(hypotheses, [references]).score, 2),
+            "english_left_unflagged": unflagged, "seconds": round(seconds, 2)}
+
+
+def reports_main(split: str) -> int:
+    """Raw engine vs product on one half of the report sentences, in one run."""
+    rows = []
+    for lang, engine in (("es", ApertiumEngine()), ("pt", BergamotEngine())):
+        sources, references, terms = report_set(lang, split)
+        glossary = Glossary(path=str(REPORT_SENTENCES), conflicts=[], entries=[
+            GlossaryEntry(source=english, target=target, lang=lang)
+            for english, target in sorted({t for line in terms for t in line})])
+        started = time.perf_counter()
+        raw = [output.text for output in engine.translate_batch(sources, "en", lang)]
+        rows.append(_report_scores("raw engine", engine.name, sources, references, terms, raw, None,
+                                   time.perf_counter() - started))
+        for name, term_sources, options in (
+                ("product", [], {}),
+                ("product, no phrasebook", [], {"phrasebook": False}),
+                ("product, no repair", [], {"repair": False}),
+                ("product + glossary", [GlossaryTermSource(glossary)], {})):
+            if name == "product, no phrasebook" and not engine.uses_phrasebook:
+                continue
+            started = time.perf_counter()
+            result = translate_text("\n".join(sources), lang, engine=engine, term_sources=term_sources, **options)
+            hypotheses = result.translation.split("\n")
+            flagged = [s.untranslated for s in result.sentences]
+            rows.append(_report_scores(name, engine.name, sources, references, terms, hypotheses, flagged,
+                                       time.perf_counter() - started))
+    print(f"report sentences, {split} half")
+    print(f"{'engine':<9} {'variant':<24} {'n':>4} {'terms':>5} {'term succ':>9} {'chrF':>6} {'BLEU':>6} "
+          f"{'English unflagged':>17}")
+    for row in rows:
+        success = "-" if row["term_success"] is None else f"{row['term_success']:.3f}"
+        print(f"{row['engine']:<9} {row['variant']:<24} {row['segments']:>4} {row['required_terms']:>5} {success:>9} "
+              f"{row['chrf']:>6.2f} {row['bleu']:>6.2f} {row['english_left_unflagged']:>17}")
+    for engine_name in ("apertium", "bergamot"):
+        raw = next(r for r in rows if r["engine"] == engine_name and r["variant"] == "raw engine")
+        product = next(r for r in rows if r["engine"] == engine_name and r["variant"] == "product")
+        print(f"{engine_name}: chrF product - raw = {product['chrf'] - raw['chrf']:+.2f}")
+    REPORT_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    REPORT_RESULTS.write_text(json.dumps({"split": split, "rows": rows}, indent=2), encoding="utf-8")
+    print(f"wrote {REPORT_RESULTS}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--icd-titles", type=int, default=400, help="ICD-10 titles per language")
@@ -155,7 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq2seq", help="folder of a local Marian/NLLB en->es model (default: the models cache)")
     parser.add_argument("--refine-max", type=int, default=20,
                         help="at most this many missed lines per dataset go to the LLM (a CPU call takes seconds)")
+    parser.add_argument("--reports", choices=("dev", "test"),
+                        help="only the report-sentence benchmark on this half (raw engine vs product)")
     args = parser.parse_args(argv)
+    if args.reports:
+        return reports_main(args.reports)
     refiner = None
     if not args.no_llm:
         from assistant.models.registry import load_chat_model

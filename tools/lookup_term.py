@@ -11,6 +11,7 @@ from assistant.config import Settings
 from assistant.findings import Claim, Finding, not_an_answer
 from assistant.grounding import VERBATIM
 from assistant.terminology import TermHit, get_term_index
+from assistant.terminology.coding import CodeAnswer, answer_code, check_system
 from assistant.terminology.glossary import GLOSSARY_SOURCE
 from assistant.terminology.index import check_search
 from assistant.terminology.lexical import looks_like_code
@@ -26,6 +27,10 @@ class LookupTermArgs(BaseModel):
     sources: list[str] | None = Field(
         None, description=f"Restrict to these terminologies: {', '.join(SOURCE_NAMES)}, or {GLOSSARY_SOURCE} "
                           "(the user's own glossary, when one is configured). Leave empty for all.")
+    system: str | None = Field(
+        None, description="When the user asks for a code: the code system, 'icd10', 'icd10cm', 'snomed', 'hpo', "
+                          "'radlex' or 'loinc'. The concept is then found in every terminology (lay words included) "
+                          "and its code in this system is stated only when the match is confident.")
 
 
 # A code is stated as the answer only when the best hit's match score (1.0 exact synonym, else its n-gram or embedding
@@ -39,6 +44,9 @@ class TermLookup(ToolResult):
     query: str = not_an_answer(description="the looked-up term, as asked")
     language: str = not_an_answer(description="language of the labels")
     hits: list[TermHit] = not_an_answer(description="concepts found, best first (claims: see `claims`)")
+    code_answer: CodeAnswer | None = Field(
+        None, description="The code in the asked system: `code` is set only when `confidence` >= `confidence_bound`; "
+                          "otherwise `candidates` are the closest codes, none of them confirmed.")
 
     @property
     def confident(self) -> bool:
@@ -47,6 +55,8 @@ class TermLookup(ToolResult):
     def claims(self, tool: str) -> list[Claim]:
         """The best concept's name, codes and label, when its match is confident; otherwise the plain statement that
         there is no confident match, with the candidates (never one of them stated as the code)."""
+        if self.code_answer is not None:
+            return [self._code_claim(tool)]
         if not self.confident:
             found = "; ".join(self._line(hit) for hit in self.hits[:MAX_LISTED]) or "none"
             return [Claim(tool=tool, path="hits", meaning=f"no confident match for '{self.query}'; closest candidates",
@@ -65,8 +75,28 @@ class TermLookup(ToolResult):
                                 headline=True, asked_as=["translation", "in Spanish", "in French", "in German", "in Portuguese"]))
         return claims
 
+    def _code_claim(self, tool: str) -> Claim:
+        """A code request is answered by concept: the code only above the calibrated bound, else the candidates."""
+        answer = self.code_answer
+        assert answer is not None
+        if answer.code:
+            return Claim(tool=tool, path="code_answer.code", meaning=f"{answer.system} code for '{self.query}'",
+                         kind="code", value=answer.code, text=self._code_line(), headline=True,
+                         asked_as=["code", f"{answer.system} code"])
+        return Claim(tool=tool, path="code_answer.candidates",
+                     meaning=f"no confident {answer.system} match for '{self.query}'; closest candidates",
+                     kind="text", value=[c.code for c in answer.candidates[:3]], text=self._code_line(), headline=True)
+
     def findings(self, arguments: dict) -> list[Finding]:
-        """The best match, as the term a report should use for the query."""
+        """The best match, as the term a report should use for the query; with a code request, the
+        confidently matched code only."""
+        if self.code_answer is not None:
+            answer = self.code_answer
+            if answer.code is None:
+                return []
+            best = answer.candidates[0]
+            return [Finding(kind="term", what=best.title, concept_id=best.concept_id,
+                            codes={answer.system: answer.code}, source_tool="lookup_term", parameters=arguments)]
         if not self.hits:
             return []
         concept = self.hits[0].concept
@@ -75,6 +105,9 @@ class TermLookup(ToolResult):
 
     def key_facts(self) -> dict[str, str]:
         """The best concept's code and, when another language was asked for, its label there."""
+        if self.code_answer is not None:
+            answer = self.code_answer
+            return {answer.code: self._code_line()} if answer.code else {}
         if not self.hits:
             return {}
         best = self.hits[0]
@@ -86,32 +119,58 @@ class TermLookup(ToolResult):
     def summary(self) -> str:
         """The best concept first, without retrieval scores: a small answering model quoted a score of
         1.00 as if it were the code."""
+        code_lines = [self._code_line()] if self.code_answer is not None else []
         if not self.hits:
-            return f"No concept found for '{self.query}'."
+            return "\n".join([*code_lines, f"No concept found for '{self.query}'."])
         best, *others = self.hits
-        lines = [f"Best match for '{self.query}': {self._line(best)}"]
+        lines = [*code_lines, f"Best match for '{self.query}': {self._line(best)}"]
         if others:
             lines.append("Other candidates:")
             lines += [f"- {self._line(hit)}" for hit in others]
         return "\n".join(lines)
 
+    def _code_line(self) -> str:
+        """'The ICD-10 code ... is X' only above the calibrated bound; otherwise the candidates, unconfirmed."""
+        answer = self.code_answer
+        assert answer is not None
+        if answer.code:
+            return (f"The {answer.system} code for '{self.query}' is {answer.code} ({answer.title}); match confidence "
+                    f"{answer.confidence:.2f}, above the bound {answer.confidence_bound:.2f}.")
+        closest = "; ".join(f"{c.code} {c.title}" for c in answer.candidates[:3]) or "none"
+        return (f"No confident {answer.system} match for '{self.query}' (best confidence {answer.confidence:.2f}, "
+                f"below the bound {answer.confidence_bound:.2f}); closest candidates, not confirmed: {closest}.")
+
     def _line(self, hit: TermHit) -> str:
-        codes = ", ".join(f"{system} {code}" for system, code in hit.concept.codes.items()) or "no code"
+        codes = hit.concept.codes
+        if hit.linked is not None:  # every terminology's code of the concept, not only its own source's
+            codes = {system: values[0] for system, values in hit.linked.codes.items()}
+            codes |= {system: f"{code} (broader)" for system, code in hit.linked.broader.items() if system not in codes}
+        codes = ", ".join(f"{system} {code}" for system, code in codes.items()) or "no code"
         label = ""
         if self.language != "en":
             label = f"; {self.language} label: '{hit.label}'" if hit.label else f"; no {self.language} label"
         return f"{hit.concept.preferred} [{codes}]{label} (source {hit.concept.source}, matched '{hit.matched}')"
 
 
+# A search restricted to one coding terminology is a request for that system's code.
+_CODING_SOURCES = {"icd10": "ICD-10", "icd10cm": "ICD-10-CM", "hpo": "HPO"}
+
+
 def lookup_term(query: str, k: int = 5, language: str = "en", sources: list[str] | None = None,
-                settings: Settings | None = None) -> TermLookup:
-    """Search the shared term index; bad queries, languages or sources become ToolErrors."""
+                settings: Settings | None = None, system: str | None = None) -> TermLookup:
+    """Search the shared term index and, for a code request, answer it by concept; bad queries,
+    languages, sources or systems become ToolErrors."""
     try:
         check_search(query, k, language, sources or None)
-        hits = get_term_index(settings).search(query, k=k, lang=language, sources=sources or None)
+        system = check_system(system) if system else None
+        if system is None and sources and len(sources) == 1:
+            system = _CODING_SOURCES.get(sources[0])
+        index = get_term_index(settings)
+        hits = index.search(query, k=k, lang=language, sources=sources or None)
+        code_answer = answer_code(index, query, system, k=max(k, 5)) if system else None
     except ValueError as exc:
         raise ToolError(str(exc)) from exc
-    return TermLookup(query=query.strip(), language=language, hits=hits)
+    return TermLookup(query=query.strip(), language=language, hits=hits, code_answer=code_answer)
 
 
 class LookupTermTool(ScanTool):
@@ -131,4 +190,4 @@ class LookupTermTool(ScanTool):
         return codes[0].strip(".") if codes else super().users_words(field, request)
 
     def execute(self, args: LookupTermArgs) -> TermLookup:
-        return lookup_term(args.query, args.k, args.language, args.sources)
+        return lookup_term(args.query, args.k, args.language, args.sources, system=args.system)

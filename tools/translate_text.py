@@ -25,7 +25,7 @@ class TranslateTextArgs(BaseModel):
     text: str = Field(description="The text to translate: a sentence, a finding or a whole report.", json_schema_extra=VERBATIM)
     target_language: str = Field(description="Code of the language to translate into, e.g. 'es' or 'pt'.")
     source_language: str = Field("en", description="Code of the language the text is written in.")
-    glossary_path: str | None = Field(None, description="Path of the user's CSV or TBX glossary, if they gave one.",
+    glossary_path: str | None = Field(None, description="Path of the user's CSV, TSV or TBX glossary, if they gave one.",
                                       json_schema_extra=VERBATIM)
 
 
@@ -41,6 +41,7 @@ class TranslateTextResult(TranslationResult, ToolResult):
             "translation": self.translation,
             "required_terms": {term.source: {"target": term.target, "found": term.found} for term in self.terms},
             "flagged_sentences": [{"sentence": s.text, "missing": s.missing} for s in self.flagged_sentences],
+            "untranslated_english": {s.text: s.untranslated for s in self.sentences if s.untranslated},
         }, ensure_ascii=False)
 
     def claims(self, tool: str) -> list[Claim]:
@@ -57,6 +58,8 @@ class TranslateTextResult(TranslationResult, ToolResult):
             lines.append("Required terms: " + "; ".join(f"{term.target} {'✓' if term.found else '✗ missing'}"
                                                          for term in self.terms))
         lines += [f"Check this sentence, {', '.join(s.missing)} missing: {s.text}" for s in self.flagged_sentences]
+        lines += [f"Check this sentence, English left untranslated ({', '.join(s.untranslated)}): {s.text}"
+                  for s in self.sentences if s.untranslated]
         lines.append(f"({self.engine})")
         return "\n".join(lines).strip()
 
@@ -68,7 +71,7 @@ def run_translation(text: str, target_language: str, source_language: str = "en"
     """Translate with the user's glossary (a path is the operator's own, from the command line);
     every user error becomes a ToolError."""
     try:
-        glossary = load_glossary(glossary) if isinstance(glossary, (str, Path)) else glossary
+        glossary = load_glossary(glossary, default_lang=target_language) if isinstance(glossary, (str, Path)) else glossary
         result = translate_text(text, target_language, source_lang=source_language, glossary=glossary, engine=engine,
                                 refiner=refiner, settings=settings, progress=progress)
     except ValueError as exc:  # TranslationError, GlossaryError, bad language codes
@@ -95,7 +98,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("source", metavar="FILE_OR_TEXT", help="a text file, '-' for stdin, or the text itself")
     p.add_argument("--to", required=True, dest="target_language", help="target language code, e.g. es or pt")
     p.add_argument("--from", default="en", dest="source_language", help="source language code (default en)")
-    p.add_argument("--glossary", help="CSV (source,target,lang) or TBX glossary whose terms are enforced")
+    p.add_argument("--glossary", help="glossary whose terms are enforced: CSV or TSV with a header source,target[,lang] "
+                   "(the language defaults to --to) or en,es; or TBX")
     p.add_argument("--engine", help="apertium, bergamot, or the folder of a local Marian/NLLB/M2M100 model")
     p.add_argument("--refine", action="store_true", help="let the configured LLM repair sentences missing a term")
     p.add_argument("--json", action="store_true", help="print the typed result as JSON")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
 
 from tqdm import tqdm
@@ -32,6 +33,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     search.add_argument("--lang", default="en", help="language of the labels (en, de, es, fr, pt)")
     search.add_argument("--k", type=int, default=10)
     search.add_argument("--sources", nargs="+", help=f"restrict to some of: {', '.join(SOURCE_NAMES)}")
+    search.add_argument("--system", help="report the concept's code in this system (icd10, icd10cm, snomed, hpo, "
+                        "radlex, loinc), stated only above the calibrated match confidence")
     search.add_argument("--json", action="store_true", help="print the hits as JSON")
     search.add_argument("--glossary", type=Path, help="search the index with this glossary merged in")
     search.set_defaults(func=_search)
@@ -65,6 +68,9 @@ def _build(args: argparse.Namespace) -> int:
           f"{meta.embedded} embedded with {meta.embedder} ({meta.options.index_type}); built in {meta.build_seconds} s")
     for source in meta.sources:
         print(f"  {source.name}: {source.concepts} concepts, {source.package} {source.version}; {source.licence}")
+    methods = Counter(link.method for link in index.graph.links())  # built now, not on the first search
+    print(f"concept graph: {len(index.graph.groups)} linked concepts; links by method: "
+          + ", ".join(f"{method} {count}" for method, count in methods.most_common()))
     return 0
 
 
@@ -73,11 +79,15 @@ def _search(args: argparse.Namespace) -> int:
     from tools.lookup_term import lookup_term
 
     settings = get_settings().model_copy(update={"term_glossary": args.glossary}) if args.glossary else None
-    result = lookup_term(args.query, k=args.k, language=args.lang, sources=args.sources, settings=settings)
-    if args.json:
+    result = lookup_term(args.query, k=args.k, language=args.lang, sources=args.sources, settings=settings,
+                         system=args.system)
+    if args.json and result.code_answer is not None:
+        print(result.code_answer.model_dump_json(indent=2))
+    elif args.json:
         print(json.dumps([{"concept_id": hit.concept.id, "preferred": hit.concept.preferred, "codes": hit.concept.codes,
                            "matched": hit.matched, "source": hit.concept.source, "score": hit.score,
-                           "label": hit.label, "lang": result.language} for hit in result.hits],
+                           "label": hit.label, "lang": result.language,
+                           "linked": hit.linked.model_dump() if hit.linked else None} for hit in result.hits],
                          ensure_ascii=False, indent=2))
     else:
         print(result.summary())

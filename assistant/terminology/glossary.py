@@ -1,7 +1,9 @@
 """A user's own glossary: which target-language term to use for a source term.
 
 The translator enforces these terms and the term index can add them as labels. Glossaries come
-as CSV (``source,target,lang[,note]``) or TBX (TermBase eXchange, v2 ``martif`` or v3 ``tbx``).
+as CSV or TSV with a header (``source,target,lang[,note]``; ``source,target`` when the caller knows
+the target language, e.g. from ``--to``; or two language codes such as ``en,es``) or as TBX
+(TermBase eXchange, v2 ``martif`` or v3 ``tbx``).
 A malformed file raises `GlossaryError` naming the line; one source term given two different
 targets for one language is kept (the first wins) and reported in `Glossary.conflicts`.
 """
@@ -79,8 +81,9 @@ class Glossary(BaseModel):
         return None
 
 
-def load_glossary(path: str | Path) -> Glossary:
-    """Parse a CSV or TBX glossary; raises GlossaryError with the line of the first problem."""
+def load_glossary(path: str | Path, default_lang: str | None = None) -> Glossary:
+    """Parse a CSV, TSV or TBX glossary; `default_lang` is the target language of rows without a
+    lang column. Raises GlossaryError with the line of the first problem."""
     path = Path(path)
     if not path.is_file():
         raise GlossaryError(f"Glossary {path} does not exist or is not a file.")
@@ -93,7 +96,7 @@ def load_glossary(path: str | Path) -> Glossary:
     if not text.strip():
         raise GlossaryError(f"Glossary {path} is empty.")
     is_xml = path.suffix.lower() in {".tbx", ".xml"} or text.lstrip().startswith("<")
-    entries = _parse_tbx(text, path) if is_xml else _parse_csv(text, path)
+    entries = _parse_tbx(text, path) if is_xml else _parse_csv(text, path, default_lang)
     if not entries:
         raise GlossaryError(f"Glossary {path} has no entries.")
     conflicts = _find_conflicts(entries)
@@ -114,13 +117,39 @@ def load_named_glossary(name: str, settings: Settings) -> Glossary:
     return load_glossary(found)
 
 
-def _parse_csv(text: str, path: Path) -> list[GlossaryEntry]:
-    reader = csv.DictReader(text.splitlines(), strict=True)
+def _delimiter(path: Path, first_line: str) -> str:
+    """Tab for .tsv files and tab-separated headers, semicolon for a header that only has those."""
+    if path.suffix.lower() in {".tsv", ".tab"} or ("\t" in first_line and "," not in first_line):
+        return "\t"
+    return ";" if ";" in first_line and "," not in first_line else ","
+
+
+def _language_header(header: list[str]) -> str | None:
+    """The target language of a header made of two language codes (``en,es``), else None."""
+    if len(header) != 2 or any(name in {"source", "target", "lang", "note"} for name in header):
+        return None
+    try:
+        return normalize_lang(header[1]) if normalize_lang(header[0]) else None
+    except ValueError:
+        return None
+
+
+def _parse_csv(text: str, path: Path, default_lang: str | None = None) -> list[GlossaryEntry]:
+    lines = text.splitlines()
+    reader = csv.DictReader(lines, strict=True, delimiter=_delimiter(path, lines[0] if lines else ""))
     header = [name.strip().lower() for name in reader.fieldnames or []]
+    if (header_lang := _language_header(header)) is not None:
+        header, default_lang = ["source", "target"], header_lang
     missing = [column for column in CSV_REQUIRED_COLUMNS if column not in header]
+    if missing == ["lang"] and default_lang:
+        missing = []
+    elif missing == ["lang"]:
+        raise GlossaryError(f"{path}, line 1: no lang column and no target language given; add a lang column "
+                            "(source,target,lang), name the languages in the header (e.g. en,es), or give the "
+                            "target language (--to es).")
     if missing:
-        raise GlossaryError(f"{path}, line 1: the header must name the columns source,target,lang[,note]; "
-                            f"missing {', '.join(missing)}.")
+        raise GlossaryError(f"{path}, line 1: the header must name the columns source,target[,lang][,note] "
+                            f"(or two language codes such as en,es); missing {', '.join(missing)}.")
     reader.fieldnames = header
     entries = []
     try:
@@ -130,7 +159,8 @@ def _parse_csv(text: str, path: Path) -> list[GlossaryEntry]:
                 raise GlossaryError(f"{path}, line {line}: more fields than the header has columns.")
             if not any((value or "").strip() for value in row.values()):
                 continue
-            entries.append(_entry(row.get("source"), row.get("target"), row.get("lang"), row.get("note"), line, path))
+            entries.append(_entry(row.get("source"), row.get("target"), row.get("lang") or default_lang,
+                                  row.get("note"), line, path))
     except csv.Error as exc:
         raise GlossaryError(f"{path}, line {reader.line_num}: {exc}.") from exc
     return entries

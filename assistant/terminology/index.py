@@ -16,6 +16,7 @@ import pickle
 import re
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,6 +31,7 @@ from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 from pydantic import BaseModel, Field
 
 from assistant.config import Settings, get_settings
+from assistant.terminology.concepts import ConceptGraph, open_concept_graph
 from assistant.terminology.embeddings import DEFAULT_EMBEDDER, get_embedder
 from assistant.terminology.fusion import reciprocal_rank_fusion
 from assistant.terminology.glossary import GLOSSARY_SOURCE, glossary_concepts, glossary_info, load_glossary
@@ -37,8 +39,9 @@ from assistant.terminology.languages import INDEX_LANGUAGES, normalize_lang
 from assistant.terminology.lexical import (
     CharNgramIndex, is_abbreviation, looks_like_code, normalize_code, normalize_text,
 )
-from assistant.terminology.models import Concept, SourceInfo, TermHit, TermMention
+from assistant.terminology.models import Concept, LinkedConcept, SourceInfo, TermHit, TermMention
 from assistant.terminology.sources import SOURCE_NAMES, check_sources, read_concepts, source_infos
+from assistant.terminology.variants import spellings
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +201,8 @@ class TermIndex:
         for entry_id, (kind, key) in enumerate(zip(entries.kinds, entries.keys)):
             (self._by_code if kind == "code" else self._by_text).setdefault(key, []).append(entry_id)
         self._concept_ids = {concept_id: i for i, concept_id in enumerate(concepts.ids)}
+        self._graph: ConceptGraph | None = None
+        self._graph_lock = threading.Lock()
 
     # --- building and loading --------------------------------------------------------------
 
@@ -263,6 +268,29 @@ class TermIndex:
         """Whether `term` is a preferred term, synonym or label of some concept (exact, normalised)."""
         return normalize_text(term) in self._by_text
 
+    @property
+    def graph(self) -> ConceptGraph:
+        """The concepts linked across sources (built beside the index on first use, then cached)."""
+        with self._graph_lock:
+            if self._graph is None:
+                embedder = get_embedder(self.metadata.options.embedder)
+                self._graph = open_concept_graph(self.folder, self.metadata.fingerprint, self.all_concepts,
+                                                 lambda texts: embedder.encode(texts))
+            return self._graph
+
+    def all_concepts(self) -> list[Concept]:
+        return [self._concept(i) for i in range(len(self._concepts))]
+
+    def linked(self, concept: Concept) -> LinkedConcept:
+        return self.graph.linked(concept)
+
+    def exact_entries(self, term: str) -> list[int]:
+        """Entry ids whose text equals `term` or one of its spelling variants (US/UK, plural, hyphens)."""
+        found: list[int] = []
+        for form in spellings(term):
+            found += [e for e in self._by_text.get(normalize_text(form), []) if e not in found]
+        return found
+
     def concept(self, concept_id: str) -> Concept | None:
         index = self._concept_ids.get(concept_id)
         return None if index is None else self._concept(index)
@@ -292,7 +320,7 @@ class TermIndex:
         exact, ngram_rows, ngram_scores, semantic_entries, semantic_scores = [], [], [], [], []
         if method != "semantic":
             exact = keep(self._by_code.get(normalize_code(query), []) if looks_like_code(query) else [])
-            exact += keep(self._by_text.get(normalize_text(query), []))
+            exact += keep(self.exact_entries(query))
             entry_allowed = None if allowed is None else allowed[self._entry_concepts]
             ngram_rows, ngram_scores = self._ngrams.search(query, CANDIDATES, entry_allowed)
         if method != "lexical" and query_vector is not None:
@@ -317,7 +345,8 @@ class TermIndex:
             confidence, entry_id = best_entry[concept_index]
             concept = self._concept(concept_index)
             hits.append(TermHit(concept=concept, matched=self._texts[entry_id],
-                                score=round(min(max(confidence, 0.0), 1.0), 4), label=concept.label(lang)))
+                                score=round(min(max(confidence, 0.0), 1.0), 4), label=concept.label(lang),
+                                linked=self.linked(concept)))
         # Asked in another language, an equally good concept with a label in it comes first.
         hits.sort(key=lambda hit: hit.score == 1.0 and hit.label is not None, reverse=True)
         return hits[:k]
@@ -363,7 +392,7 @@ class TermIndex:
             for j in range(i, min(i + max_words, len(words))):
                 start, end = first.start(), words[j].end()
                 surface = text[start:end]
-                exact = [e for e in self._by_text.get(normalize_text(surface), [])
+                exact = [e for e in self.exact_entries(surface)
                          if not is_abbreviation(self._texts[e]) or self._texts[e] == surface]
                 if exact and (len(surface) >= 3 or is_abbreviation(surface)):
                     candidates.append((1.0, end - start, start, end, self._entry_concepts[exact[0]]))

@@ -48,6 +48,8 @@ def guess_gender(term: str, lang: str) -> Gender | None:
     if lang not in _FEMININE_ENDINGS or not term.strip():
         return None
     head = term.split()[0].casefold()
+    if is_plural(term):  # "glándulas" is feminine like "glándula"
+        head = head[:-3] + "ão" if head.endswith("ões") else head[:-1]
     if head.endswith(_MASCULINE_ENDINGS):
         return "m"
     if head.endswith(_FEMININE_ENDINGS[lang]):
@@ -70,8 +72,88 @@ def _match_case(template: str, word: str) -> str:
     return word[:1].upper() + word[1:] if template[:1].isupper() else word
 
 
-def agree(text: str, placeholder: str, gender: Gender | None, lang: str) -> str:
-    """Make the determiner and adjectives around `placeholder` agree with `gender`."""
+# Adjectives that follow the noun in Spanish reports ("hematoma subdural agudo izquierdo") but that a
+# word-by-word engine leaves in English order before it ("un agudo ZXTERM0").
+_POSTNOMINAL = {"es": ("izquierdo", "izquierda", "derecho", "derecha", "agudo", "aguda", "crónico", "crónica",
+                       "bilateral", "focal", "simple", "suave", "leve", "moderado", "moderada", "grave", "severo",
+                       "severa", "difuso", "difusa", "múltiple", "distal", "proximal", "generalizado",
+                       "generalizada", "dilatado", "dilatada", "dilatados", "dilatadas"),
+                "pt": ("esquerdo", "esquerda", "direito", "direita", "agudo", "aguda", "crônico", "crônica",
+                       "bilateral", "focal", "simples", "leve", "moderado", "moderada", "grave", "difuso", "difusa",
+                       "distal", "proximal")}
+# Singular -> plural determiners, for a plural term behind a placeholder the engine took as singular.
+_PLURAL_DETERMINERS = {
+    "es": {"el": "los", "la": "las", "un": "unos", "una": "unas", "del": "de los", "al": "a los"},
+    "pt": {"o": "os", "a": "as", "um": "uns", "uma": "umas", "do": "dos", "da": "das", "no": "nos", "na": "nas",
+           "ao": "aos", "pelo": "pelos", "pela": "pelas"},
+}
+_SINGULAR_ENDINGS = ("sis", "tis", "xis", "creas", "tórax", "torax", "bíceps", "tríceps")
+
+
+_PREPOSITIONS = {"de", "del", "da", "do", "das", "dos", "en", "em", "con", "com", "a", "para", "por", "sin", "sem"}
+
+
+def pluralize(term: str, lang: str) -> str:
+    """'derrame pleural' -> 'derrames pleurales' (es) / 'derrames pleurais' (pt): the words before the
+    first preposition take the plural; the rest ('fractura de cráneo') stays."""
+    words, out, inflecting = term.split(), [], True
+    for word in words:
+        if word.casefold() in _PREPOSITIONS:
+            inflecting = False
+        out.append(_plural_word(word, lang) if inflecting else word)
+    return " ".join(out)
+
+
+def _plural_word(word: str, lang: str) -> str:
+    lower = word.casefold()
+    if word.isupper() or lower.endswith(("s", "x")):
+        return word
+    if lang == "pt":
+        if lower.endswith("ão"):
+            return word[:-2] + "ões"
+        if lower.endswith("l"):
+            return word[:-1] + "is"
+        if lower.endswith("m"):
+            return word[:-1] + "ns"
+    if lang == "es":
+        for accented, plain in (("ón", "ones"), ("án", "anes"), ("és", "eses"), ("ín", "ines")):
+            if lower.endswith(accented):
+                return word[:-2] + plain
+        if lower.endswith("z"):
+            return word[:-1] + "ces"
+    return word + ("s" if lower[-1] in "aeiouáéíóú" else "es")
+
+
+def is_plural(term: str) -> bool:
+    """Whether a Spanish/Portuguese term's head noun (its first word) is plural."""
+    head = term.split()[0].casefold() if term.split() else ""
+    return head.endswith(("os", "as", "es", "ns", "is", "ões")) and not head.endswith(_SINGULAR_ENDINGS)
+
+
+def plural_determiner(text: str, placeholder: str, term: str, lang: str) -> str:
+    """'el ZXTERM0' -> 'los ZXTERM0' when the term is plural (hipocampos, seios paranasais)."""
+    table = _PLURAL_DETERMINERS.get(lang)
+    if not table or not is_plural(term):
+        return text
+    alternatives = "|".join(sorted(map(re.escape, table), key=len, reverse=True))
+    pattern = re.compile(rf"(?<!\w)(?P<det>{alternatives})\s+(?={placeholder}\b)", re.IGNORECASE)
+    return pattern.sub(lambda m: _match_case(m.group("det"), table[m.group("det").lower()]) + " ", text)
+
+
+def postnominal_order(text: str, placeholder: str, lang: str) -> str:
+    """Move the post-nominal adjectives standing right before `placeholder` behind it."""
+    words = _POSTNOMINAL.get(lang)
+    if not words:
+        return text
+    alternatives = "|".join(words)
+    pattern = re.compile(rf"(?<!\w)(?P<adjs>(?:(?:{alternatives})\s+)+)(?P<term>{placeholder})(?!\d)", re.IGNORECASE)
+    return pattern.sub(lambda m: m.group("term") + " " + " ".join(m.group("adjs").split()), text)
+
+
+def agree(text: str, placeholder: str, gender: Gender | None, lang: str, plural: bool = False) -> str:
+    """Put post-nominal adjectives behind `placeholder` and make the determiner and adjectives
+    around it agree with `gender` (and with a plural term, in number)."""
+    text = postnominal_order(text, placeholder, lang)
     if gender is None or not supports_agreement(lang):
         return text
     determiners = (_FEMININE_DETERMINERS if gender == "f" else _MASCULINE_DETERMINERS)[lang]
@@ -85,11 +167,19 @@ def agree(text: str, placeholder: str, gender: Gender | None, lang: str) -> str:
         return " ".join([_match_case(det, determiners[det.lower()]), *adjectives]) + " "
 
     text = before.sub(fix_before, text)
-    after = re.compile(rf"(?<={placeholder})(?P<space>\s+)(?P<word>\w+)")
+    after = re.compile(rf"(?<={placeholder})(?P<words>(?:\s+\w+){{1,2}})")
+    movable = set(_POSTNOMINAL.get(lang, ()))
 
     def fix_after(match: re.Match[str]) -> str:
-        word = match.group("word")
-        fixed = _swap_ending(word, gender) if _ADJECTIVE_AFTER.match(word) else word
-        return match.group("space") + fixed
+        """Up to two adjectives right after the term (the first may be any adjective-like word)."""
+        fixed, agreeing = [], True
+        for position, word in enumerate(match.group("words").split()):
+            is_adjective = word.casefold() in movable or (position == 0 and _ADJECTIVE_AFTER.match(word))
+            agreeing = agreeing and bool(is_adjective)
+            if agreeing:
+                word = _swap_ending(word, gender)
+                word = _plural_word(word, lang) if plural else word
+            fixed.append(word)
+        return " " + " ".join(fixed)
 
     return after.sub(fix_after, text, count=1)

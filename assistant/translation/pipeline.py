@@ -20,10 +20,13 @@ from assistant.imaging.progress import ProgressCallback, report
 from assistant.models.base import ChatModel, ModelError
 from assistant.terminology.glossary import Glossary
 from assistant.terminology.languages import normalize_lang
-from assistant.translation.agreement import agree
+from assistant.translation.agreement import agree, is_plural, plural_determiner
 from assistant.translation.engines import TranslationEngine, TranslationError, local_model_dir, pick_engine
+from assistant.translation.phrasebook import PhrasebookSource
+from assistant.translation.postedit import english_leftovers, post_edit
 from assistant.translation.refine import LANGUAGE_NAMES, refine_translation
 from assistant.translation.terms import (
+    REQUIRED_ORIGINS,
     GlossaryTermSource,
     Icd10TitleSource,
     TermConstraint,
@@ -60,6 +63,9 @@ class SentenceTranslation(BaseModel):
     missing: list[str] = Field(default_factory=list, description="Required target terms not found in `text`.")
     steps: list[str] = Field(default_factory=list, description="placeholders, redecode, refine, ... in order.")
     unknown_words: list[str] = Field(default_factory=list, description="Words the engine left untranslated.")
+    untranslated: list[str] = Field(default_factory=list,
+                                    description="English words copied into the translation (names and drug names "
+                                                "excepted): each one is flagged for review.")
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -80,6 +86,12 @@ class TranslationResult(BaseModel):
     @property
     def flagged_sentences(self) -> list[SentenceTranslation]:
         return [sentence for sentence in self.sentences if sentence.flagged]
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def untranslated_words(self) -> dict[int, list[str]]:
+        """Sentence index -> English words left in its translation."""
+        return {sentence.index: sentence.untranslated for sentence in self.sentences if sentence.untranslated}
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -151,6 +163,8 @@ def translate_text(
     term_sources: Sequence[TermSource] | None = None,
     protect_terms: bool = True,
     redecode: bool = True,
+    phrasebook: bool = True,
+    repair: bool = True,
     settings: Settings | None = None,
     progress: ProgressCallback | None = None,
 ) -> TranslationResult:
@@ -170,10 +184,14 @@ def translate_text(
     if chosen is None:
         return _no_engine(text, source_lang, target_lang, spans, settings)
 
-    sentences = [_Sentence(start, end, tuple(s for s in spans if start <= s.start and s.end <= end))
+    protected = spans
+    if phrasebook and protect_terms and chosen.uses_phrasebook:
+        protected = resolve_terms(text, [*sources, PhrasebookSource()], source_lang, target_lang)
+    sentences = [_Sentence(start, end, tuple(s for s in protected if start <= s.start and s.end <= end))
                  for start, end in sentence_bounds(text)]
     report(progress, 0.05, f"Translating {len(sentences)} sentences with {chosen.name}")
-    results = _draft(text, sentences, chosen, source_lang, target_lang, protect_terms and chosen.keeps_placeholders)
+    results = _draft(text, sentences, chosen, source_lang, target_lang, protect_terms and chosen.keeps_placeholders,
+                     repair)
     report(progress, 0.6, "Checking required terms")
     missing = [r for r in results if r.missing]
     if missing and redecode and chosen.can_ban_words:
@@ -183,6 +201,8 @@ def translate_text(
         for done, result in enumerate(pending):
             report(progress, 0.8 + 0.2 * done / len(pending), f"Refining sentence {result.index + 1} with {refiner.name}")
             _refine(result, sentences[result.index], refiner, source_lang, target_lang)
+    for result in results:
+        result.untranslated = english_leftovers(result.source, result.text, target_lang, allowed=result.required)
     report(progress, 1.0, "Done")
     return TranslationResult(source_lang=source_lang, target_lang=target_lang, engine=chosen.name,
                        translation=_reassemble(text, sentences, results), sentences=results,
@@ -191,7 +211,7 @@ def translate_text(
 
 
 def _draft(text: str, sentences: Sequence[_Sentence], engine: TranslationEngine, source_lang: str,
-           target_lang: str, use_placeholders: bool) -> list[SentenceTranslation]:
+           target_lang: str, use_placeholders: bool, repair: bool = False) -> list[SentenceTranslation]:
     prefix = next((p for p in _PLACEHOLDER_PREFIXES if p.casefold() not in text.casefold()), None)
     use_placeholders = use_placeholders and prefix is not None
     engine_inputs = [_protect(text, sentence, prefix) if use_placeholders and sentence.spans
@@ -208,19 +228,31 @@ def _draft(text: str, sentences: Sequence[_Sentence], engine: TranslationEngine,
                 steps.append("placeholder-lost")
             else:
                 translated = restored
+        if repair:
+            translated = _repaired(text[sentence.start:sentence.end], translated, target_lang, steps)
         unknown = [word for word in output.unknown_words if not (prefix and word.startswith(prefix))]
         results.append(_checked(index, text, sentence, translated, steps, unknown))
     if lost:  # the engine mangled a placeholder: translate those sentences unprotected instead
         retried = engine.translate_batch([text[sentences[i].start:sentences[i].end] for i in lost], source_lang, target_lang)
         for index, output in zip(lost, retried, strict=True):
-            results[index] = _checked(index, text, sentences[index], output.text, results[index].steps,
+            source = text[sentences[index].start:sentences[index].end]
+            translated = _repaired(source, output.text, target_lang, results[index].steps) if repair else output.text
+            results[index] = _checked(index, text, sentences[index], translated, results[index].steps,
                                       list(output.unknown_words))
     return results
 
 
+def _repaired(source: str, translated: str, target_lang: str, steps: list[str]) -> str:
+    repaired = post_edit(source, translated, target_lang)
+    if repaired != translated:
+        steps.append("repair")
+    return repaired
+
+
 def _checked(index: int, text: str, sentence: _Sentence, translated: str, steps: list[str],
              unknown: list[str]) -> SentenceTranslation:
-    required = list(dict.fromkeys(span.constraint.target for span in sentence.spans))
+    required = list(dict.fromkeys(span.constraint.target for span in sentence.spans
+                                  if span.constraint.origin in REQUIRED_ORIGINS))
     return SentenceTranslation(index=index, source=text[sentence.start:sentence.end], text=translated,
                                required=required, missing=[t for t in required if not term_present(t, translated)],
                                steps=steps, unknown_words=unknown)
@@ -246,7 +278,9 @@ def _restore(translated: str, sentence: _Sentence, prefix: str, target_lang: str
         pattern = re.compile(rf"(?<!\w){placeholder}(?!\d)", re.IGNORECASE)
         if not pattern.search(translated):
             return None
-        translated = agree(translated, placeholder, span.constraint.gender, target_lang)
+        translated = agree(translated, placeholder, span.constraint.gender, target_lang,
+                           plural=is_plural(span.constraint.target))
+        translated = plural_determiner(translated, placeholder, span.constraint.target, target_lang)
         target = span.constraint.target
 
         def substitute(match: re.Match[str], target: str = target) -> str:
@@ -323,10 +357,15 @@ def _required_terms(spans: Sequence[TermSpan], sentences: Sequence[_Sentence],
 
 def _flag_message(results: Sequence[SentenceTranslation]) -> str | None:
     flagged = [r for r in results if r.missing]
-    if not flagged:
-        return None
-    return (f"{len(flagged)} sentence(s) miss a required term and need review: "
-            + "; ".join(f"sentence {r.index + 1} lacks {', '.join(r.missing)}" for r in flagged))
+    english = [r for r in results if r.untranslated]
+    parts = []
+    if flagged:
+        parts.append(f"{len(flagged)} sentence(s) miss a required term and need review: "
+                     + "; ".join(f"sentence {r.index + 1} lacks {', '.join(r.missing)}" for r in flagged))
+    if english:
+        parts.append("English left untranslated: " + "; ".join(
+            f"sentence {r.index + 1}: {', '.join(r.untranslated)}" for r in english))
+    return ". ".join(parts) or None
 
 
 def _no_engine(text: str, source_lang: str, target_lang: str, spans: Sequence[TermSpan],

@@ -19,13 +19,16 @@ from typing import Literal, Protocol
 from pydantic import BaseModel
 
 from assistant.terminology.glossary import Glossary
+from assistant.terminology.variants import uk_spelling, us_spelling
 from assistant.translation.agreement import Gender, guess_gender
 from assistant.translation.engines import TranslationError
 
 log = logging.getLogger(__name__)
 
-TermOrigin = Literal["glossary", "term-index", "icd10"]
-_ORIGIN_RANK: dict[str, int] = {"glossary": 0, "term-index": 1, "icd10": 2}
+TermOrigin = Literal["glossary", "term-index", "icd10", "phrasebook"]
+_ORIGIN_RANK: dict[str, int] = {"glossary": 0, "term-index": 1, "icd10": 2, "phrasebook": 3}
+# Origins whose terms the user asked for (checked, counted, flagged); the phrasebook only helps the engine.
+REQUIRED_ORIGINS = frozenset({"glossary", "term-index", "icd10"})
 _MAX_TERM_WORDS = 6
 
 
@@ -63,7 +66,7 @@ class GlossaryTermSource:
         self.glossary = glossary
 
     def find(self, text, source_lang, target_lang):
-        used = {term.casefold() for term in self.glossary.terms(target_lang) if _word_pattern(term).search(text)}
+        used = {term.casefold() for term in self.glossary.terms(target_lang) if variant_pattern(term).search(text)}
         conflicts = [c for c in self.glossary.conflicts if c.lang == target_lang and c.source.casefold() in used]
         if conflicts:
             described = "; ".join(f"{c.source!r} → {' / '.join(c.targets)}" for c in conflicts)
@@ -73,7 +76,8 @@ class GlossaryTermSource:
         for source, target in self.glossary.terms(target_lang).items():
             constraint = TermConstraint(source=source, target=target, origin="glossary",
                                         gender=guess_gender(target, target_lang))
-            spans += [TermSpan(m.start(), m.end(), constraint) for m in _word_pattern(source).finditer(text)]
+            spans += [TermSpan(m.start(), m.end(), number_matched(constraint, m.group(), target_lang))
+                      for m in variant_pattern(source).finditer(text)]
         return spans
 
 
@@ -163,10 +167,41 @@ def _fold(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
+def number_matched(constraint: TermConstraint, matched: str, target_lang: str) -> TermConstraint:
+    """The constraint with its target in the plural when a singular source term was matched in the
+    plural ("nodules" for the term "nodule")."""
+    from assistant.translation.agreement import pluralize
+
+    term_word, found_word = constraint.source.split()[-1].casefold(), matched.split()[-1].casefold()
+    if found_word == term_word or term_word.endswith("s") or not found_word.endswith("s") \
+            or target_lang not in ("es", "pt"):
+        return constraint
+    return constraint.model_copy(update={"target": pluralize(constraint.target, target_lang)})
+
+
+def _plural_tolerant(word: str) -> str:
+    """A regex for an English word and its plural (effusion(s), artery/arteries, diagnosis/diagnoses)."""
+    if word.endswith("sis"):
+        return re.escape(word[:-2]) + "[ie]s"
+    if word.endswith("y") and len(word) > 3:
+        return re.escape(word[:-1]) + "(?:y|ies)"
+    if word[-1:].isalpha() and not word.endswith("s"):
+        return re.escape(word) + "(?:s|es)?"
+    return re.escape(word)
+
+
 @cache
-def _word_pattern(term: str) -> re.Pattern[str]:
-    words = [re.escape(word) for word in term.split()]
-    return re.compile(r"(?<!\w)" + r"[\s-]+".join(words) + r"(?!\w)", re.IGNORECASE)
+def variant_pattern(term: str) -> re.Pattern[str]:
+    """Matches `term` as whole words in US or UK spelling, with spaces or hyphens between its words
+    and its last word singular or plural ("haemorrhage" finds "hemorrhages" and back)."""
+    lowered = " ".join(term.casefold().replace("-", " ").split())
+    forms = dict.fromkeys([lowered, us_spelling(lowered), uk_spelling(us_spelling(lowered))])
+    alternatives = []
+    for form in forms:
+        words = form.split()
+        pieces = [re.escape(word) for word in words[:-1]] + [_plural_tolerant(words[-1])]
+        alternatives.append(r"[\s-]+".join(pieces))
+    return re.compile(r"(?<!\w)(?:" + "|".join(alternatives) + r")(?!\w)", re.IGNORECASE)
 
 
 def resolve_terms(text: str, sources: Sequence[TermSource], source_lang: str, target_lang: str) -> list[TermSpan]:
