@@ -73,7 +73,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--glossary", help="CSV or TBX glossary of required translations")
     p.add_argument("--out", type=Path, help="PDF file to write")
     p.add_argument("--md", type=Path, help="Markdown file to write")
-    p.add_argument("--fhir", type=Path, help="FHIR R4 Bundle (DiagnosticReport + Observations) JSON to write")
+    p.add_argument("--fhir", type=Path, help="FHIR R4B Bundle (DiagnosticReport, Observations, Patient, ImagingStudy) JSON to write")
     p.add_argument("--sr", type=Path, help="DICOM SR (TID 1500) to write; DICOM inputs only")
     p.add_argument("--seg", type=Path, action="append", help="DICOM SEG of this series to reference in the SR")
     p.add_argument("--clinical", help="clinical information (the request's question)")

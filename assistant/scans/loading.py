@@ -114,6 +114,7 @@ def _finish(data: np.ndarray, affine_ras: np.ndarray, name: str, metadata: dict,
         affine=canonical.affine,
         metadata=ScanMetadata(notes=notes, **metadata),
         name=name,
+        source_affine=np.asarray(affine_ras, dtype=np.float64),
         **extra,
     )
 
