@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Runtime = Literal["auto", "transformers", "llamacpp", "openai"]
@@ -74,6 +74,15 @@ class Settings(BaseSettings):
         False, description="Allow DICOM patient identifiers into prompts and remote endpoints."
     )
 
+    # --- PACS (DICOMweb) ----------------------------------------------------------------
+    dicomweb_url: str | None = Field(None, description="DICOMweb root of the PACS, e.g. http://pacs:8042/dicom-web.")
+    dicomweb_username: str | None = Field(None, description="HTTP basic auth user for the PACS.")
+    dicomweb_password: SecretStr | None = Field(None, description="Read from the environment only; never stored.")
+    dicomweb_token: SecretStr | None = Field(None, description="Bearer token for the PACS (instead of user/password).")
+    dicomweb_timeout_s: float = Field(30.0, gt=0, description="Seconds one PACS request may stay silent.")
+    dicomweb_retrieve_timeout_s: float = Field(600.0, gt=0, description="Seconds a whole series retrieval may take.")
+    dicomweb_push_attempts: int = Field(3, ge=1, le=10, description="Tries per object sent to the PACS (STOW-RS).")
+
     # --- UI -----------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = 7860
@@ -93,6 +102,11 @@ class Settings(BaseSettings):
     @property
     def uploads_dir(self) -> Path:
         return self.cache_dir / "uploads"
+
+    @property
+    def pacs_dir(self) -> Path:
+        """Series retrieved from the PACS (keyed by a hash of their UIDs) and results kept until pushed."""
+        return self.cache_dir / "pacs"
 
 
 @lru_cache(maxsize=1)

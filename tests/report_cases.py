@@ -24,7 +24,8 @@ def session_with_segmentation(volume: Volume, structure: str = "brain") -> tuple
     session.load(volume)
     seg_args = SegmentArgs(structure=structure)
     segmentation = run_segmentation(volume, seg_args)
-    distance_args = MeasureDistanceArgs(point_a=[20, 30, 20], point_b=[200, 210, 80])
+    far = [min(limit, n - 1) for limit, n in zip((200, 210, 80), volume.shape)]
+    distance_args = MeasureDistanceArgs(point_a=[20, 30, 1], point_b=far)
     session.records += [
         ToolRecord("segment", seg_args.model_dump(), SegmentResult(segmentation=segmentation)),
         ToolRecord("measure_distance", distance_args.model_dump(), measure_distance(volume, distance_args)),

@@ -39,8 +39,13 @@ _MODALITY_CODES = {
 
 
 def load_scan(path: str | Path, settings: Settings | None = None) -> Volume:
-    """Load a scan file, DICOM folder or zip as a canonical RAS+ `Volume`; raises ScanLoadError."""
+    """Load a scan file, DICOM folder or zip, or a PACS series (``dicomweb:STUDY_UID[/SERIES_UID]``), as a
+    canonical RAS+ `Volume`; raises ScanLoadError."""
     settings = settings or get_settings()
+    if isinstance(path, str) and path.startswith("dicomweb:"):
+        from assistant.scans.pacs import load_reference
+
+        return load_reference(path, settings)
     path = Path(path)
     if not path.exists():
         raise ScanLoadError(f"{path.name} was not found; check the path or upload the file again.")
