@@ -62,6 +62,7 @@ class Orthanc:
 @contextmanager
 def running_orthanc(folder: Path, ready_timeout_s: float = 60.0) -> Iterator[Orthanc]:
     """Orthanc on a free loopback port with its database in `folder`; stopped and waited for on exit."""
+    folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = {
         "Name": "scanchat-test", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),

@@ -23,7 +23,6 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
 from urllib.parse import quote, urlencode, urlsplit
 
 import pydicom
@@ -104,7 +103,7 @@ class StudySummary(BaseModel):
 
 
 class PushedObject(BaseModel):
-    kind: Literal["SEG", "SR"]
+    kind: str = Field(description="The object's DICOM modality: SEG or SR for ScanChat's results.")
     path: Path = Field(description="The local copy, kept whether or not the push worked.")
     sop_instance_uid: str
     attempts: int
@@ -377,15 +376,30 @@ def _require_identity(dataset: pydicom.Dataset, identity: dict[str, str], kind: 
         raise PacsError(f"The {kind} does not carry the source series' {wrong}; it was not sent.")
 
 
+def _read_for_push(path: Path) -> pydicom.Dataset:
+    try:
+        return pydicom.dcmread(path)
+    except (OSError, pydicom.errors.InvalidDicomError) as exc:
+        raise PacsError(f"{Path(path).name} is not a readable DICOM file ({exc}); nothing was sent.") from exc
+
+
 def push_files(paths: Sequence[Path], settings: Settings | None = None) -> list[PushedObject]:
-    """STOW-RS each DICOM file, retried `Settings.dicomweb_push_attempts` times with a growing pause;
-    failures are reported per file, never raised half-way (the files stay where they are)."""
+    """STOW-RS each DICOM file, retried `Settings.dicomweb_push_attempts` times with a growing pause.
+
+    Every file is read before the first is sent; then failures are reported per file, never raised
+    half-way, and the files stay where they are. A file without a patient ID or study UID is not sent.
+    """
     settings = settings or get_settings()
+    datasets = [(Path(path), _read_for_push(Path(path))) for path in paths]
     client = _client(settings)
     results = []
-    for path in paths:
-        dataset = pydicom.dcmread(path)
-        kind = "SR" if dataset.Modality == "SR" else "SEG"
+    for path, dataset in datasets:
+        kind = str(dataset.get("Modality", "") or "DICOM")
+        uid = str(dataset.get("SOPInstanceUID", ""))
+        if not str(dataset.get("PatientID", "") or "").strip() or not dataset.get("StudyInstanceUID"):
+            results.append(PushedObject(kind=kind, path=path, sop_instance_uid=uid, attempts=0,
+                                        error="it has no patient ID or study UID, so it was not sent"))
+            continue
         error: str | None = None
         for attempt in range(1, settings.dicomweb_push_attempts + 1):
             try:
@@ -400,8 +414,7 @@ def push_files(paths: Sequence[Path], settings: Settings | None = None) -> list[
             log.warning("push of a %s failed (attempt %d of %d)", kind, attempt, settings.dicomweb_push_attempts)
             if attempt < settings.dicomweb_push_attempts:
                 time.sleep(0.5 * 2 ** (attempt - 1))
-        results.append(PushedObject(kind=kind, path=path, sop_instance_uid=str(dataset.SOPInstanceUID),
-                                    attempts=attempt, error=error))
+        results.append(PushedObject(kind=kind, path=path, sop_instance_uid=uid, attempts=attempt, error=error))
     return results
 
 
