@@ -21,7 +21,8 @@ from assistant.cli import main as scanchat
 from assistant.config import get_settings
 from assistant.reports.model import ReportError
 from assistant.reports.store import ReportStore
-from assistant.scans.pacs import PacsError, StudyQuery, list_series, open_series, push_files, push_results, search_studies
+from assistant.scans.pacs import (PacsError, StudyQuery, list_series, open_series, push_files, push_results,
+                                  push_session, search_studies)
 from assistant.scans.samples import load_sample, sample_path
 from assistant.volume import ScanLoadError
 from tests.orthanc_server import free_port, orthanc_missing, running_orthanc
@@ -116,7 +117,7 @@ def test_round_trip_segment_report_sign_push_read_back_and_validate(settings, sa
     store = ReportStore(settings.reports_db)
     report = signed_report(session, store)
 
-    result = push_results(volume, [segmentation], report, settings)
+    result = push_session(session, report, settings)  # what "Send to PACS" does: a SEG per segmentation, the SR
     assert result.ok and [o.kind for o in result.objects] == ["SEG", "SR"]
 
     # Read back through DICOMweb with the library alone, not through ScanChat's code.

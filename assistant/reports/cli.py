@@ -67,10 +67,9 @@ def _run(args: argparse.Namespace) -> int:
     for path in written:
         print(f"wrote {path}")
     if args.push:  # after the signed version is stored: a failed push never loses it
-        from assistant.scans.pacs import push_results
+        from assistant.scans.pacs import push_session
 
-        segmentations = [r.result.segmentation for r in session.records if r.ok and r.name == "segment"]
-        pushed = push_results(session.volume, segmentations, version, settings)
+        pushed = push_session(session, version, settings)
         print(pushed.summary())
         return 0 if pushed.ok else 1
     return 0

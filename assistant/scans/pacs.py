@@ -7,7 +7,7 @@ a scan came from. Results go back with STOW-RS: a DICOM SEG per segmentation and
 signed report, both in the source study, each kept as a file first so that a failed push loses
 nothing and can be sent again.
 
-The functions the UI calls: `search_studies`, `list_series`, `open_series`, `push_results`; the
+The functions the UI calls: `search_studies`, `list_series`, `open_series`, `push_session`; the
 CLI adds ``scanchat pacs search|series|push`` and every SCAN argument accepts
 ``dicomweb:STUDY_UID[/SERIES_UID]`` (`load_scan` hands those here).
 """
@@ -447,6 +447,13 @@ def push_results(volume: Volume, segmentations: Sequence = (), report=None, sett
         files.append(outbox / f"sr-{report.report_id}-v{report.number}.dcm")
         sr.save_as(files[-1])
     return PushResult(objects=push_files(files, settings), study_uid=identity["StudyInstanceUID"])
+
+
+def push_session(session, report=None, settings: Settings | None = None) -> PushResult:
+    """`push_results` for a conversation: a SEG for each successful segmentation of the session's scan,
+    and the signed `report` (a `ReportVersion`) if given. What the UI's "Send to PACS" button calls."""
+    segmentations = [r.result.segmentation for r in session.records if r.ok and r.name == "segment"]
+    return push_results(session.require_volume(), segmentations, report, settings)
 
 
 # --- command line --------------------------------------------------------------------------------
