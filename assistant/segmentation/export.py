@@ -131,21 +131,24 @@ def dicom_seg(segmentation: Segmentation, volume: Volume) -> hd.seg.Segmentation
                 setattr(dataset, keyword, "")
     array, affine = volume.to_source_grid(segmentation.mask.astype(np.uint8))
     mask_volume = hd.Volume(array=array, affine=_LPS_FROM_RAS @ affine, coordinate_system="PATIENT")
-    return hd.seg.Segmentation(
-        source_images=sources,
-        pixel_array=mask_volume,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[_description(segmentation)],
-        series_instance_uid=hd.UID(),
-        series_number=900,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="ScanChat",
-        manufacturer_model_name="ScanChat",
-        software_versions=SOFTWARE,
-        device_serial_number="0",
-        series_description=f"ScanChat segmentation: {segmentation.target}"[:64],
-    )
+    try:
+        return hd.seg.Segmentation(
+            source_images=sources,
+            pixel_array=mask_volume,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=[_description(segmentation)],
+            series_instance_uid=hd.UID(),
+            series_number=900,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="ScanChat",
+            manufacturer_model_name="ScanChat",
+            software_versions=SOFTWARE,
+            device_serial_number="0",
+            series_description=f"ScanChat segmentation: {segmentation.target}"[:64],
+        )
+    except ValueError as exc:  # highdicom refuses sources it cannot place (e.g. frames without patient geometry)
+        raise ValueError(f"A DICOM SEG cannot be built on this series ({exc}); save the mask as NIfTI instead.") from exc
 
 
 def save_dicom_seg(segmentation: Segmentation, volume: Volume, path: str | Path) -> Path:
