@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     dicomweb_timeout_s: float = Field(30.0, gt=0, description="Seconds one PACS request may stay silent.")
     dicomweb_retrieve_timeout_s: float = Field(600.0, gt=0, description="Seconds a whole series retrieval may take.")
     dicomweb_push_attempts: int = Field(3, ge=1, le=10, description="Tries per object sent to the PACS (STOW-RS).")
+    pacs_cache: Path | None = Field(None, description="Retrieved series and results kept until pushed; "
+                                                      "default cache_dir/pacs.")
 
     # --- UI -----------------------------------------------------------------------------
     host: str = "127.0.0.1"
@@ -106,7 +108,7 @@ class Settings(BaseSettings):
     @property
     def pacs_dir(self) -> Path:
         """Series retrieved from the PACS (keyed by a hash of their UIDs) and results kept until pushed."""
-        return self.cache_dir / "pacs"
+        return self.pacs_cache or self.cache_dir / "pacs"
 
 
 @lru_cache(maxsize=1)

@@ -83,7 +83,7 @@ def bench(repeats: int, work: Path) -> dict:
     folder = sample_path("ct-head-dicom")
     with running_orthanc(work / "orthanc") as orthanc:
         orthanc.upload(sorted(folder.iterdir()))
-        settings = get_settings().model_copy(update={"dicomweb_url": orthanc.dicomweb_url, "cache_dir": work / "cache"})
+        settings = get_settings().model_copy(update={"dicomweb_url": orthanc.dicomweb_url, "pacs_cache": work / "pacs"})
         study = str(pydicom.dcmread(folder / "IM0000.dcm", stop_before_pixels=True).StudyInstanceUID)
         disk, pacs = [], []
         first_view(load_scan(folder, settings))  # warm-up (imports, file cache), not timed

@@ -72,7 +72,7 @@ def other_study(orthanc, sample_files, tmp_path_factory) -> str:
 
 @pytest.fixture
 def settings(orthanc, tmp_path):
-    return get_settings().model_copy(update={"dicomweb_url": orthanc.dicomweb_url, "cache_dir": tmp_path / "cache",
+    return get_settings().model_copy(update={"dicomweb_url": orthanc.dicomweb_url, "pacs_cache": tmp_path / "pacs",
                                              "reports_db": tmp_path / "reports.sqlite3"})
 
 
@@ -146,7 +146,7 @@ def test_round_trip_segment_report_sign_push_read_back_and_validate(settings, sa
 
 def test_cli_opens_a_pacs_series_and_pushes_its_segmentation(settings, sample_study, monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("SCANCHAT_DICOMWEB_URL", settings.dicomweb_url)
-    monkeypatch.setenv("SCANCHAT_CACHE_DIR", str(settings.cache_dir))
+    monkeypatch.setenv("SCANCHAT_PACS_CACHE", str(settings.pacs_dir))
     get_settings.cache_clear()
     try:
         before = len(list_series(sample_study, settings))
@@ -158,6 +158,25 @@ def test_cli_opens_a_pacs_series_and_pushes_its_segmentation(settings, sample_st
         assert len(list_series(sample_study, settings)) == before + 1
     finally:
         get_settings.cache_clear()
+
+
+def test_cli_report_is_pushed_only_once_signed(settings, sample_study, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("SCANCHAT_DICOMWEB_URL", settings.dicomweb_url)
+    monkeypatch.setenv("SCANCHAT_PACS_CACHE", str(settings.pacs_dir))
+    get_settings.cache_clear()
+    command = ["report", f"dicomweb:{sample_study}", "--no-llm", "--db", str(tmp_path / "r.sqlite3"), "--push"]
+    try:
+        assert scanchat(command) == 2
+        assert "Only a signed report goes to the PACS" in capsys.readouterr().err
+        before = {s.series_uid for s in list_series(sample_study, settings)}
+        assert scanchat([*command, "--sign", "Dr A"]) == 0
+        assert "SR stored after 1 attempt(s)" in capsys.readouterr().out
+    finally:
+        get_settings.cache_clear()
+    [sr_series] = [s for s in list_series(sample_study, settings) if s.series_uid not in before]
+    assert sr_series.modality == "SR"
+    [sr] = DICOMwebClient(settings.dicomweb_url).retrieve_series(sample_study, sr_series.series_uid)
+    assert sr.VerificationFlag == "VERIFIED" and "Dr A" in str(sr.VerifyingObserverSequence[0].VerifyingObserverName)
 
 
 def test_a_pacs_that_is_down_gets_a_clear_message(settings, sample_study):
