@@ -11,6 +11,7 @@ from importlib import import_module
 CLI_MODULES: tuple[str, ...] = (
     "assistant.commands",
     "assistant.scans.samples",
+    "assistant.scans.pacs",
     "assistant.models.registry",
     "assistant.models.server",
     "tools.describe_scan",

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Runtime = Literal["auto", "transformers", "llamacpp", "openai"]
@@ -103,6 +103,17 @@ class Settings(BaseSettings):
     max_sessions_per_user: int = Field(4, ge=1, description="Concurrent browser sessions one user may hold.")
     max_session_bytes: int = Field(2 * 1024**3, ge=1, description="Memory one user's sessions may hold in loaded volumes.")
 
+    # --- PACS (DICOMweb) ----------------------------------------------------------------
+    dicomweb_url: str | None = Field(None, description="DICOMweb root of the PACS, e.g. http://pacs:8042/dicom-web.")
+    dicomweb_username: str | None = Field(None, description="HTTP basic auth user for the PACS.")
+    dicomweb_password: SecretStr | None = Field(None, description="Read from the environment only; never stored.")
+    dicomweb_token: SecretStr | None = Field(None, description="Bearer token for the PACS (instead of user/password).")
+    dicomweb_timeout_s: float = Field(30.0, gt=0, description="Seconds one PACS request may stay silent.")
+    dicomweb_retrieve_timeout_s: float = Field(600.0, gt=0, description="Seconds a whole series retrieval may take.")
+    dicomweb_push_attempts: int = Field(3, ge=1, le=10, description="Tries per object sent to the PACS (STOW-RS).")
+    pacs_cache: Path | None = Field(None, description="Retrieved series and results kept until pushed; "
+                                                      "default cache_dir/pacs.")
+
     # --- UI -----------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = 7860
@@ -140,6 +151,11 @@ class Settings(BaseSettings):
     def glossary_roots(self) -> list[Path]:
         """Where a glossary named in a chat message may come from: the glossary folder, uploaded glossaries."""
         return [self.glossary_folder, self.uploads_dir / "glossaries"]
+
+    @property
+    def pacs_dir(self) -> Path:
+        """Series retrieved from the PACS (keyed by a hash of their UIDs) and results kept until pushed."""
+        return self.pacs_cache or self.cache_dir / "pacs"
 
 
 @lru_cache(maxsize=1)

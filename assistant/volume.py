@@ -92,6 +92,9 @@ class Volume:
     name: str = "scan"
     identifiers: PatientIdentifiers = field(default_factory=PatientIdentifiers)
     dicom_sources: list[Path] = field(default_factory=list)  # for DICOM SEG/SR exports only
+    # RAS affine of the input file's own voxel order (for DICOM: source frames, rows, columns), before
+    # the canonical re-ordering; results written back to files go onto that grid (`to_source_grid`).
+    source_affine: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.data.ndim != 3:
@@ -162,6 +165,17 @@ class Volume:
             where = f"{list(point)} mm is voxel {np.round(ijk, 1).tolist()}" if units == "mm" else f"voxel {list(point)}"
             raise ValueError(f"The point is outside the scan: {where}; valid voxel indices are {limits}.")
         return np.clip(np.rint(ijk), 0, np.asarray(self.shape) - 1).astype(int)
+
+    def to_source_grid(self, array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """An array on this volume's grid, re-ordered onto the input file's own grid, with that grid's affine.
+
+        Loaders only permute and flip axes (`nibabel.as_closest_canonical`), so the inverse is exact: a mask
+        written this way has the same shape and affine as the file the user gave, as other tools expect.
+        """
+        if self.source_affine is None:
+            return array, self.affine
+        transform = nib.orientations.ornt_transform(nib.io_orientation(self.affine), nib.io_orientation(self.source_affine))
+        return nib.orientations.apply_orientation(array, transform), self.source_affine
 
     def to_nifti(self) -> nib.Nifti1Image:
         img = nib.Nifti1Image(self.data.astype(np.float32, copy=False), self.affine)

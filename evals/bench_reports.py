@@ -6,7 +6,7 @@
    and how often one concept appears under different wordings before and after normalisation
    (within a report, and across the corpus).
 2. Generated reports for sample scans, from real tool results: numbers traceable to findings,
-   term consistency, FHIR R4 validation, DICOM SR read back (highdicom and dcmtk's dsrdump),
+   term consistency, FHIR R4B validation, DICOM SR read back (highdicom and dcmtk's dsrdump),
    translation required-term success rate, and time to draft with the default model against
    the template-only draft in the same run.
 

@@ -140,7 +140,8 @@ def test_dicom_seg_export_reads_back_on_the_same_voxels(tmp_path):
     assert read.SegmentSequence[0].SegmentLabel == "bone"
     assert int(read.get_volume().array.sum()) == seg.voxel_count
     nifti = nib.load(save_nifti(seg, volume, tmp_path / "bone.nii.gz"))
-    assert np.allclose(nifti.affine, volume.affine) and int(np.asarray(nifti.dataobj).sum()) == seg.voxel_count
+    # on the source frames (the input's own grid), not the canonical one: tests/test_exports.py checks the geometry
+    assert np.allclose(nifti.affine, volume.source_affine) and int(np.asarray(nifti.dataobj).sum()) == seg.voxel_count
 
 
 def test_cancelling_stops_a_run(itk_t1):

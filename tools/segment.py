@@ -195,6 +195,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="auto", choices=["auto", "classical", "medsam", "atlas", "checkpoint"])
     p.add_argument("--out", type=Path, required=True, help="mask file to write (NIfTI)")
     p.add_argument("--seg", type=Path, help="also write a DICOM SEG (DICOM inputs only)")
+    p.add_argument("--push", action="store_true", help="send a DICOM SEG to the PACS (SCANCHAT_DICOMWEB_URL)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cli)
 
@@ -225,9 +226,17 @@ def _cli(args: argparse.Namespace) -> int:
     files = {"mask": str(save_nifti(segmentation, volume, args.out))}
     if args.seg:
         files["dicom_seg"] = str(save_dicom_seg(segmentation, volume, args.seg))
+    pushed = None
+    if args.push:
+        from assistant.scans.pacs import push_results
+
+        pushed = push_results(volume, [segmentation])
     if args.json:
-        print(json.dumps(segmentation.model_dump() | {"files": files}, indent=2))
+        print(json.dumps(segmentation.model_dump() | {"files": files}
+                         | ({"pushed": pushed.model_dump(mode="json")} if pushed else {}), indent=2))
     else:
         print(segmentation.summary())
         print("wrote " + ", ".join(files.values()))
-    return 0
+        if pushed:
+            print(pushed.summary())
+    return 0 if pushed is None or pushed.ok else 1

@@ -6,6 +6,6 @@
     checks.py    ungrounded numbers, inconsistent synonyms, unmapped terms, ambiguous abbreviations
     store.py     SQLite versions, sign-off, remembered wordings
     translate.py the report in another language through the terminology-aware translator
-    export.py    Markdown and the export gate; pdf.py, fhir.py (R4), dicom_sr.py (TID 1500)
+    export.py    Markdown and the export gate; pdf.py, fhir.py (R4B), dicom_sr.py (TID 1500)
     cli.py       `scanchat report`
 """

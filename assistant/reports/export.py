@@ -84,7 +84,7 @@ def export_report(version: ReportVersion, paths: ExportPaths, volume: Volume | N
     if paths.pdf:
         written.append(write_pdf(version, paths.pdf))
     if paths.fhir:
-        written.append(write_fhir(version, paths.fhir))
+        written.append(write_fhir(version, paths.fhir, volume))
     if paths.dicom_sr:
         if volume is None:
             raise ReportError("A DICOM SR references the source series: load the scan before exporting it.")

@@ -47,13 +47,18 @@ _MODALITY_CODES = {
 
 
 def load_scan(path: str | Path, settings: Settings | None = None, *, root: Path | None = None) -> Volume:
-    """Load a scan file, DICOM folder or zip as a canonical RAS+ `Volume`; raises ScanLoadError.
+    """Load a scan file, DICOM folder or zip, or a PACS series (``dicomweb:STUDY_UID[/SERIES_UID]``), as a
+    canonical RAS+ `Volume`; raises ScanLoadError.
 
     `root` is the upload the file came in (default: its own folder): a MetaImage or NRRD header
     may name data files only inside it. The volume's name and metadata have passed the privacy
     gate (`assistant.privacy`); the real names stay in `Volume.identifiers`.
     """
     settings = settings or get_settings()
+    if isinstance(path, str) and path.startswith("dicomweb:"):
+        from assistant.scans.pacs import load_reference
+
+        return load_reference(path, settings)
     path = Path(path)
     volume = _load_any(path, settings, root)
     volume.identifiers = volume.identifiers.model_copy(
@@ -139,6 +144,7 @@ def _finish(data: np.ndarray, affine_ras: np.ndarray, name: str, metadata: dict,
         affine=canonical.affine,
         metadata=ScanMetadata(notes=notes, **metadata),
         name=name,
+        source_affine=np.asarray(affine_ras, dtype=np.float64),
         **extra,
     )
 
