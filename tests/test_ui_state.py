@@ -67,3 +67,18 @@ def test_an_export_failure_costs_the_download_not_the_chat(app, tmp_path):
     files, note = app.offer_downloads(state)
     assert "could not be exported" in note
     assert files["value"] is None  # the download box is cleared, with the note beside it
+
+
+def test_a_2d_nifti_opens_as_a_one_slice_volume_with_three_views(app, tmp_path):
+    import nibabel as nib
+
+    from assistant.scans.loading import load_scan
+
+    path = tmp_path / "slice.nii.gz"
+    nib.save(nib.Nifti1Image(np.arange(48 * 32, dtype=np.float32).reshape(48, 32), np.diag([0.5, 0.5, 3.0, 1.0])), path)
+    volume = load_scan(path)
+    assert volume.shape == (48, 32, 1) and volume.spacing == pytest.approx((0.5, 0.5, 3.0))
+    assert volume.data[47, 31, 0] == 48 * 32 - 1  # the same voxels, not a resampled copy
+    state = app.new_state()
+    state.session.load(volume)
+    assert [image.ndim for image in app.views(state, "auto", True)] == [3, 3, 3]

@@ -157,12 +157,15 @@ def _load_nifti(path: Path, settings: Settings) -> Volume:
         image = nib.load(path)
     except Exception as exc:  # nibabel raises ImageFileError, EOFError, gzip/zlib errors, ValueError...
         raise ScanLoadError(f"{path.name} is not a readable NIfTI file ({exc}); check that it is .nii/.nii.gz.") from exc
-    if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)) or len(image.shape) < 3:
-        raise ScanLoadError(f"{path.name} is not a 3D/4D NIfTI volume (shape {image.shape}).")
-    _check_voxels(image.shape[:3], settings, path.name)
+    if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)) or len(image.shape) < 2:
+        raise ScanLoadError(f"{path.name} is not a 2D, 3D or 4D NIfTI image (shape {image.shape}).")
+    _check_voxels((*image.shape[:3], 1)[:3], settings, path.name)
     notes: list[str] = []
     try:
-        if len(image.shape) > 3:
+        if len(image.shape) == 2:  # a single slice saved as 2D: its affine still places it in 3D
+            data = np.asarray(image.dataobj)[..., np.newaxis]
+            notes.append("A 2D image was loaded as a 1-slice volume.")
+        elif len(image.shape) > 3:
             data = image.dataobj[(...,) + (0,) * (len(image.shape) - 3)]
             notes.append(f"The file is {len(image.shape)}D {image.shape}; only the first volume was loaded.")
         else:
