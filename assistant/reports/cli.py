@@ -69,7 +69,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.push:  # after the signed version is stored: a failed push never loses it
         from assistant.scans.pacs import push_session
 
-        pushed = push_session(session, version, settings)
+        pushed = push_session(session, version, settings, seg_files=args.seg or ())
         print(pushed.summary())
         return 0 if pushed.ok else 1
     return 0
