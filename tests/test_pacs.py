@@ -164,19 +164,28 @@ def test_cli_report_is_pushed_only_once_signed(settings, sample_study, monkeypat
     monkeypatch.setenv("SCANCHAT_DICOMWEB_URL", settings.dicomweb_url)
     monkeypatch.setenv("SCANCHAT_PACS_CACHE", str(settings.pacs_dir))
     get_settings.cache_clear()
-    command = ["report", f"dicomweb:{sample_study}", "--no-llm", "--db", str(tmp_path / "r.sqlite3"), "--push"]
+    scan, seg = f"dicomweb:{sample_study}", tmp_path / "skull.seg.dcm"
+    command = ["report", scan, "--no-llm", "--seg", str(seg), "--db", str(tmp_path / "r.sqlite3"), "--push"]
     try:
         assert scanchat(command) == 2
         assert "Only a signed report goes to the PACS" in capsys.readouterr().err
         before = {s.series_uid for s in list_series(sample_study, settings)}
+        assert scanchat(["segment", scan, "--structure", "skull", "--out", str(tmp_path / "m.nii.gz"), "--seg", str(seg),
+                         "--push"]) == 0
         assert scanchat([*command, "--sign"]) == 0  # as the implicit local user, a reviewer
         assert "SR stored after 1 attempt(s)" in capsys.readouterr().out
     finally:
         get_settings.cache_clear()
-    [sr_series] = [s for s in list_series(sample_study, settings) if s.series_uid not in before]
-    assert sr_series.modality == "SR"
+    new = [s for s in list_series(sample_study, settings) if s.series_uid not in before]
+    assert sorted(s.modality for s in new) == ["SEG", "SR"]  # the SEG sent twice is one object on the PACS
+    sr_series = next(s for s in new if s.modality == "SR")
     [sr] = DICOMwebClient(settings.dicomweb_url).retrieve_series(sample_study, sr_series.series_uid)
     assert sr.VerificationFlag == "VERIFIED" and "local" in str(sr.VerifyingObserverSequence[0].VerifyingObserverName)
+    sr.save_as(tmp_path / "sr.dcm", enforce_file_format=False)
+    assert dciodvfy_errors(tmp_path / "sr.dcm") == []
+    evidence = {r.ReferencedSOPInstanceUID for e in sr.CurrentRequestedProcedureEvidenceSequence
+                for s in e.ReferencedSeriesSequence for r in s.ReferencedSOPSequence}
+    assert pydicom.dcmread(seg).SOPInstanceUID in evidence
 
 
 def test_a_pacs_that_is_down_gets_a_clear_message(settings, sample_study):

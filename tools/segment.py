@@ -195,7 +195,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="auto", choices=["auto", "classical", "medsam", "atlas", "checkpoint"])
     p.add_argument("--out", type=Path, required=True, help="mask file to write (NIfTI)")
     p.add_argument("--seg", type=Path, help="also write a DICOM SEG (DICOM inputs only)")
-    p.add_argument("--push", action="store_true", help="send a DICOM SEG to the PACS (SCANCHAT_DICOMWEB_URL)")
+    p.add_argument("--push", action="store_true", help="send the DICOM SEG (--seg, else a new one) to the PACS (SCANCHAT_DICOMWEB_URL)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cli)
 
@@ -230,7 +230,7 @@ def _cli(args: argparse.Namespace) -> int:
     if args.push:
         from assistant.scans.pacs import push_results
 
-        pushed = push_results(volume, [segmentation])
+        pushed = push_results(volume, [] if args.seg else [segmentation], seg_files=[args.seg] if args.seg else ())
     if args.json:
         print(json.dumps(segmentation.model_dump() | {"files": files}
                          | ({"pushed": pushed.model_dump(mode="json")} if pushed else {}), indent=2))

@@ -34,7 +34,7 @@ def _run(args: argparse.Namespace) -> int:
     if not (args.out or args.md or args.fhir or args.sr or args.push):
         raise ReportError("Say where to write the report: --out report.pdf, --md, --fhir, --sr or --push.")
     if args.push and not args.sign:
-        raise ReportError("Only a signed report goes to the PACS: add --sign 'YOUR NAME'.")
+        raise ReportError("Only a signed report goes to the PACS: add --sign (as a reviewer, --user NAME).")
     settings = settings_from(args)
     if args.db:
         settings = settings.model_copy(update={"reports_db": Path(args.db)})
@@ -72,7 +72,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.push:  # after the signed version is stored: a failed push never loses it
         from assistant.scans.pacs import push_session
 
-        pushed = push_session(session, version, settings)
+        pushed = push_session(session, version, settings, seg_files=args.seg or ())
         print(pushed.summary())
         return 0 if pushed.ok else 1
     return 0

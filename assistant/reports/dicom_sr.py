@@ -122,6 +122,9 @@ def dicom_sr(version: ReportVersion, volume: Volume, segmentations: Sequence[Pat
                   finding_type=_finding_concept(f), measurements=_measurements(f))
               for f in measured if id(f) not in in_segments]
     groups += [g for seg in seg_datasets for g in _segment_groups(seg, measured)]
+    if not groups:  # TID 1500 holds measurement groups; highdicom refuses an SR with none
+        raise ReportError("A DICOM SR (TID 1500) carries measurements, and this report has none beyond the technique: "
+                          "measure or segment something first, or export PDF, Markdown or FHIR.")
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(uid=generate_uid(), name="ScanChat"))
@@ -133,7 +136,7 @@ def dicom_sr(version: ReportVersion, volume: Volume, segmentations: Sequence[Pat
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_person_context=person, observer_device_context=observer),
         procedure_reported=_PROCEDURES.get(content.scan.modality, codes.SCT.ImagingProcedure),
-        imaging_measurements=groups or None,
+        imaging_measurements=groups,
         title=codes.DCM.ImagingMeasurementReport,
     )
     return hd.sr.Comprehensive3DSR(

@@ -419,10 +419,11 @@ def push_files(paths: Sequence[Path], settings: Settings | None = None) -> list[
 
 
 def push_results(volume: Volume, segmentations: Sequence = (), report=None, settings: Settings | None = None,
-                 outbox: Path | None = None) -> PushResult:
-    """Send a DICOM SEG per segmentation and a DICOM SR of the signed report (referencing those SEGs) to the
-    source study. Every object is written to `outbox` (default: `Settings.pacs_dir`/outbox) before it is sent,
-    so a failed push is reported with the file to send again; the signed report itself stays in the store."""
+                 outbox: Path | None = None, seg_files: Sequence[Path] = ()) -> PushResult:
+    """Send a DICOM SEG per segmentation (and the SEG files already written, `seg_files`) and a DICOM SR of the
+    signed report, referencing those SEGs, to the source study. Every object is written to `outbox` (default:
+    `Settings.pacs_dir`/outbox) before it is sent, so a failed push is reported with the file to send again;
+    the signed report itself stays in the store."""
     from assistant.reports.dicom_sr import dicom_sr
     from assistant.reports.model import ReportError
     from assistant.segmentation.export import dicom_seg
@@ -430,12 +431,14 @@ def push_results(volume: Volume, segmentations: Sequence = (), report=None, sett
     settings = settings or get_settings()
     if report is not None and not report.signed:
         raise ReportError("Only a signed report goes to the PACS: sign this version first.")
-    if not segmentations and report is None:
+    if not segmentations and not seg_files and report is None:
         raise PacsError("Nothing to send: segment something or sign the report first.")
     identity = _source_identity(volume)
     outbox = outbox or settings.pacs_dir / "outbox"
     outbox.mkdir(parents=True, exist_ok=True)
-    files: list[Path] = []
+    files = [Path(path) for path in seg_files]
+    for path in files:
+        _require_identity(_read_for_push(path), identity, f"segmentation {path.name}")
     for segmentation in segmentations:
         seg = dicom_seg(segmentation, volume)
         _require_identity(seg, identity, "segmentation")
@@ -449,11 +452,11 @@ def push_results(volume: Volume, segmentations: Sequence = (), report=None, sett
     return PushResult(objects=push_files(files, settings), study_uid=identity["StudyInstanceUID"])
 
 
-def push_session(session, report=None, settings: Settings | None = None) -> PushResult:
+def push_session(session, report=None, settings: Settings | None = None, seg_files: Sequence[Path] = ()) -> PushResult:
     """`push_results` for a conversation: a SEG for each successful segmentation of the session's scan,
     and the signed `report` (a `ReportVersion`) if given. What the UI's "Send to PACS" button calls."""
     segmentations = [r.result.segmentation for r in session.records if r.ok and r.name == "segment"]
-    return push_results(session.require_volume(), segmentations, report, settings)
+    return push_results(session.require_volume(), segmentations, report, settings, seg_files=seg_files)
 
 
 # --- command line --------------------------------------------------------------------------------
