@@ -38,7 +38,7 @@ from pydantic import ValidationError
 from assistant.choosers import NO_TOOL, example_index, make_chooser
 from assistant.claims import BUNDLED, check_claims, contradictions, pick_claims, render
 from assistant.config import Settings, get_settings
-from assistant.decisions import asks_for_a_decision
+from assistant.decisions import CONFIDENT, asks_for_a_decision
 from assistant.findings import Claim
 from assistant.grounding import (
     GroundingReport,
@@ -263,7 +263,7 @@ class Agent:
         if name in ("translate_text", "normalize_terms") and _TERM_REFERENCE.search(messages[0].content) and any(
                 r.name in ("lookup_term", "normalize_terms") and r.result is not None for r in self.session.records):
             name = "lookup_term"  # "that diagnosis in Spanish": the concept named earlier, looked up in Spanish
-        if name in _WORDS_TOOLS and asks_for_a_decision(messages[0].content):
+        if name in _WORDS_TOOLS and asks_for_a_decision(messages[0].content, CONFIDENT):
             name = NO_TOOL  # "should I give alteplase?" needs the scan's findings, not the drug's code or translation
         if name == NO_TOOL:
             return None

@@ -14,7 +14,7 @@ import json
 import re
 from pathlib import Path
 
-from assistant.decisions import DecisionClassifier, decision_bank, decision_classifier
+from assistant.decisions import THRESHOLD, DecisionClassifier, decision_bank, decision_classifier, tool_requests
 from evals.harness.stats import wilson_interval
 
 RESULTS = Path(__file__).resolve().parent / "results" / "decisions.json"
@@ -65,19 +65,19 @@ def main() -> None:
         predicted, truth = [], []
         for fold in range(5):
             held = set(templates[fold::5])
-            model = DecisionClassifier([e for e in dev if e.template not in held])
+            model = DecisionClassifier([e for e in dev if e.template not in held] + tool_requests())
             for e in dev:
                 if e.template in held:
-                    predicted.append(model.probability(e.text) >= 0.5)
+                    predicted.append(model.probability(e.text) >= THRESHOLD)
                     truth.append(e.decision)
         print(_line("classifier, dev CV", scores(predicted, truth)))
         return
     test = [e for e in bank if e.split == "test"]
     truth = [e.decision for e in test]
     classifier = decision_classifier()
-    results = {"classifier": scores([classifier.probability(e.text) >= 0.5 for e in test], truth),
+    results = {"classifier": scores([classifier.probability(e.text) >= THRESHOLD for e in test], truth),
                "keywords (old)": scores([bool(KEYWORDS.search(e.text)) for e in test], truth)}
-    by_lang = {lang: scores([classifier.probability(e.text) >= 0.5 for e in test if e.lang == lang],
+    by_lang = {lang: scores([classifier.probability(e.text) >= THRESHOLD for e in test if e.lang == lang],
                             [e.decision for e in test if e.lang == lang]) for lang in sorted({e.lang for e in test})}
     print("| model | n | accuracy (95% CI) | recall (95% CI) | precision (95% CI) | missed | false alarms |")
     print("|---|---|---|---|---|---|---|")
@@ -85,7 +85,7 @@ def main() -> None:
         print(_line(name, s))
     for lang, s in by_lang.items():
         print(_line(f"classifier, {lang}", s))
-    wrong = [e.text for e in test if (classifier.probability(e.text) >= 0.5) != e.decision]
+    wrong = [e.text for e in test if (classifier.probability(e.text) >= THRESHOLD) != e.decision]
     print("misclassified:", wrong)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"test": results, "by_language": by_lang, "misclassified": wrong}, indent=2, ensure_ascii=False))

@@ -4,7 +4,8 @@ A tool module in `tools/` holds, in this order:
 
 1. ``<Name>Args``: a pydantic model of the arguments the model fills (this is the JSON schema
    the model is constrained to, so field descriptions are written for the model);
-2. a typed result, a subclass of `ToolResult` whose `summary()` is what the model reads;
+2. a typed result, a subclass of `ToolResult` whose `summary()` is what the model reads and whose fields
+   each declare their clinical meaning (`assistant.findings.meaning`): answers are rendered from them (`claims()`);
 3. a plain-Python function doing the work (``describe_scan(volume) -> ScanDescription``), used
    by the CLI, the report writer and tests without any agent;
 4. a `ScanTool` subclass wiring 1-3 into LangChain, with its description (a short "model card":
@@ -54,11 +55,6 @@ class ToolResult(BaseModel):
     def claims(self, tool: str) -> list[Claim]:
         """Every statement an answer may make from this result, one per declared field (see `assistant.findings.meaning`)."""
         return field_claims(self, tool)
-
-    def key_facts(self) -> dict[str, str]:
-        """Values the answer must contain (a code, a requested translation), each with the sentence that
-        states it: when the model's answer leaves one out, the agent appends that sentence."""
-        return {}
 
     def direct_answer(self) -> str | None:
         """The answer itself, when no model should reword it (a translation must reach the user exactly);

@@ -103,19 +103,6 @@ class TermLookup(ToolResult):
         return [Finding(kind="term", what=concept.preferred, concept_id=concept.id, codes=concept.codes,
                         source_tool="lookup_term", parameters=arguments)]
 
-    def key_facts(self) -> dict[str, str]:
-        """The best concept's code and, when another language was asked for, its label there."""
-        if self.code_answer is not None:
-            answer = self.code_answer
-            return {answer.code: self._code_line()} if answer.code else {}
-        if not self.hits:
-            return {}
-        best = self.hits[0]
-        facts = {code: f"Best match for '{self.query}': {self._line(best)}" for code in list(best.concept.codes.values())[:1]}
-        if self.language != "en" and best.label:
-            facts[best.label] = f"{best.concept.preferred} in {self.language}: '{best.label}'"
-        return facts
-
     def summary(self) -> str:
         """The best concept first, without retrieval scores: a small answering model quoted a score of
         1.00 as if it were the code."""

@@ -90,13 +90,6 @@ class AnomalyResult(ToolResult):
         lines.extend(self.notes)
         return "\n".join(lines)
 
-    def key_facts(self) -> dict[str, str]:
-        """The score and the threshold it is compared with: a screening answer without both says nothing checkable."""
-        verdict = "above" if self.exceeds_threshold else "below"
-        sentence = (f"Anomaly screening score {self.image_score:.2f}, {verdict} the calibrated threshold {self.threshold:.2f} "
-                    "(a deviation from normal scans, not a diagnosis).")
-        return {f"{self.image_score:.2f}": sentence, f"{self.threshold:.2f}": sentence}
-
     def findings(self, arguments: dict) -> list[Finding]:
         """The screening score and each deviating area; statistical deviations, not diagnoses."""
         parameters = {**arguments, "method": self.method, "normal_model": self.body_model}
