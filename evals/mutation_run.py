@@ -45,7 +45,7 @@ MODULES = {
     "segmentation result": Module("assistant/segmentation/result.py, tools/segment.py (result)", (
         "tests/test_segmentation.py", "-k", "hand_built or follow_ups or ct_bone or tool_stores or empty_mask")),
     "anomaly result": Module("assistant/anomaly/result.py, regions.py, tools/detect_anomalies.py", (
-        "tests/test_anomaly.py", "-k", "summary or key_facts or regions_rank or arguments")),
+        "tests/test_anomaly.py", "-k", "summary or claims or regions_rank or arguments")),
 }
 
 

@@ -269,10 +269,11 @@ def test_the_summary_states_score_threshold_verdict_and_each_region():
     assert "4.57, below the calibrated threshold 3.21" in quiet and "No area exceeds the voxel threshold." in quiet
 
 
-def test_the_key_facts_and_findings_carry_the_score_the_threshold_and_the_areas():
-    sentence = ("Anomaly screening score 4.57, below the calibrated threshold 3.21 (a deviation from normal scans, "
-                "not a diagnosis).")
-    assert _result(False).key_facts() == {"4.57": sentence, "3.21": sentence}
+def test_the_claims_and_findings_carry_the_score_the_threshold_the_verdict_and_the_areas():
+    claims = {c.path: c for c in _result(False).claims("detect_anomalies")}
+    assert (claims["image_score"].value, claims["threshold"].value) == (4.567, 3.21)
+    assert claims["exceeds_threshold"].value is False and claims["exceeds_threshold"].text.startswith("below")
+    assert claims["regions.0.side"].value == "left putamen"  # from the AAL label Putamen_L
     score, area = _result(True).findings({"max_regions": 5})
     assert score.what == "anomaly screening score (above threshold 3.21)" and score.kind == "measurement"
     assert [(q.value, q.unit) for q in score.quantities] == [(4.567, "score")]

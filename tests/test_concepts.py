@@ -100,14 +100,17 @@ def test_an_icd10_request_in_lay_words_states_the_code_above_the_bound(small_ind
     answer = result.code_answer
     assert answer.code == "I21" and answer.confidence >= answer.confidence_bound
     assert "The ICD-10 code for 'heart attack' is I21" in result.summary()
-    assert result.key_facts() == {"I21": result.summary().splitlines()[0]}
+    [claim] = result.claims("lookup_term")  # the answer step states exactly this code, bound to its field
+    assert claim.path == "code_answer.code" and claim.value == "I21" and claim.kind == "code"
 
 
 def test_no_code_is_stated_below_the_bound(small_index):
     result = lookup_term("purple elephant syndrome", system="icd10")
     answer = result.code_answer
     assert answer.code is None and answer.confidence < answer.confidence_bound
-    assert result.summary().startswith("No confident ICD-10 match") and result.key_facts() == {}
+    assert result.summary().startswith("No confident ICD-10 match")
+    [claim] = result.claims("lookup_term")  # the candidates, never one of them as the code
+    assert claim.kind == "text" and claim.path == "code_answer.candidates"
     assert result.findings({}) == []
 
 

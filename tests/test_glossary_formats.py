@@ -64,7 +64,7 @@ def test_translate_with_a_two_column_glossary_and_the_language_from_to(tmp_path,
     """The reported failure: `--glossary g.csv --to es` with a source,target header said 'missing lang'."""
     path = tmp_path / "g.csv"
     path.write_text("source,target\nlung nodule,nódulo pulmonar\n", encoding="utf-8")
-    result = run_translation("A lung nodule is seen.", "es", glossary_path=str(path))
+    result = run_translation("A lung nodule is seen.", "es", glossary=str(path))
     assert "nódulo pulmonar" in result.translation.lower()
     assert [(term.source, term.found) for term in result.terms] == [("lung nodule", True)]
 
@@ -73,4 +73,4 @@ def test_translate_with_a_glossary_of_another_language_is_a_clear_error(tmp_path
     path = tmp_path / "g.csv"
     path.write_text("source,target,lang\nchest,tórax,xx1\n", encoding="utf-8")
     with pytest.raises(ToolError, match="line 2"):
-        run_translation("The chest is normal.", "es", glossary_path=str(path))
+        run_translation("The chest is normal.", "es", glossary=str(path))

@@ -333,17 +333,19 @@ def test_lookup_result_puts_the_best_concept_first_with_its_code_and_label():
         "- Other pulmonary embolism without acute cor pulmonale [ICD-10-CM I26.99]; no es label (source icd10cm, "
         "matched 'pulmonary embolism')",
     ]
-    facts = result.key_facts()
-    assert set(facts) == {"I26", "Embolia pulmonar"}
-    assert facts["Embolia pulmonar"] == "Pulmonary embolism in es: 'Embolia pulmonar'"
-    assert facts["I26"].startswith("Best match for 'PE': Pulmonary embolism [ICD-10 I26]")
+    claims = {c.path: c.value for c in result.claims("lookup_term")}  # what the answer step may state, by field
+    assert claims == {"hits.0.concept.preferred": "Pulmonary embolism", "hits.0.concept.codes.ICD-10": "I26",
+                      "hits.0.label": "Embolia pulmonar"}
     [finding] = result.findings({"query": "PE"})
     assert (finding.kind, finding.what, finding.concept_id, finding.codes) == ("term", "Pulmonary embolism", "icd10:I26",
                                                                                 {"ICD-10": "I26"})
     english = TermLookup(query="PE", language="en", hits=[PE])
-    assert set(english.key_facts()) == {"I26"} and "es label" not in english.summary()
+    assert [c.path for c in english.claims("lookup_term")] == ["hits.0.concept.preferred", "hits.0.concept.codes.ICD-10"]
+    assert "es label" not in english.summary()
     empty = TermLookup(query="xyzzy", language="en", hits=[])
-    assert empty.summary() == "No concept found for 'xyzzy'." and empty.key_facts() == {} and empty.findings({}) == []
+    assert empty.summary() == "No concept found for 'xyzzy'." and empty.findings({}) == []
+    [nothing] = empty.claims("lookup_term")
+    assert nothing.kind == "text" and nothing.value == [] and nothing.text == "none"
 
 
 def test_normalized_terms_list_each_mention_with_its_span_and_codes():
