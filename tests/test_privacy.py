@@ -166,6 +166,7 @@ def test_identifiers_stay_out_of_prompts_logs_database_and_exports(phi_zip, tmp_
     from assistant.reports.workflow import ReportDesk
     from assistant.segmentation.export import save_dicom_seg, save_nifti
     from assistant.session import ScanSession, ToolRecord
+    from assistant.terminology.index import IndexOptions, open_term_index
     from tools.segment import SegmentArgs, SegmentResult, run_segmentation
 
     caplog.set_level(logging.DEBUG)
@@ -183,7 +184,10 @@ def test_identifiers_stay_out_of_prompts_logs_database_and_exports(phi_zip, tmp_
 
     store = ReportStore(settings.reports_db)
     store.save_conversation(conversation_of(session, "c1", agent.history, scan_path=str(phi_zip)))
-    desk = ReportDesk(settings, store)
+    # a small real term index (DICOM/SNOMED codes, packaged embedder): what it codes does not matter here
+    index = open_term_index(IndexOptions(sources=["dicom"], embedder="minilm-onnx", limit=300),
+                            settings.model_copy(update={"cache_dir": tmp_path / "cache"}))
+    desk = ReportDesk(settings, store, index)
     version = desk.draft(session, "Dr A")
     exports = desk.export(version.report_id, tmp_path / "out", ["markdown", "pdf", "fhir", "dicom_sr"], volume)
     seg_nifti = save_nifti(segmentation, volume, tmp_path / "out" / "bone.nii.gz")
