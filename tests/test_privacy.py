@@ -212,3 +212,9 @@ def test_identifiers_stay_out_of_prompts_logs_database_and_exports(phi_zip, tmp_
     for exported in (sr, seg):  # PACS objects go back to the same patient's record
         assert str(exported.PatientName) == f"{NAME}^{GIVEN}" and exported.PatientID == PATIENT_ID
     assert isinstance(hd.seg.segread(seg_dicom), hd.seg.Segmentation)
+
+
+def test_file_names_that_are_plain_imaging_words_are_not_scrubbed():
+    ids = PatientIdentifiers(file_names=("brain.nii.gz", "series", "Qorbert_Zyxwv.zip"))
+    scrubbed = PrivacyGate(Settings()).scrub("Segment the brain in this series of Qorbert_Zyxwv.zip", ids)
+    assert scrubbed == "Segment the brain in this series of [identifier removed]"
