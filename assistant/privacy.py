@@ -63,6 +63,7 @@ full part mid bh breath hold free breathing gated nav fast quick short long sens
 ipat sms multiband mb accel vol volume volumetric seq sequence localizer map maps mapping average
 avg trace fa md rd ad colfa tensor b0 b1000 motion corrected moco subtraction sub mpr collection
 emergency stroke trauma follow up fu baseline screening segmentation lesion lesions marked tumour tumor o
+data dicom dcm nifti nii upload uploads export exported files file folder sample samples
 ge medical systems healthcare siemens healthineers philips toshiba canon hitachi fujifilm fuji agfa
 carestream hologic samsung united imaging uih neusoft esaote mindray shimadzu konica minolta planmed
 varian elekta bruker aloka sonosite invesalius inc ltd co ag gmbh corporation corp bv nv sa mec
@@ -187,9 +188,10 @@ def identifier_pattern(identifiers: PatientIdentifiers) -> re.Pattern | None:
         if date and re.fullmatch(r"\d{8}", date):
             values |= {date, f"{date[:4]}-{date[4:6]}-{date[6:]}", f"{date[6:]}/{date[4:6]}/{date[:4]}",
                        f"{date[4:6]}/{date[6:]}/{date[:4]}", f"{date[6:]}.{date[4:6]}.{date[:4]}"}
-    for name in identifiers.file_names:
+    for name in identifiers.file_names:  # "brain.nii.gz" or a folder "series" names nobody: left alone
         stem = re.sub(r"(\.nii\.gz|\.[a-z0-9]{1,6})$", "", name, flags=re.IGNORECASE)
-        values |= {v for v in (name, stem) if len(v) >= 3 and not v.lower().startswith(("scan", "tmp"))}
+        if not is_plain_imaging_text(stem):
+            values |= {v for v in (name, stem) if len(v) >= 3}
     if not values:
         return None
     alternatives = sorted((re.escape(v) for v in values), key=len, reverse=True)

@@ -166,6 +166,7 @@ def test_identifiers_stay_out_of_prompts_logs_database_and_exports(phi_zip, tmp_
     from assistant.reports.workflow import ReportDesk
     from assistant.segmentation.export import save_dicom_seg, save_nifti
     from assistant.session import ScanSession, ToolRecord
+    from assistant.terminology.index import IndexOptions, open_term_index
     from tools.segment import SegmentArgs, SegmentResult, run_segmentation
 
     caplog.set_level(logging.DEBUG)
@@ -183,7 +184,10 @@ def test_identifiers_stay_out_of_prompts_logs_database_and_exports(phi_zip, tmp_
 
     store = ReportStore(settings.reports_db)
     store.save_conversation(conversation_of(session, "c1", agent.history, scan_path=str(phi_zip)))
-    desk = ReportDesk(settings, store)
+    # a small real term index (DICOM/SNOMED codes, packaged embedder): what it codes does not matter here
+    index = open_term_index(IndexOptions(sources=["dicom"], embedder="minilm-onnx", limit=300),
+                            settings.model_copy(update={"cache_dir": tmp_path / "cache"}))
+    desk = ReportDesk(settings, store, index)
     version = desk.draft(session, "Dr A")
     exports = desk.export(version.report_id, tmp_path / "out", ["markdown", "pdf", "fhir", "dicom_sr"], volume)
     seg_nifti = save_nifti(segmentation, volume, tmp_path / "out" / "bone.nii.gz")
@@ -208,3 +212,9 @@ def test_identifiers_stay_out_of_prompts_logs_database_and_exports(phi_zip, tmp_
     for exported in (sr, seg):  # PACS objects go back to the same patient's record
         assert str(exported.PatientName) == f"{NAME}^{GIVEN}" and exported.PatientID == PATIENT_ID
     assert isinstance(hd.seg.segread(seg_dicom), hd.seg.Segmentation)
+
+
+def test_file_names_that_are_plain_imaging_words_are_not_scrubbed():
+    ids = PatientIdentifiers(file_names=("brain.nii.gz", "series", "Qorbert_Zyxwv.zip"))
+    scrubbed = PrivacyGate(Settings()).scrub("Segment the brain in this series of Qorbert_Zyxwv.zip", ids)
+    assert scrubbed == "Segment the brain in this series of [identifier removed]"

@@ -53,11 +53,12 @@ class StoredFindings(ToolResult):
 
 def conversation_of(session: ScanSession, conversation_id: str, owner: User, messages: list[Message] | None = None,
                     scan_path: str | None = None) -> SavedConversation:
-    """What to save of `owner`'s `session` (which must have a scan): its findings, observations and the chat."""
-    return SavedConversation(conversation_id=conversation_id, owner=owner.name,
-                             scan=scan_reference(session.require_volume()),
-                             scan_path=PrivacyGate(get_settings()).path(scan_path), messages=list(messages or []), findings=tool_findings(session),
-                             observations=list(session.observations))
+    """What to save of `owner`'s `session` (which must have a scan): its findings, observations and the chat,
+    through the PHI gate (the path's folders and a name typed in the chat may identify the patient)."""
+    volume, gate = session.require_volume(), PrivacyGate(get_settings())
+    return SavedConversation(conversation_id=conversation_id, owner=owner.name, scan=scan_reference(volume),
+                             scan_path=gate.path(scan_path), messages=gate.messages(list(messages or []), volume.identifiers),
+                             findings=tool_findings(session), observations=list(session.observations))
 
 
 def restore_session(saved: SavedConversation, volume: Volume) -> ScanSession:

@@ -21,7 +21,6 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from pydicom.errors import InvalidDicomError
 
 from assistant.config import Settings, get_settings
 from assistant.privacy import DESCRIPTIVE_ATTRIBUTES, WITHHELD_NOTE, PrivacyGate
