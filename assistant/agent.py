@@ -413,7 +413,10 @@ class Agent:
             failures[:0] = contradictions([*picked, *(c.model_copy(update={"earlier": True}) for c in _claims(same_calls))])
             text = render(picked)
         else:  # no result this turn: the conversation may answer, or the model words a turn that needs no tool
-            picked, matched = pick_claims(request, earlier) if earlier else ([], False)
+            failed = {r.name for r in records if r.error}
+            # for a failed call, only that tool's earlier results can stand in (not the spacing for a segmentation)
+            pool = [c for c in earlier if c.tool in failed] if failed else earlier
+            picked, matched = pick_claims(request, pool) if pool else ([], False)
             picked = picked if matched else []
             if picked or decision or failures:
                 text = render(picked)

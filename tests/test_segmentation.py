@@ -286,3 +286,11 @@ def test_measurements_edits_and_findings_of_a_hand_built_mask_on_an_anisotropic_
         measure(np.zeros(volume.shape, bool), volume, target="empty", backend="classical")
     with pytest.raises(ValueError, match="shape"):
         measure(np.zeros((2, 2, 2), bool), volume, target="x", backend="classical")
+
+
+def test_a_request_naming_a_structure_is_segmented_when_the_model_gives_no_prompt():
+    """Found in the browser: 'Segment the skull and tell me its volume.' with no structure from the model failed."""
+    tool = SegmentTool(session=ScanSession())
+    assert tool.with_request({}, "Segment the skull and tell me its volume.") == {"structure": "skull"}
+    assert tool.with_request({"structure": None}, "How big is the left hippocampus?")["structure"] == "left hippocampus"
+    assert tool.with_request({}, "shrink the mask by 2 mm") == {"refine": "shrink", "amount_mm": 2.0}

@@ -170,6 +170,8 @@ class SegmentTool(ScanTool):
             amount = re.search(r"(\d+(?:\.\d+)?)\s*mm\b", request)
             if amount and refine in ("grow", "shrink"):
                 arguments["amount_mm"] = float(amount.group(1))
+        if not any(arguments.get(name) for name in ("structure", "points", "box", "refine")):
+            arguments = {**arguments, "structure": structure_named(request)}  # the model gave no prompt at all
         structure = arguments.get("structure")
         if isinstance(structure, str) and (side := side_named(request)):
             arguments = {**arguments, "structure": f"{side} {_SIDE_WORDS.sub('', structure).strip()}"}
