@@ -40,7 +40,10 @@ MODULES = {
     "grounding": Module("assistant/grounding.py", ("tests/test_grounding.py", "-k", "not tools_read_their_arguments")),
     "tool results": Module("tools/{describe_scan,measure_distance,probe_intensity}.py", (
         "tests/test_scan_facts.py",)),
-    "term lookup": Module("assistant/terminology/index.py, tools/lookup_term.py, tools/normalize_terms.py", (
+    "term lookup": Module("tools/lookup_term.py, tools/normalize_terms.py, index.py's argument checks", (
+        "tests/test_terminology.py", "-k", "at_their_limits or lookup_result or normalized_terms_list or refuse_bad_input")),
+    # needs the term embedder fine-tuned by scripts/setup, and builds a small index on every run (1-2 min)
+    "term index search": Module("assistant/terminology/index.py (search, normalise)", (
         "tests/test_terminology.py", "-k", "not finetuning and not benchmark_concepts and not icd10_labels and not "
         "coding_instructions and not malformed and not tbx and not csv_glossary")),
     "segmentation result": Module("assistant/segmentation/result.py, tools/segment.py (result)", (
@@ -117,27 +120,27 @@ MUTANTS = [
     M("tool results", "tools/probe_intensity.py", 'what = "intensity" if self.region == "voxel" else f"mean intensity ({self.region})"',
       'what = "intensity"', "region finding named as a single voxel"),
     # --- term lookup -----------------------------------------------------------------------------------
-    M("term lookup", "assistant/terminology/index.py", "hits.sort(key=lambda hit: hit.score == 1.0 and hit.label is not None, reverse=True)",
+    M("term index search", "assistant/terminology/index.py", "hits.sort(key=lambda hit: hit.score == 1.0 and hit.label is not None, reverse=True)",
       "hits.sort(key=lambda hit: hit.score == 1.0 and hit.label is not None)", "labelled exact matches sorted last"),
-    M("term lookup", "assistant/terminology/index.py", "label=concept.label(lang)))", "label=concept.label(\"en\")))",
+    M("term index search", "assistant/terminology/index.py", "label=concept.label(lang)))", "label=concept.label(\"en\")))",
       "labels always in English"),
-    M("term lookup", "assistant/terminology/index.py", "if not is_abbreviation(self._texts[e]) or self._texts[e] == surface]",
+    M("term index search", "assistant/terminology/index.py", "if not is_abbreviation(self._texts[e]) or self._texts[e] == surface]",
       "if not is_abbreviation(self._texts[e]) or self._texts[e].casefold() == surface.casefold()]",
       "abbreviations matched in lower case"),
     M("term lookup", "assistant/terminology/index.py", "if not 1 <= k <= MAX_K:", "if not 0 <= k <= MAX_K:", "k = 0 accepted"),
     M("term lookup", "assistant/terminology/index.py", "if len(query) > MAX_QUERY_CHARS:", "if len(query) >= MAX_QUERY_CHARS:",
       "a query of exactly the limit refused"),
-    M("term lookup", "assistant/terminology/index.py",
+    M("term index search", "assistant/terminology/index.py",
       "        if missing := [name for name in names if name not in indexed]:",
       "        if missing := [name for name in names if name not in indexed and name != GLOSSARY_SOURCE]:",
       "a glossary filter on an index without one is not refused"),
-    M("term lookup", "assistant/terminology/index.py", "            exact += keep(self._by_text.get(normalize_text(query), []))\n", "",
+    M("term index search", "assistant/terminology/index.py", "            exact += keep(self._by_text.get(normalize_text(query), []))\n", "",
       "no exact text match"),
-    M("term lookup", "assistant/terminology/index.py", "FUSION_WEIGHTS = (10.0, 1.0, 1.0)", "FUSION_WEIGHTS = (1.0, 1.0, 1.0)",
+    M("term index search", "assistant/terminology/index.py", "FUSION_WEIGHTS = (10.0, 1.0, 1.0)", "FUSION_WEIGHTS = (1.0, 1.0, 1.0)",
       "exact matches weigh no more than fuzzy ones"),
-    M("term lookup", "assistant/terminology/index.py", "if row >= 0 and score >= threshold:", "if row >= 0:",
+    M("term index search", "assistant/terminology/index.py", "if row >= 0 and score >= threshold:", "if row >= 0:",
       "every embedded span is a mention"),
-    M("term lookup", "assistant/terminology/index.py", "if all(end <= m.start or start >= m.end for m in chosen):",
+    M("term index search", "assistant/terminology/index.py", "if all(end <= m.start or start >= m.end for m in chosen):",
       "if True:", "overlapping mentions kept"),
     M("term lookup", "assistant/terminology/index.py", "    return query\n\n\ndef _check_lang", "    return query + ' '\n\n\ndef _check_lang",
       "query not stripped"),
@@ -147,7 +150,7 @@ MUTANTS = [
       "English label added as a key fact"),
     M("term lookup", "tools/lookup_term.py", '            lines += [f"- {self._line(hit)}" for hit in others]\n', "",
       "other candidates dropped"),
-    M("term lookup", "tools/lookup_term.py", "hits = get_term_index(settings).search(query, k=k, lang=language, sources=sources or None)",
+    M("term index search", "tools/lookup_term.py", "hits = get_term_index(settings).search(query, k=k, lang=language, sources=sources or None)",
       "hits = get_term_index(settings).search(query, k=k, lang=language, sources=sources)", "an empty source list finds nothing"),
     M("term lookup", "tools/normalize_terms.py", "where=f\"'{m.text}' [{m.start}:{m.end}]\"", "where=f\"'{m.text}'\"",
       "mention span dropped"),

@@ -363,3 +363,15 @@ def test_normalized_terms_list_each_mention_with_its_span_and_codes():
     assert (finding.what, finding.where, finding.codes) == ("Pulmonary embolism", "'PE' [6:8]", {"ICD-10": "I26"})
     assert text[6:8] == "PE"
     assert NormalizedTerms(language="en", mentions=[]).summary() == "No medical concept recognised in the text."
+
+
+def test_search_arguments_are_checked_at_their_limits_before_any_index_loads():
+    from assistant.terminology.index import MAX_K, MAX_QUERY_CHARS, check_search
+
+    assert check_search("  I21.9 ", 1, "es", None) == ("I21.9", "es")
+    assert check_search("x" * MAX_QUERY_CHARS, MAX_K, "en", ["icd10", "glossary"])[0] == "x" * MAX_QUERY_CHARS
+    for k in (0, MAX_K + 1):
+        with pytest.raises(ValueError, match="between 1"):
+            check_search("brain", k, "en", None)
+    with pytest.raises(ValueError, match="characters long"):
+        check_search("x" * (MAX_QUERY_CHARS + 1), 5, "en", None)
