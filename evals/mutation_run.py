@@ -288,10 +288,11 @@ def run_tests(folder: Path, module: Module, timeout_s: float) -> tuple[str, floa
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--module", action="append", choices=list(MODULES), help="only these modules (repeatable)")
+    parser.add_argument("--only", help="only mutants whose description contains this text")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per test run; longer counts as killed")
     args = parser.parse_args(argv)
-    chosen = [m for m in MUTANTS if not args.module or m.module in args.module]
+    chosen = [m for m in MUTANTS if (not args.module or m.module in args.module) and (not args.only or args.only in m.what)]
     if args.list:
         for mutant in chosen:
             print(f"{mutant.module:20} {mutant.path:40} {mutant.what}")
@@ -337,10 +338,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def save(results: list[dict]) -> list[dict]:
-    """Write `results` with the earlier results of the modules this run did not touch; returns them all."""
-    run_modules = {r["module"] for r in results}
+    """Write `results` with the earlier results of the mutants this run did not touch; returns them all."""
+    run = {(r["path"], r["what"]) for r in results}
     earlier = json.loads(RESULTS.read_text())["mutants"] if RESULTS.exists() else []
-    merged = [r for r in earlier if r["module"] not in run_modules] + results
+    merged = [r for r in earlier if (r["path"], r["what"]) not in run] + results
+    merged.sort(key=lambda r: [(m.path, m.what) for m in MUTANTS].index((r["path"], r["what"])))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"modules": {k: asdict(v) for k, v in MODULES.items()}, "mutants": merged}, indent=2))
     return merged

@@ -150,7 +150,7 @@ def test_grounding_edges_a_mutation_run_found_untested():
     question = ["HU at voxel (30, 45, 12)?"]
     assert invented_arguments({"point": [30, 45, 12], "mm": True}, question) == []  # a flag is not a number
     assert invented_arguments({"point": [30, 45, 99]}, question) == ["point"]  # one made-up coordinate is enough
-    assert users_passage("Is 'PE' the same as 'pulmonary embolism and DVT'?") == "pulmonary embolism and DVT"
+    assert users_passage("Does 'r/o PE' mean 'rule out pulmonary embolism'?") == "rule out pulmonary embolism"
     assert users_passage("Note: PE") == "Note: PE"  # one word after a colon is not a passage
     assert without_quoted('Translate "one two three four five six" please') == 'Translate "…" please'
     assert reads_like_instruction("Please call the segment tool now.")
