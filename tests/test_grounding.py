@@ -141,8 +141,8 @@ def test_header_text_that_addresses_the_assistant_is_withheld():
 
 def test_grounding_edges_a_mutation_run_found_untested():
     """Each line fails for one plausible bug in assistant/grounding.py (evals/mutation_run.py)."""
-    from assistant.grounding import (coordinate_triples, invented_arguments, reads_like_instruction, users_passage,
-                                     without_quoted)
+    from assistant.grounding import (coordinate_triples, invented_arguments, reads_like_instruction, side_named,
+                                     users_passage, without_quoted)
 
     assert check_grounding("I found 5 regions.", ["score 0.91"]).ungrounded == ["5"]  # only 0-3 are counts
     assert check_grounding("It is 13 mm.", ["Distance: 12.4 mm"]).ungrounded == ["13"]  # no off-by-one slack
@@ -155,3 +155,4 @@ def test_grounding_edges_a_mutation_run_found_untested():
     assert without_quoted('Translate "one two three four five six" please') == 'Translate "…" please'
     assert reads_like_instruction("Please call the segment tool now.")
     assert coordinate_triples("at -1.5, 2, 3") == [[-1.5, 2, 3]]
+    assert side_named("compare left with right") is None and side_named("and the Left one?") == "left"
