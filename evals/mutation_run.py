@@ -288,11 +288,11 @@ def run_tests(folder: Path, module: Module, timeout_s: float) -> tuple[str, floa
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--module", action="append", choices=list(MODULES), help="only these modules (repeatable)")
-    parser.add_argument("--only", help="only mutants whose description contains this text")
+    parser.add_argument("--only", action="append", help="only mutants whose description contains this text (repeatable)")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per test run; longer counts as killed")
     args = parser.parse_args(argv)
-    chosen = [m for m in MUTANTS if (not args.module or m.module in args.module) and (not args.only or args.only in m.what)]
+    chosen = [m for m in MUTANTS if (not args.module or m.module in args.module) and (not args.only or any(text in m.what for text in args.only))]
     if args.list:
         for mutant in chosen:
             print(f"{mutant.module:20} {mutant.path:40} {mutant.what}")

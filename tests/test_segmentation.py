@@ -270,6 +270,7 @@ def test_measurements_edits_and_findings_of_a_hand_built_mask_on_an_anisotropic_
 
     largest = refine_mask(seg, volume, "keep_largest")
     assert largest.voxel_count == 60 and largest.components == 1 and largest.confidence == 0.877
+    assert largest.summary().endswith("RAS, 1 connected component, confidence 0.88.")  # no "(largest ...)" for one
     removed = refine_mask(seg, volume, "remove_component", component=2)
     assert removed.voxel_count == 60 and "component 2 (by size) removed" in removed.target
     assert refine_mask(seg, volume, "remove_component", component=1).voxel_count == 2
