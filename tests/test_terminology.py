@@ -375,3 +375,9 @@ def test_search_arguments_are_checked_at_their_limits_before_any_index_loads():
             check_search("brain", k, "en", None)
     with pytest.raises(ValueError, match="characters long"):
         check_search("x" * (MAX_QUERY_CHARS + 1), 5, "en", None)
+
+
+def test_an_empty_source_list_means_every_source():
+    """Small models fill every field: `sources: []` must not filter everything out."""
+    result = lookup_term("pulmonary embolism", sources=[])
+    assert result.hits and result.hits[0].concept.codes.get("ICD-10", "").startswith("I26")
