@@ -45,7 +45,7 @@ MODULES = {
     # needs the term embedder fine-tuned by scripts/setup, and builds a small index on every run (1-2 min)
     "term index search": Module("assistant/terminology/index.py (search, normalise)", (
         "tests/test_terminology.py", "-k", "lay_term or code_query or label_in_another or misspelt or source_filter or "
-        "bad_search or normalize_finds or lower_case or lookup_summary or empty_source")),
+        "bad_search or normalize_finds or lower_case or lookup_summary or empty_source or no_mentions")),
     "segmentation result": Module("assistant/segmentation/result.py, tools/segment.py (result)", (
         "tests/test_segmentation.py", "-k", "hand_built")),
     "anomaly result": Module("assistant/anomaly/result.py, regions.py, tools/detect_anomalies.py", (

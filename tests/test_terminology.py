@@ -189,6 +189,10 @@ def test_normalize_finds_terms_abbreviations_and_spans(index):
     assert NormalizedTerms(language="en", mentions=mentions).summary().count("->") == len(mentions)
 
 
+def test_text_without_medical_terms_has_no_mentions(index):
+    assert index.normalize("The weather was fine and the train arrived on time.") == []
+
+
 def test_lower_case_abbreviation_is_not_a_mention(index):
     assert not [m for m in index.normalize("pe and mi in lower case are ordinary words") if m.text in {"pe", "mi"}]
 
