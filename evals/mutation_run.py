@@ -36,14 +36,18 @@ class Module:
 
 
 MODULES = {
-    "grounding": Module("assistant/grounding.py", ("tests/test_grounding.py",)),
+    # without the test that reads arguments through the full term index (built by scripts/setup; minutes to load)
+    "grounding": Module("assistant/grounding.py", ("tests/test_grounding.py", "-k", "not tools_read_their_arguments")),
     "tool results": Module("tools/{describe_scan,measure_distance,probe_intensity}.py", (
         "tests/test_scan_facts.py",)),
-    "term lookup": Module("assistant/terminology/index.py, tools/lookup_term.py, tools/normalize_terms.py", (
-        "tests/test_terminology.py", "-k", "not finetuning and not benchmark_concepts and not icd10_labels and not "
-        "coding_instructions and not malformed and not tbx and not csv_glossary")),
+    "term lookup": Module("tools/lookup_term.py, tools/normalize_terms.py, index.py's argument checks", (
+        "tests/test_terminology.py", "-k", "at_their_limits or lookup_result or normalized_terms_list or refuse_bad_input")),
+    # needs the term embedder fine-tuned by scripts/setup, and builds a small index on every run (1-2 min)
+    "term index search": Module("assistant/terminology/index.py (search, normalise)", (
+        "tests/test_terminology.py", "-k", "lay_term or code_query or label_in_another or misspelt or source_filter or "
+        "bad_search or normalize_finds or lower_case or lookup_summary or empty_source or no_mentions")),
     "segmentation result": Module("assistant/segmentation/result.py, tools/segment.py (result)", (
-        "tests/test_segmentation.py", "-k", "hand_built or follow_ups or ct_bone or tool_stores or empty_mask")),
+        "tests/test_segmentation.py", "-k", "hand_built")),
     "anomaly result": Module("assistant/anomaly/result.py, regions.py, tools/detect_anomalies.py", (
         "tests/test_anomaly.py", "-k", "summary or claims or regions_rank or arguments")),
 }
@@ -116,27 +120,27 @@ MUTANTS = [
     M("tool results", "tools/probe_intensity.py", 'what = "intensity" if self.region == "voxel" else f"mean intensity ({self.region})"',
       'what = "intensity"', "region finding named as a single voxel"),
     # --- term lookup -----------------------------------------------------------------------------------
-    M("term lookup", "assistant/terminology/index.py", "hits.sort(key=lambda hit: hit.score == 1.0 and hit.label is not None, reverse=True)",
+    M("term index search", "assistant/terminology/index.py", "hits.sort(key=lambda hit: hit.score == 1.0 and hit.label is not None, reverse=True)",
       "hits.sort(key=lambda hit: hit.score == 1.0 and hit.label is not None)", "labelled exact matches sorted last"),
-    M("term lookup", "assistant/terminology/index.py", "label=concept.label(lang)))", "label=concept.label(\"en\")))",
+    M("term index search", "assistant/terminology/index.py", "label=concept.label(lang)))", "label=concept.label(\"en\")))",
       "labels always in English"),
-    M("term lookup", "assistant/terminology/index.py", "if not is_abbreviation(self._texts[e]) or self._texts[e] == surface]",
+    M("term index search", "assistant/terminology/index.py", "if not is_abbreviation(self._texts[e]) or self._texts[e] == surface]",
       "if not is_abbreviation(self._texts[e]) or self._texts[e].casefold() == surface.casefold()]",
       "abbreviations matched in lower case"),
     M("term lookup", "assistant/terminology/index.py", "if not 1 <= k <= MAX_K:", "if not 0 <= k <= MAX_K:", "k = 0 accepted"),
     M("term lookup", "assistant/terminology/index.py", "if len(query) > MAX_QUERY_CHARS:", "if len(query) >= MAX_QUERY_CHARS:",
       "a query of exactly the limit refused"),
-    M("term lookup", "assistant/terminology/index.py",
+    M("term index search", "assistant/terminology/index.py",
       "        if missing := [name for name in names if name not in indexed]:",
       "        if missing := [name for name in names if name not in indexed and name != GLOSSARY_SOURCE]:",
       "a glossary filter on an index without one is not refused"),
-    M("term lookup", "assistant/terminology/index.py", "            exact += keep(self._by_text.get(normalize_text(query), []))\n", "",
+    M("term index search", "assistant/terminology/index.py", "            exact += keep(self._by_text.get(normalize_text(query), []))\n", "",
       "no exact text match"),
-    M("term lookup", "assistant/terminology/index.py", "FUSION_WEIGHTS = (10.0, 1.0, 1.0)", "FUSION_WEIGHTS = (1.0, 1.0, 1.0)",
+    M("term index search", "assistant/terminology/index.py", "FUSION_WEIGHTS = (10.0, 1.0, 1.0)", "FUSION_WEIGHTS = (1.0, 1.0, 1.0)",
       "exact matches weigh no more than fuzzy ones"),
-    M("term lookup", "assistant/terminology/index.py", "if row >= 0 and score >= threshold:", "if row >= 0:",
+    M("term index search", "assistant/terminology/index.py", "if row >= 0 and score >= threshold:", "if row >= 0:",
       "every embedded span is a mention"),
-    M("term lookup", "assistant/terminology/index.py", "if all(end <= m.start or start >= m.end for m in chosen):",
+    M("term index search", "assistant/terminology/index.py", "if all(end <= m.start or start >= m.end for m in chosen):",
       "if True:", "overlapping mentions kept"),
     M("term lookup", "assistant/terminology/index.py", "    return query\n\n\ndef _check_lang", "    return query + ' '\n\n\ndef _check_lang",
       "query not stripped"),
@@ -146,7 +150,7 @@ MUTANTS = [
       "English label added as a key fact"),
     M("term lookup", "tools/lookup_term.py", '            lines += [f"- {self._line(hit)}" for hit in others]\n', "",
       "other candidates dropped"),
-    M("term lookup", "tools/lookup_term.py", "hits = get_term_index(settings).search(query, k=k, lang=language, sources=sources or None)",
+    M("term index search", "tools/lookup_term.py", "hits = get_term_index(settings).search(query, k=k, lang=language, sources=sources or None)",
       "hits = get_term_index(settings).search(query, k=k, lang=language, sources=sources)", "an empty source list finds nothing"),
     M("term lookup", "tools/normalize_terms.py", "where=f\"'{m.text}' [{m.start}:{m.end}]\"", "where=f\"'{m.text}'\"",
       "mention span dropped"),
@@ -284,10 +288,11 @@ def run_tests(folder: Path, module: Module, timeout_s: float) -> tuple[str, floa
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--module", action="append", choices=list(MODULES), help="only these modules (repeatable)")
+    parser.add_argument("--only", action="append", help="only mutants whose description contains this text (repeatable)")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per test run; longer counts as killed")
     args = parser.parse_args(argv)
-    chosen = [m for m in MUTANTS if not args.module or m.module in args.module]
+    chosen = [m for m in MUTANTS if (not args.module or m.module in args.module) and (not args.only or any(text in m.what for text in args.only))]
     if args.list:
         for mutant in chosen:
             print(f"{mutant.module:20} {mutant.path:40} {mutant.what}")
@@ -316,11 +321,10 @@ def main(argv: list[str] | None = None) -> int:
                 verdict = "survived" if outcome == "passed" else "killed"
                 results.append({**asdict(mutant), "outcome": outcome, "verdict": verdict, "seconds": round(seconds, 1)})
                 print(f"  {verdict:8} ({outcome}, {seconds:.0f} s) {mutant.path}: {mutant.what}", flush=True)
+                save(results)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    if RESULTS.exists():  # a run over some modules keeps the other modules' earlier results
-        run_modules = {r["module"] for r in results}
-        results = [r for r in json.loads(RESULTS.read_text())["mutants"] if r["module"] not in run_modules] + results
+    results = save(results)
     print("\n| module | mutants | killed | survived | killed % |\n|---|---|---|---|---|")
     for module_name in dict.fromkeys(r["module"] for r in results):
         rows = [r for r in results if r["module"] == module_name]
@@ -330,9 +334,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| **all** | {len(results)} | {killed} | {len(results) - killed} | {100 * killed / max(len(results), 1):.0f}% |")
     for survivor in (r for r in results if r["verdict"] == "survived"):
         print(f"survived: {survivor['path']}: {survivor['what']}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"modules": {k: asdict(v) for k, v in MODULES.items()}, "mutants": results}, indent=2))
     return 0
+
+
+def save(results: list[dict]) -> list[dict]:
+    """Write `results` with the earlier results of the mutants this run did not touch; returns them all."""
+    run = {(r["path"], r["what"]) for r in results}
+    earlier = json.loads(RESULTS.read_text())["mutants"] if RESULTS.exists() else []
+    merged = [r for r in earlier if (r["path"], r["what"]) not in run] + results
+    merged.sort(key=lambda r: [(m.path, m.what) for m in MUTANTS].index((r["path"], r["what"])))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"modules": {k: asdict(v) for k, v in MODULES.items()}, "mutants": merged}, indent=2))
+    return merged
 
 
 if __name__ == "__main__":

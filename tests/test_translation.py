@@ -180,11 +180,12 @@ def test_the_shared_term_index_supplies_the_official_spanish_term():
 
 @needs_apertium
 @pytest.mark.slow
-def test_llm_refiner_runs_on_missed_terms_and_what_it_leaves_is_flagged(glossary):
-    """The unconstrained Apertium draft leaves 'pleural effusion' in English; the packaged default
-    model (Qwen2.5-Coder-0.5B via llama.cpp) is asked to repair it. Its repair is kept only if it
-    holds more required terms, and whatever is still missing is flagged (the 0.5B model mostly
-    copies the draft: see the +refine rows of evals/bench_translation.py)."""
+def test_llm_refiner_runs_on_missed_terms_and_a_non_repair_is_refused_and_flagged(glossary):
+    """What the LLM refine step really does with the packaged default model (Qwen2.5-Coder-0.5B via llama.cpp): it
+    answers in the schema but hands back the unconstrained Apertium draft ('Un pequeño pleural effusion.') without
+    the required 'derrame pleural' (measured 2026-12-04; evals/bench_translation.py: 1 term repaired out of 20). So the
+    check is on the pipeline around it: a reply that repairs nothing is not taken, and the miss is flagged for review.
+    Whether a real repair is kept is not shown here: no offline model repairs this draft."""
     from assistant.config import get_settings
     from assistant.models.registry import load_chat_model
 
@@ -192,18 +193,15 @@ def test_llm_refiner_runs_on_missed_terms_and_what_it_leaves_is_flagged(glossary
     text = "A small pleural effusion."
     sources = [GlossaryTermSource(glossary)]
     plain = translate_text(text, "es", term_sources=sources, protect_terms=False)
-    assert plain.sentences[0].missing == ["derrame pleural"]
+    [draft] = plain.sentences
+    assert draft.missing == ["derrame pleural"] and "pleural effusion" in draft.text  # the broken draft
     result = translate_text(text, "es", term_sources=sources, protect_terms=False, refiner=refiner)
     [sentence] = result.sentences
     assert sentence.steps == ["refine"], "the model must answer with the JSON the schema asks for"
-    assert sentence.missing == [t for t in sentence.required if not term_present(t, sentence.text)]
-    assert result.term_success_rate >= plain.term_success_rate
-    if sentence.missing:
-        assert sentence.text == plain.sentences[0].text  # a repair that fixes nothing is not taken
-        assert "lacks derrame pleural" in result.message
-        assert "⚠ *missing: derrame pleural*" in result.highlighted_markdown()
-    else:
-        assert "derrame pleural" in sentence.text.casefold() and result.message is None
+    assert sentence.text == draft.text and sentence.missing == ["derrame pleural"]
+    assert not term_present("derrame pleural", sentence.text) and result.term_success_rate == plain.term_success_rate
+    assert "lacks derrame pleural" in result.message
+    assert "⚠ *missing: derrame pleural*" in result.highlighted_markdown()
 
 
 @pytest.mark.slow
