@@ -199,6 +199,63 @@ def test_reports_and_comparison_highlight_regressions(tmp_path):
     assert json.loads(paths["json"].read_text())["metrics"]["passed"] == 3
 
 
+
+# --- statistics ----------------------------------------------------------------------------
+
+
+def test_wilson_intervals_match_published_values():
+    from evals.harness.stats import wilson_interval
+
+    # The figures: 43/55 and 48/55 overlap (66-87% and 76-94%).
+    assert [round(x, 2) for x in wilson_interval(43, 55)] == [0.66, 0.87]
+    assert [round(x, 2) for x in wilson_interval(48, 55)] == [0.76, 0.94]
+    # 0/10: Wilson's upper bound 0.2775 (Newcombe 1998, Table I), not the normal interval's 0.
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0 and high == pytest.approx(0.2775, abs=1e-4)
+    assert wilson_interval(0, 0) is None
+    with pytest.raises(ValueError):
+        wilson_interval(5, 3)
+
+
+def test_mcnemar_exact_for_few_discordant_pairs_and_chi_square_for_many():
+    from evals.harness.stats import mcnemar
+
+    few = mcnemar([(True, False)] * 6 + [(True, True)] * 10)  # 6 regressions, 0 fixes: p = 2 * 0.5**6
+    assert (few.regressed, few.fixed, few.both_passed) == (6, 0, 10)
+    assert few.p_value == pytest.approx(0.03125) and few.method == "exact binomial" and few.significant
+    many = mcnemar([(True, False)] * 25 + [(False, True)] * 5)  # (|25-5|-1)^2/30 = 12.03 -> p = 0.000523
+    assert many.method.startswith("chi-square") and many.p_value == pytest.approx(5.23e-4, rel=0.01)
+    even = mcnemar([(True, False), (False, True)])
+    assert even.p_value == 1.0 and not even.significant
+
+
+def test_rates_carry_intervals_and_repeats_give_flakiness():
+    m = compute_metrics(_synthetic_results())
+    assert (m.pass_rate.passed, m.pass_rate.trials) == (3, 6)
+    assert m.pass_rate.low == pytest.approx(0.1876, abs=1e-3) and m.pass_rate.high == pytest.approx(0.8124, abs=1e-3)
+    assert "[95% CI 19%–81%] (3/6)" in str(m.pass_rate)
+    assert m.pass_rate_by_tag["u"].high == pytest.approx(0.6576, abs=1e-3)  # 0/2
+    flaky = {s.key: s.flakiness for s in m.scenario_stats}
+    assert flaky == {"s/a": 0.5, "s/b": 0.0, "s/c": 0.0}
+    info = RunInfo(suites=["s"], backend="test", runtime="none", repeat=2, started="2025-01-01T00:00:00")
+    markdown = to_markdown(build_report(info, _synthetic_results()))
+    assert "## Flaky scenarios" in markdown and "| s/a | 1/2" in markdown and "| s/b |" not in markdown.split("## Scenarios")[0]
+
+
+def test_comparison_tests_paired_outcomes_and_lists_regressions_with_p_values():
+    info = RunInfo(suites=["s"], backend="test", runtime="none", started="2025-01-01T00:00:00")
+    before = [r.model_copy(update={"status": "passed"}) if r.name == "b" else r for r in _synthetic_results()]
+    report = build_report(info, _synthetic_results(), build_report(info, before), "before.json")
+    test = report.comparison.pass_rate.test
+    assert (test.regressed, test.fixed, test.both_passed, test.both_failed) == (2, 0, 3, 1)
+    assert test.p_value == pytest.approx(0.5)  # two discordant pairs, both one way: 2 * 0.5**2
+    detail = report.comparison.regression_details[0]
+    assert (detail.key, detail.passed_before, detail.passed_now) == ("s/b", 2, 0)
+    assert detail.p_value == pytest.approx(1 / 3)  # Fisher exact on [[2, 0], [0, 2]]
+    markdown = to_markdown(report)
+    assert "McNemar p=0.5" in markdown and "- s/b (2/2 -> 0/2, p=0.33)" in markdown
+    assert "McNemar p=0.5" in to_html(report)
+
 # --- real runs -----------------------------------------------------------------------------
 
 

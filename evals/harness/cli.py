@@ -19,7 +19,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     run = actions.add_parser("run", help="run scenario suites against a model and write JSON/Markdown/HTML reports")
     run.add_argument("path", help="a suite folder (evals/suites/smoke), a folder of suites, or one scenario file")
     run.add_argument("--backend", help="registry model name, local model path, or an OpenAI-compatible URL (default: settings)")
-    run.add_argument("--repeat", type=int, default=1, help="run every scenario N times (mean ± std of pass rates)")
+    run.add_argument("--repeat", type=int, default=1, help="run every scenario N times (mean ± std of pass rates, flakiness)")
+    run.add_argument("--temperature", type=float, default=0.0, help="sample at this temperature instead of greedy decoding (with --repeat: flakiness)")
+    run.add_argument("--seed", type=int, default=0, help="sampling seed; each scenario and repeat derives its own from it")
     run.add_argument("--parallel", type=int, default=1, help="scenarios at once (a local model is still called one at a time)")
     run.add_argument("--out", type=Path, help="report folder (default: evals/results/<timestamp>-<suite>)")
     run.add_argument("--compare", type=Path, metavar="PREVIOUS.json", help="a previous run's report.json; regressions are highlighted")
@@ -85,7 +87,7 @@ def _run(args: argparse.Namespace) -> int:
     settings, name = _backend_settings(args.backend)
     model = load_chat_model(settings, name=name)
     judge = load_chat_model(settings, name=args.judge) if args.judge else None
-    runner = EvalRunner(model, settings, serialize=model.runtime != "openai", judge=judge)
+    runner = EvalRunner(model, settings, serialize=model.runtime != "openai", judge=judge, temperature=args.temperature, seed=args.seed)
 
     suite_label = Path(args.path).stem if Path(args.path).is_file() else Path(args.path).name
     started = datetime.now()
@@ -104,6 +106,8 @@ def _run(args: argparse.Namespace) -> int:
         judge=args.judge,
         repeat=args.repeat,
         parallel=args.parallel,
+        temperature=args.temperature,
+        seed=args.seed,
         started=started.isoformat(timespec="seconds"),
         seconds=round(time.perf_counter() - clock, 1),
         git_commit=_git_commit(),
