@@ -256,6 +256,51 @@ def test_comparison_tests_paired_outcomes_and_lists_regressions_with_p_values():
     assert "McNemar p=0.5" in markdown and "- s/b (2/2 -> 0/2, p=0.33)" in markdown
     assert "McNemar p=0.5" in to_html(report)
 
+
+# --- run folders: JSONL results, shards, resume ---------------------------------------------
+
+
+def _refusal_suite(folder: Path, count: int) -> Path:
+    """Scenarios refused before the model is called: the harness path, fast."""
+    for i in range(count):
+        write(folder / f"r{i}.yaml", f"name: refused-{i}\ntags: [t{i % 2}]\nturns:\n  - user: ''\n    expect: {{error: InputError}}\n")
+    return folder
+
+
+def test_shards_partition_the_jobs_and_done_jobs_are_skipped(tmp_path):
+    from evals.harness.runner import plan_jobs
+    from evals.harness.store import Shard
+
+    scenarios = load_scenarios(_refusal_suite(tmp_path / "s", 5))
+    everything = {(s.key, r) for s, r in plan_jobs(scenarios, repeat=2)}
+    shards = [{(s.key, r) for s, r in plan_jobs(scenarios, 2, Shard.parse(f"{k}/3"))} for k in (1, 2, 3)]
+    assert len(everything) == 10 and set().union(*shards) == everything and sum(map(len, shards)) == 10
+    assert [len(shard) for shard in shards] == [4, 3, 3]
+    left = plan_jobs(scenarios, 2, done=shards[0])
+    assert {(s.key, r) for s, r in left} == everything - shards[0]
+    for bad in ("0/3", "4/3", "a/b", "3"):
+        with pytest.raises(ValueError, match="--shard"):
+            Shard.parse(bad)
+
+
+def test_run_store_appends_reads_back_and_survives_a_cut_line(tmp_path):
+    from evals.harness.store import RunSpec, RunStore, Shard
+
+    store = RunStore.create(tmp_path / "run", RunSpec(path=str(tmp_path), started="now"))
+    results = _synthetic_results()
+    for result in results[:4]:
+        store.append(result)
+    store.append(results[4], Shard.parse("2/2"))
+    with store.results_file(None).open("a") as file:  # a kill in the middle of a write
+        file.write(results[5].model_dump_json()[:40])
+    reopened = RunStore.open(tmp_path / "run")
+    assert reopened.done() == {(r.key, r.repeat) for r in results[:5]}
+    assert [r.model_dump() for r in reopened.results() if r.key == "s/b" and r.repeat == 1] == [results[4].model_dump()]
+    with pytest.raises(ValueError, match="--resume"):
+        RunStore.create(tmp_path / "run", RunSpec(path=str(tmp_path), started="later"))
+    with pytest.raises(FileNotFoundError, match="not an eval run folder"):
+        RunStore.open(tmp_path)
+
 # --- real runs -----------------------------------------------------------------------------
 
 
@@ -369,3 +414,28 @@ def test_anomaly_pooling_reports_each_held_out_subject_against_its_own_normals(t
     assert info["within_subject"]["easy"] == {"10mm": 0.5, "20mm": 1.0, ">=10mm": 0.75}
     assert info["within_subject"]["hard"] == {"10mm": 0.0, "20mm": 1.0, ">=10mm": 0.5}
     assert info["rows"]["10mm"]["image_auroc"] == 3 / 8  # over both: -4.5 beats one of the four normals, -1 beats two
+
+
+@pytest.mark.slow
+def test_a_sharded_run_resumed_on_ray_has_every_scenario_once(tmp_path, capsys):
+    """Shard 1/2 in this process, the rest resumed on two local Ray workers, then the report rebuilt."""
+    pytest.importorskip("ray")
+    from assistant.cli import main as scanchat
+    from evals.harness.store import RunStore
+
+    suite, run = _refusal_suite(tmp_path / "s", 4), tmp_path / "run"
+    assert scanchat(["eval", "run", str(suite), "--backend", "smollm2-135m", "--out", str(run), "--shard", "1/2"]) == 0
+    assert "Incomplete:** 2 scenario runs" in capsys.readouterr().out
+    assert len(RunStore.open(run).results()) == 2
+    assert scanchat(["eval", "run", "--resume", str(run), "--ray", "--parallel", "2"]) == 0
+    store = RunStore.open(run)
+    lines = [line for path in run.glob("results*.jsonl") for line in path.read_text().splitlines()]
+    assert len(lines) == 4 and {r.name for r in store.results()} == {f"refused-{i}" for i in range(4)}
+    assert [s.scenarios for s in store.spec.sessions] == [2, 2] and store.spec.sessions[1].ray == "local"
+    capsys.readouterr()
+    assert scanchat(["eval", "report", str(run), "--min-pass-rate", "1.0"]) == 0
+    assert "Incomplete" not in capsys.readouterr().out
+    assert json.loads((run / "report.json").read_text())["metrics"]["passed"] == 4
+    # Other options on resume are refused, not silently ignored.
+    assert scanchat(["eval", "run", "--resume", str(run), "--repeat", "3"]) == 2
+    assert "keeps its options" in capsys.readouterr().err

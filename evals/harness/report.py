@@ -39,6 +39,7 @@ class RunInfo(BaseModel):
     started: str
     seconds: float = 0.0
     git_commit: str | None = None
+    pending: int = Field(0, description="scenario runs not recorded yet (a run in progress, killed or sharded)")
 
 
 class Change(BaseModel):
@@ -201,6 +202,7 @@ def to_markdown(report: RunReport) -> str:
         "",
         f"Backend `{info.backend}` ({info.runtime}), judge `{info.judge or 'none'}`, repeat {info.repeat}, "
         f"parallel {info.parallel}, temperature {info.temperature} (seed {info.seed}), started {info.started}, {info.seconds:.0f} s, commit `{info.git_commit or '?'}`.",
+        *(["", f"**Incomplete:** {info.pending} scenario runs not recorded yet (`--resume` the run folder)."] if info.pending else []),
         "",
         "| Metric | Value |",
         "|---|---|",
@@ -255,6 +257,7 @@ details{margin:.3em 0}summary{cursor:pointer}
 <p>Backend <code>{{ info.backend }}</code> ({{ info.runtime }}), judge <code>{{ info.judge or 'none' }}</code>,
 repeat {{ info.repeat }}, parallel {{ info.parallel }}, temperature {{ info.temperature }} (seed {{ info.seed }}), started {{ info.started }}, {{ '%.0f'|format(info.seconds) }} s,
 commit <code>{{ info.git_commit or '?' }}</code>.</p>
+{% if info.pending %}<p class="regression">Incomplete: {{ info.pending }} scenario runs not recorded yet.</p>{% endif %}
 <table>{% for name, value in rows %}<tr><th>{{ name }}</th><td>{{ value }}</td></tr>{% endfor %}</table>
 <table><tr><th>Suite</th><th>Pass rate</th></tr>
 {% for suite, rate in metrics.pass_rate_by_suite.items() %}<tr><td>{{ suite }}</td><td>{{ rate }}</td></tr>{% endfor %}</table>

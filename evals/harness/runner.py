@@ -28,12 +28,14 @@ from assistant.volume import Volume
 from evals.harness.checks import check_turn
 from evals.harness.judge import Judge, unjudged
 from evals.harness.schema import ScanRef, Scenario, Turn
+from evals.harness.store import Shard
 from evals.harness.trace import ScenarioResult, ToolCallTrace, TurnRecord
 from tools import build_tools
 
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int, ScenarioResult], None]
+Job = tuple[Scenario, int]  # a scenario and its repeat index
 _SHOWN_MESSAGE_CHARS = 500
 
 
@@ -71,6 +73,16 @@ class MeteredModel(ChatModel):
         counts = (self.prompt_tokens, self.completion_tokens, self.calls)
         self.prompt_tokens = self.completion_tokens = self.calls = 0
         return counts
+
+
+def plan_jobs(
+    scenarios: Sequence[Scenario], repeat: int = 1, shard: Shard | None = None, done: set[tuple[str, int]] = frozenset()
+) -> list[Job]:
+    """Every (scenario, repeat) of the run, this shard's share (every N-th), less those already done."""
+    jobs = [(s, r) for r in range(repeat) for s in scenarios]
+    if shard is not None:
+        jobs = jobs[shard.index - 1 :: shard.count]
+    return [(s, r) for s, r in jobs if (s.key, r) not in done]
 
 
 def registered_tools() -> set[str]:
@@ -156,10 +168,13 @@ class EvalRunner:
         progress: ProgressCallback | None = None,
     ) -> list[ScenarioResult]:
         """Every scenario `repeat` times, `parallel` at once; results in scenario order."""
-        jobs = [(r, s) for r in range(repeat) for s in scenarios]
+        return self.run_jobs(plan_jobs(scenarios, repeat), parallel, progress)
+
+    def run_jobs(self, jobs: Sequence[Job], parallel: int = 1, progress: ProgressCallback | None = None) -> list[ScenarioResult]:
+        """The jobs, `parallel` at once; `progress` sees each result as it finishes (to save it at once)."""
         results: dict[int, ScenarioResult] = {}
         with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="eval") as pool:
-            futures = {pool.submit(self.run_scenario, s, r): i for i, (r, s) in enumerate(jobs)}
+            futures = {pool.submit(self.run_scenario, s, r): i for i, (s, r) in enumerate(jobs)}
             for done, future in enumerate(as_completed(futures), start=1):
                 results[futures[future]] = result = future.result()
                 if progress:

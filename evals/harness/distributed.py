@@ -1,0 +1,120 @@
+"""Scenarios as Ray tasks: `scanchat eval run ... --ray [ADDRESS]`.
+
+Each Ray worker is an actor that builds its own model client once (an OpenAI-compatible client
+when the LLM is behind a server, else the local model loaded once per worker) and then plays one
+scenario per task. Results come back to the driver as each task finishes, where they are appended
+to the run's JSONL, so a killed run loses only the scenarios in flight. Without an address a
+local Ray cluster with one CPU per worker is started for the run and stopped after it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from assistant.config import Settings
+from assistant.models.base import ModelError
+from evals.harness.runner import Job, ProgressCallback
+from evals.harness.trace import ScenarioResult
+
+LOCAL = "local"
+# The object store only carries scenarios and results (kilobytes); Ray's default (30 % of RAM) would
+# reserve gigabytes on a small shared machine.
+OBJECT_STORE_BYTES = 128 * 1024**2
+
+
+class WorkerConfig(BaseModel):
+    """What each worker needs to build its own model client."""
+
+    settings: Settings
+    model: str | None  # registry name or path; None = settings' default (or the server's model)
+    judge: str | None = None
+    temperature: float = 0.0
+    seed: int = 0
+
+
+class ScenarioWorker:
+    """One Ray actor: a model client built once, then one scenario per call."""
+
+    def __init__(self, config: WorkerConfig):
+        from assistant.models.registry import load_chat_model
+        from evals.harness.runner import EvalRunner
+
+        model = load_chat_model(config.settings, name=config.model)
+        judge = load_chat_model(config.settings, name=config.judge) if config.judge else None
+        self.runner = EvalRunner(
+            model, config.settings, serialize=model.runtime != "openai", judge=judge, temperature=config.temperature, seed=config.seed
+        )
+
+    def runtime(self) -> str:
+        return self.runner.model.runtime
+
+    def run(self, scenario, repeat: int) -> str:
+        return self.runner.run_scenario(scenario, repeat).model_dump_json()
+
+
+def worker_settings(settings: Settings, workers: int) -> Settings:
+    """A local model per worker shares the CPU threads out equally instead of oversubscribing them."""
+    return settings.model_copy(update={"llm_threads": max(1, settings.llm_threads // workers)})
+
+
+def run_on_ray(
+    jobs: Sequence[Job], config: WorkerConfig, workers: int, address: str = LOCAL, progress: ProgressCallback | None = None
+) -> tuple[list[ScenarioResult], str]:
+    """Run the jobs on `workers` actors; results in job order, and the workers' model runtime."""
+    try:
+        import ray
+        from ray.exceptions import RayError
+        from ray.util import ActorPool
+    except ImportError as exc:
+        raise ModelError("--ray needs Ray: pip install 'ray>=2.9'") from exc
+    if not jobs:
+        return [], "none"
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(**_init_arguments(address, workers))
+    try:
+        remote_worker = ray.remote(num_cpus=1)(ScenarioWorker)
+        actors = [remote_worker.remote(config) for _ in range(min(workers, len(jobs)))]
+        try:
+            runtime = ray.get(actors[0].runtime.remote())
+        except RayError as exc:
+            raise ModelError(f"the Ray workers could not load the model: {_cause(exc)}") from exc
+        pool = ActorPool(actors)
+        for index, (scenario, repeat) in enumerate(jobs):
+            pool.submit(lambda actor, job: actor.run.remote(*job[1]), (index, (scenario, repeat)))
+        results: dict[tuple[str, int], ScenarioResult] = {}
+        while pool.has_next():
+            try:
+                result = ScenarioResult.model_validate_json(pool.get_next_unordered())
+            except RayError as exc:  # a worker died (killed, out of memory): its scenario is not recorded
+                raise ModelError(f"a Ray worker failed: {_cause(exc)}; the finished scenarios are saved, rerun with --resume") from exc
+            results[(result.key, result.repeat)] = result
+            if progress:
+                progress(len(results), len(jobs), result)
+        return [results[(s.key, r)] for s, r in jobs], runtime
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _init_arguments(address: str, workers: int) -> dict:
+    if address != LOCAL:
+        return {"address": address, "log_to_driver": False}
+    # Workers import this checkout's packages as the driver does.
+    paths = [str(Path(__file__).resolve().parents[2]), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    return {
+        "address": "local",
+        "num_cpus": workers,
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "object_store_memory": OBJECT_STORE_BYTES,
+        "runtime_env": {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}},
+    }
+
+
+def _cause(exc: BaseException) -> str:
+    return str(getattr(exc, "cause", None) or exc).strip().splitlines()[-1][:300]
