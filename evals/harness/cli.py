@@ -173,10 +173,15 @@ def _run_jobs(args: argparse.Namespace, spec, jobs, progress) -> str:
 
     settings, name = _backend_settings(spec.backend)
     if args.ray is not None:
-        from evals.harness.distributed import WorkerConfig, run_on_ray, worker_settings
+        from evals.harness.distributed import WorkerConfig, gpu_share, run_on_ray, worker_settings
 
         config = WorkerConfig(
-            settings=worker_settings(settings, args.parallel), model=name, judge=spec.judge, temperature=spec.temperature, seed=spec.seed
+            settings=worker_settings(settings, args.parallel),
+            model=name,
+            judge=spec.judge,
+            temperature=spec.temperature,
+            seed=spec.seed,
+            gpus=gpu_share(settings, args.parallel),
         )
         return run_on_ray(jobs, config, args.parallel, args.ray, progress)[1]
     if not jobs:

@@ -34,6 +34,7 @@ class WorkerConfig(BaseModel):
     judge: str | None = None
     temperature: float = 0.0
     seed: int = 0
+    gpus: float = 0.0  # GPU share per worker for a local model (Ray hides GPUs from workers that ask for none)
 
 
 class ScenarioWorker:
@@ -61,6 +62,15 @@ def worker_settings(settings: Settings, workers: int) -> Settings:
     return settings.model_copy(update={"llm_threads": max(1, settings.llm_threads // workers)})
 
 
+def gpu_share(settings: Settings, workers: int) -> float:
+    """Workers loading a local model share the machine's GPU (if any); server clients need none."""
+    if settings.openai_base_url or settings.runtime == "openai":
+        return 0.0
+    import torch
+
+    return 1.0 / workers if torch.cuda.is_available() else 0.0
+
+
 def run_on_ray(
     jobs: Sequence[Job], config: WorkerConfig, workers: int, address: str = LOCAL, progress: ProgressCallback | None = None
 ) -> tuple[list[ScenarioResult], str]:
@@ -77,7 +87,7 @@ def run_on_ray(
     if started_here:
         ray.init(**_init_arguments(address, workers))
     try:
-        remote_worker = ray.remote(num_cpus=1)(ScenarioWorker)
+        remote_worker = ray.remote(num_cpus=1, num_gpus=config.gpus)(ScenarioWorker)
         actors = [remote_worker.remote(config) for _ in range(min(workers, len(jobs)))]
         try:
             runtime = ray.get(actors[0].runtime.remote())
