@@ -2,6 +2,7 @@
 
     python evals/gpu_check_serving.py --out OUT                    (a CUDA machine; prepared, not yet run)
     python evals/gpu_check_serving.py --out OUT --engine transformers-4bit --workers 1
+    python evals/gpu_check_serving.py --out OUT --random-weights .gpucheck/vlm/llm   (no model file on the machine)
 
 Engines, tried in this order with `--engine auto`:
 - `vllm`: `python -m vllm.entrypoints.openai.api_server` on the default GGUF (qwen2.5-coder-0.5b; its
@@ -14,7 +15,10 @@ OUT/gpu_check_serving.json holds, per suite, scenarios per hour, completion toke
 latency p50/p95, first-token p50 and pass rate with its interval; and the peak GPU memory (nvidia-smi,
 sampled every second) and the peak resident memory of the child processes. The machine needs this
 repository's dependencies (the imaging stack and the sample scans the suites use), Ray, and vLLM or
-bitsandbytes; what is missing is recorded in the JSON instead of a traceback.
+bitsandbytes; what is missing is recorded in the JSON instead of a traceback. A lent machine has no
+model files and takes 64 MiB from here, so `--random-weights TOKENIZER_FOLDER` builds a random-weight
+model of Qwen2.5-0.5B's shape with that tokenizer (the bundle of gpu_check_vlm.py prepare): throughput,
+latency and memory are then the real model size's, the pass rates meaningless.
 """
 
 from __future__ import annotations
@@ -81,6 +85,17 @@ def environment() -> dict:
     }
 
 
+def random_qwen(tokenizer_folder: Path, folder: Path) -> Path:
+    """A random-weight Qwen2 causal LM of the tokenizer folder's config (Qwen2.5-0.5B's shape), saved with it."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(Qwen2Config.from_pretrained(tokenizer_folder)).to(torch.bfloat16).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tokenizer_folder).save_pretrained(folder)
+    return folder
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -96,11 +111,12 @@ def gguf_tokenizer(gguf: Path, folder: Path) -> Path:
     return folder
 
 
-def start_vllm(gguf: Path, name: str, out: Path, api_key: str) -> tuple[subprocess.Popen, str]:
+def start_vllm(model: Path, name: str, out: Path, api_key: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
+    tokenizer = gguf_tokenizer(model, out / "tokenizer") if model.suffix == ".gguf" else model
     command = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(gguf), "--tokenizer", str(gguf_tokenizer(gguf, out / "tokenizer")),
+        "--model", str(model), "--tokenizer", str(tokenizer),
         "--served-model-name", name, "--host", "127.0.0.1", "--port", str(port),
         "--max-model-len", "4096", "--gpu-memory-utilization", "0.5",
     ]  # fmt: skip
@@ -155,6 +171,8 @@ def main() -> int:
     parser.add_argument("--engine", choices=("auto", "vllm", "transformers-4bit"), default="auto")
     parser.add_argument("--workers", type=int, default=4, help="Ray workers (scenarios at once)")
     parser.add_argument("--suites", nargs="+", default=list(SUITES))
+    parser.add_argument("--model", help="registry name, GGUF file or HF folder (default: SCANCHAT_LLM)")
+    parser.add_argument("--random-weights", type=Path, metavar="TOKENIZER_FOLDER", help="serve a random-weight Qwen2.5-0.5B-shaped model")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict = {"environment": environment(), "engine": None, "suites": {}}
@@ -169,7 +187,8 @@ def main() -> int:
         from assistant.models.registry import resolve_model
 
         settings = get_settings()
-        resolved = resolve_model(settings.llm, settings)
+        model = str(random_qwen(args.random_weights, args.out / "random-qwen")) if args.random_weights else args.model
+        resolved = resolve_model(model or settings.llm, settings)
         results["model"] = {"name": resolved.name, "file": resolved.location}
         with GpuMemory() as memory:
             if engine == "vllm":
@@ -179,7 +198,7 @@ def main() -> int:
                 results["server_start_seconds"] = round(time.perf_counter() - started, 1)
                 env["OPENAI_API_KEY"] = api_key
             else:
-                backend = resolved.name
+                backend = resolved.location if resolved.format == "hf-folder" else resolved.name
                 env.update(SCANCHAT_RUNTIME="transformers", SCANCHAT_QUANTIZATION="4bit")
             for suite in args.suites:
                 results["suites"][suite] = run_suite(suite, backend, args.workers, args.out, env)

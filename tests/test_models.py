@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Literal
@@ -142,22 +141,13 @@ def test_transformers_refuses_a_conversation_longer_than_the_context(smollm2):
 
 
 @pytest.fixture(scope="module")
-def model_server(smollm2) -> Iterator[str]:
-    """The real HTTP server (scanchat serve-model's app) over smollm2, on a free local port."""
-    import uvicorn
+def model_server(tmp_path_factory) -> Iterator[str]:
+    """A real external server (llama.cpp's, as `scanchat serve-model` launches it) over smollm2, on a free local port."""
+    pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed")
+    from tests.servers import llama_cpp_server
 
-    from assistant.models.server import create_app
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(smollm2), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with llama_cpp_server(tmp_path_factory.mktemp("server") / "server.log", api_key=None) as url:
+        yield url
 
 
 @pytest.mark.slow

@@ -1,32 +1,38 @@
-"""OpenAI-compatible HTTP runtime: bigger models on another machine (vLLM, llama.cpp server, Ollama).
+"""OpenAI-compatible HTTP runtime: bigger models on another machine (vLLM, llama.cpp's server, Ollama).
 
-Streams Server-Sent Events from ``/v1/chat/completions``. JSON schemas go as
-``response_format={"type": "json_schema", ...}``, which those servers enforce with guided decoding.
-Tool results are sent as user messages, because the agent does not use the servers' native
-tool-call protocol (whose tool messages need call ids). The API key comes from settings or
-the OPENAI_API_KEY environment variable and never appears in messages or logs.
+The client is the maintained `openai` SDK: connect and read timeouts, retries with exponential
+backoff on 408/409/429/5xx and dropped connections (honouring Retry-After), and streaming.
+JSON schemas go as ``response_format={"type": "json_schema", ...}`` (vLLM, the OpenAI API); a
+server that rejects that form is asked once more with llama-cpp-python's ``{"type":
+"json_object", "schema": ...}``, and the form that worked is kept. Tool results are sent as user
+messages, because the agent does not use the servers' native tool-call protocol (whose tool
+messages need call ids). The API key comes from settings or OPENAI_API_KEY and never appears in
+messages or logs.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import httpx
+import openai
 
 from assistant.config import Settings
-from assistant.models.base import ChatModel, Message, ModelError, Usage, template_messages
+from assistant.models.base import ChatModel, Message, ModelError, Sampling, Usage, template_messages
 from assistant.volume import Volume
 
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 300.0  # between two streamed chunks; a cold server may take long for the first
+MAX_RETRIES = 4  # the SDK backs off exponentially (0.5 s doubling, capped at 8 s) between tries
+_NO_KEY = "none"  # the SDK insists on a key; servers without authentication ignore it
 
 
 class OpenAIChatModel(ChatModel):
     runtime = "openai"
+    supports_sampling = True
 
     def __init__(self, settings: Settings, model: str) -> None:
         super().__init__()
@@ -34,12 +40,13 @@ class OpenAIChatModel(ChatModel):
             raise ModelError("the openai runtime needs a server: set SCANCHAT_OPENAI_BASE_URL (e.g. http://host:8000/v1)")
         self.name = model
         self.settings = settings
-        api_key = settings.openai_api_key or os.environ.get("OPENAI_API_KEY")
-        self.client = httpx.Client(
+        self.client = openai.OpenAI(
             base_url=_api_root(settings.openai_base_url),
-            headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+            api_key=settings.openai_api_key or os.environ.get("OPENAI_API_KEY") or _NO_KEY,
             timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+            max_retries=MAX_RETRIES,
         )
+        self.schema_format = "json_schema"
 
     def stream(
         self,
@@ -48,65 +55,80 @@ class OpenAIChatModel(ChatModel):
         json_schema: dict[str, Any] | None = None,
         max_new_tokens: int | None = None,
         volume: Volume | None = None,
+        sampling: Sampling | None = None,
     ) -> Iterator[str]:
         if not messages:
             raise ModelError("no messages to answer")
         started = time.perf_counter()
         first_token_at: float | None = None
         pieces = 0
-        usage: dict[str, Any] = {}
-        body: dict[str, Any] = {
-            "model": self.name,
-            "messages": template_messages(messages, tool_role=False),
-            "max_tokens": max_new_tokens or self.settings.max_new_tokens,
-            "temperature": 0.0,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        if json_schema is not None:
-            body["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": json_schema.get("title", "answer"), "schema": json_schema, "strict": True},
-            }
+        usage = None
+        request: dict[str, Any] = dict(
+            model=self.name,
+            messages=template_messages(messages, tool_role=False),
+            max_tokens=max_new_tokens or self.settings.max_new_tokens,
+            temperature=sampling.temperature if sampling else 0.0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        if sampling:
+            request["seed"] = sampling.seed
         try:
-            with self.client.stream("POST", "chat/completions", json=body) as response:
-                if response.status_code >= 400:
-                    detail = response.read().decode(errors="replace")[:300]
-                    raise ModelError(f"{self.client.base_url} answered HTTP {response.status_code}: {detail}")
-                for chunk in _server_sent_events(response):
-                    usage = chunk.get("usage") or usage
-                    for choice in chunk.get("choices") or []:
-                        piece = (choice.get("delta") or {}).get("content")
+            chunks = self._create(request, json_schema)
+            with chunks:
+                for chunk in chunks:
+                    usage = chunk.usage or usage
+                    for choice in chunk.choices:
+                        piece = choice.delta.content if choice.delta else None
                         if piece:
                             first_token_at = first_token_at or time.perf_counter()
                             pieces += 1
                             yield piece
-        except httpx.TimeoutException as exc:
-            raise ModelError(f"{self.client.base_url} did not answer in time ({type(exc).__name__})") from exc
-        except httpx.HTTPError as exc:
-            raise ModelError(f"cannot reach the model server at {self.client.base_url}: {exc}") from exc
+        except openai.APITimeoutError as exc:
+            raise ModelError(f"{self.client.base_url} did not answer in time ({READ_TIMEOUT_S:.0f} s)") from exc
+        except openai.APIConnectionError as exc:
+            raise ModelError(f"cannot reach the model server at {self.client.base_url}: {exc.__cause__ or exc}") from exc
+        except openai.AuthenticationError as exc:
+            raise ModelError(f"{self.client.base_url} refused the API key (HTTP 401); set SCANCHAT_OPENAI_API_KEY or OPENAI_API_KEY") from exc
+        except openai.APIStatusError as exc:
+            raise ModelError(f"{self.client.base_url} answered HTTP {exc.status_code}: {_detail(exc)}") from exc
+        except openai.APIError as exc:  # an error event inside the stream
+            raise ModelError(f"the model server at {self.client.base_url} failed mid-answer: {exc.message}") from exc
         self.last_usage = Usage(
-            prompt_tokens=int(usage.get("prompt_tokens", 0)),
-            completion_tokens=int(usage.get("completion_tokens", pieces)),
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else pieces,
             seconds=time.perf_counter() - started,
             first_token_seconds=first_token_at - started if first_token_at else None,
         )
+
+    def _create(self, request: dict[str, Any], json_schema: dict[str, Any] | None) -> Any:
+        """The streaming request; with a schema, in the form this server accepts (found on first use)."""
+        if json_schema is None:
+            return self.client.chat.completions.create(**request)
+        if self.schema_format == "json_schema":
+            try:
+                return self.client.chat.completions.create(**request, response_format=_response_format("json_schema", json_schema))
+            except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+                if "response_format" not in _detail(exc):
+                    raise  # rejected for another reason (too long, unknown model): not a format question
+                self.schema_format = "json_object"  # llama-cpp-python's server knows only this form
+        return self.client.chat.completions.create(**request, response_format=_response_format(self.schema_format, json_schema))
+
+
+def _response_format(kind: str, schema: dict[str, Any]) -> dict[str, Any]:
+    if kind == "json_object":
+        return {"type": "json_object", "schema": schema}
+    return {"type": "json_schema", "json_schema": {"name": schema.get("title", "answer"), "schema": schema, "strict": True}}
+
+
+def _detail(exc: openai.APIStatusError) -> str:
+    try:
+        return exc.response.text[:300]
+    except (httpx.ResponseNotRead, AttributeError):
+        return exc.message[:300]
 
 
 def _api_root(base_url: str) -> str:
     """Accept both "http://host:8000" and "http://host:8000/v1"; requests are relative to /v1/."""
     root = base_url.rstrip("/")
     return (root if root.endswith("/v1") else root + "/v1") + "/"
-
-
-def _server_sent_events(response: httpx.Response) -> Iterator[dict[str, Any]]:
-    for line in response.iter_lines():
-        if not line.startswith("data:"):
-            continue
-        data = line.removeprefix("data:").strip()
-        if data == "[DONE]":
-            return
-        try:
-            yield json.loads(data)
-        except json.JSONDecodeError as exc:
-            raise ModelError(f"the model server sent a malformed event: {data[:120]!r}") from exc

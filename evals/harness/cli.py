@@ -18,7 +18,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
     run = actions.add_parser("run", help="run scenario suites against a model and write JSON/Markdown/HTML reports")
     run.add_argument("path", nargs="?", help="a suite folder (evals/suites/smoke), a folder of suites, or one scenario file")
-    run.add_argument("--backend", help="registry model name, local model path, or an OpenAI-compatible URL (default: settings)")
+    run.add_argument("--backend", help="registry model name, local model path, or OpenAI-compatible URL(s), comma-separated for one server per Ray worker (default: settings)")
     run.add_argument("--repeat", type=int, default=1, help="run every scenario N times (mean ± std of pass rates, flakiness)")
     run.add_argument("--temperature", type=float, default=0.0, help="sample at this temperature instead of greedy decoding (with --repeat: flakiness)")
     run.add_argument("--seed", type=int, default=0, help="sampling seed; each scenario and repeat derives its own from it")
@@ -171,19 +171,27 @@ def _run_jobs(args: argparse.Namespace, spec, jobs, progress) -> str:
     from assistant.models.registry import load_chat_model
     from evals.harness.runner import EvalRunner
 
-    settings, name = _backend_settings(spec.backend)
+    servers = [b for b in (spec.backend or "").split(",") if b.startswith(("http://", "https://"))]
+    settings, name = _backend_settings(servers[0] if servers else spec.backend)
     if args.ray is not None:
         from evals.harness.distributed import WorkerConfig, gpu_share, run_on_ray, worker_settings
 
-        config = WorkerConfig(
-            settings=worker_settings(settings, args.parallel),
-            model=name,
-            judge=spec.judge,
-            temperature=spec.temperature,
-            seed=spec.seed,
-            gpus=gpu_share(settings, args.parallel),
-        )
-        return run_on_ray(jobs, config, args.parallel, args.ray, progress)[1]
+        shared = worker_settings(settings, args.parallel)
+        configs = [
+            WorkerConfig(
+                # several server URLs: worker i talks to server i (one server per worker)
+                settings=shared.model_copy(update={"openai_base_url": servers[i % len(servers)]}) if servers else shared,
+                model=name,
+                judge=spec.judge,
+                temperature=spec.temperature,
+                seed=spec.seed,
+                gpus=gpu_share(settings, args.parallel),
+            )
+            for i in range(args.parallel)
+        ]
+        return run_on_ray(jobs, configs, args.ray, progress).runtime
+    if len(servers) > 1:
+        raise ValueError("several server URLs (one per worker) need --ray")
     if not jobs:
         return "none"
     model = load_chat_model(settings, name=name)

@@ -10,7 +10,9 @@ local Ray cluster with one CPU per worker is started for the run and stopped aft
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -71,10 +73,17 @@ def gpu_share(settings: Settings, workers: int) -> float:
     return 1.0 / workers if torch.cuda.is_available() else 0.0
 
 
+@dataclass
+class RayRun:
+    results: list[ScenarioResult]  # in job order
+    runtime: str  # the workers' model runtime
+    ready_seconds: float  # until every worker had built its model client
+
+
 def run_on_ray(
-    jobs: Sequence[Job], config: WorkerConfig, workers: int, address: str = LOCAL, progress: ProgressCallback | None = None
-) -> tuple[list[ScenarioResult], str]:
-    """Run the jobs on `workers` actors; results in job order, and the workers' model runtime."""
+    jobs: Sequence[Job], configs: Sequence[WorkerConfig], address: str = LOCAL, progress: ProgressCallback | None = None
+) -> RayRun:
+    """Run the jobs on one actor per config (e.g. one server URL each), as each actor frees up."""
     try:
         import ray
         from ray.exceptions import RayError
@@ -82,20 +91,23 @@ def run_on_ray(
     except ImportError as exc:
         raise ModelError("--ray needs Ray: pip install 'ray>=2.9'") from exc
     if not jobs:
-        return [], "none"
+        return RayRun([], "none", 0.0)
+    started = time.perf_counter()
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(**_init_arguments(address, workers))
+        ray.init(**ray_init_arguments(address, len(configs)))
+    actors = []
     try:
-        remote_worker = ray.remote(num_cpus=1, num_gpus=config.gpus)(ScenarioWorker)
-        actors = [remote_worker.remote(config) for _ in range(min(workers, len(jobs)))]
+        for config in configs[: len(jobs)]:
+            actors.append(ray.remote(num_cpus=1, num_gpus=config.gpus)(ScenarioWorker).remote(config))
         try:
-            runtime = ray.get(actors[0].runtime.remote())
+            runtime = ray.get([actor.runtime.remote() for actor in actors])[0]
         except RayError as exc:
             raise ModelError(f"the Ray workers could not load the model: {_cause(exc)}") from exc
+        ready_seconds = time.perf_counter() - started
         pool = ActorPool(actors)
-        for index, (scenario, repeat) in enumerate(jobs):
-            pool.submit(lambda actor, job: actor.run.remote(*job[1]), (index, (scenario, repeat)))
+        for job in jobs:
+            pool.submit(lambda actor, job: actor.run.remote(*job), job)
         results: dict[tuple[str, int], ScenarioResult] = {}
         while pool.has_next():
             try:
@@ -105,13 +117,16 @@ def run_on_ray(
             results[(result.key, result.repeat)] = result
             if progress:
                 progress(len(results), len(jobs), result)
-        return [results[(s.key, r)] for s, r in jobs], runtime
+        return RayRun([results[(s.key, r)] for s, r in jobs], runtime, ready_seconds)
     finally:
+        for actor in actors:
+            ray.kill(actor)  # frees its model and CPU now, not when Ray collects the handle
         if started_here:
             ray.shutdown()
 
 
-def _init_arguments(address: str, workers: int) -> dict:
+def ray_init_arguments(address: str, workers: int) -> dict:
+    """ray.init's arguments: an existing cluster by address, else a small local one for this checkout."""
     if address != LOCAL:
         return {"address": address, "log_to_driver": False}
     # Workers import this checkout's packages as the driver does.
