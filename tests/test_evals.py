@@ -439,3 +439,21 @@ def test_a_sharded_run_resumed_on_ray_has_every_scenario_once(tmp_path, capsys):
     # Other options on resume are refused, not silently ignored.
     assert scanchat(["eval", "run", "--resume", str(run), "--repeat", "3"]) == 2
     assert "keeps its options" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sampled_repeats_are_reproducible_per_seed(tmp_path):
+    pytest.importorskip("llama_cpp")
+    from assistant.models.registry import load_chat_model
+    from evals.harness.runner import EvalRunner
+
+    model = load_chat_model(_settings(), name="smollm2-135m", runtime="llamacpp")  # the fast runtime: 200-token answers
+    write(tmp_path / "s" / "q.yaml", "name: sea\nturns:\n  - user: Write one sentence about the sea.\n")
+    scenarios = load_scenarios(tmp_path / "s")
+
+    def answers(seed: int) -> list[str]:
+        return [r.turns[0].answer for r in EvalRunner(model, _settings(), temperature=1.0, seed=seed).run(scenarios, repeat=2)]
+
+    first = answers(11)
+    assert answers(11) == first  # same seed, same samples
+    assert len(set(first)) > 1  # the repeats sample differently

@@ -57,7 +57,7 @@ def test_streams_an_answer_and_follows_a_schema_through_llama_cpp_server(server)
 def test_a_wrong_key_and_a_too_long_prompt_are_clear_model_errors(server):
     with pytest.raises(ModelError, match="refused the API key"):
         client(server, key="wrong").complete(QUESTION, max_new_tokens=4)
-    with pytest.raises(ModelError, match="HTTP 400"):
+    with pytest.raises(ModelError, match="ended the answer unfinished"):  # the server drops the stream, no HTTP error
         client(server).complete([Message(role="user", content="scan " * 5000)], max_new_tokens=8)
 
 

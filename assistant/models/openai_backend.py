@@ -46,7 +46,8 @@ class OpenAIChatModel(ChatModel):
             timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
             max_retries=MAX_RETRIES,
         )
-        self.schema_format = "json_schema"
+        self.schema_format = "json_schema"  # the OpenAI form (vLLM); "json_object" + schema for llama-cpp-python
+        self.schema_format_known = False
 
     def stream(
         self,
@@ -63,6 +64,7 @@ class OpenAIChatModel(ChatModel):
         first_token_at: float | None = None
         pieces = 0
         usage = None
+        finished = False
         request: dict[str, Any] = dict(
             model=self.name,
             messages=template_messages(messages, tool_role=False),
@@ -79,6 +81,7 @@ class OpenAIChatModel(ChatModel):
                 for chunk in chunks:
                     usage = chunk.usage or usage
                     for choice in chunk.choices:
+                        finished = finished or choice.finish_reason is not None
                         piece = choice.delta.content if choice.delta else None
                         if piece:
                             first_token_at = first_token_at or time.perf_counter()
@@ -94,6 +97,11 @@ class OpenAIChatModel(ChatModel):
             raise ModelError(f"{self.client.base_url} answered HTTP {exc.status_code}: {_detail(exc)}") from exc
         except openai.APIError as exc:  # an error event inside the stream
             raise ModelError(f"the model server at {self.client.base_url} failed mid-answer: {exc.message}") from exc
+        if not finished:  # llama-cpp-python's server closes the stream silently when generation fails
+            raise ModelError(
+                f"the model server at {self.client.base_url} ended the answer unfinished (it failed while generating; "
+                "a conversation longer than its context does this); see the server's log"
+            )
         self.last_usage = Usage(
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else pieces,
@@ -102,16 +110,24 @@ class OpenAIChatModel(ChatModel):
         )
 
     def _create(self, request: dict[str, Any], json_schema: dict[str, Any] | None) -> Any:
-        """The streaming request; with a schema, in the form this server accepts (found on first use)."""
+        """The streaming request; with a schema, in the form this server accepts.
+
+        The first schema request goes without retries: a server that rejects the json_schema form
+        (llama-cpp-python answers 500 or 422) is not asked four more times; any other failure of that
+        probe falls through to the normal request, retries included.
+        """
         if json_schema is None:
             return self.client.chat.completions.create(**request)
-        if self.schema_format == "json_schema":
+        if not self.schema_format_known:
             try:
-                return self.client.chat.completions.create(**request, response_format=_response_format("json_schema", json_schema))
-            except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
-                if "response_format" not in _detail(exc):
-                    raise  # rejected for another reason (too long, unknown model): not a format question
-                self.schema_format = "json_object"  # llama-cpp-python's server knows only this form
+                probe = self.client.with_options(max_retries=0).chat.completions.create(
+                    **request, response_format=_response_format(self.schema_format, json_schema)
+                )
+                self.schema_format_known = True
+                return probe
+            except openai.APIStatusError as exc:
+                if "response_format" in _detail(exc):
+                    self.schema_format, self.schema_format_known = "json_object", True
         return self.client.chat.completions.create(**request, response_format=_response_format(self.schema_format, json_schema))
 
 
