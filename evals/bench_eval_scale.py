@@ -7,7 +7,8 @@ Configurations, all on the same scenarios with greedy decoding:
 1. baseline: this process, the model loaded once in llama.cpp (all cores), scenarios one after another
    (`EvalRunner.run_jobs`), timed after the model is loaded; run again at the end to show drift from
    other load on the machine;
-2. `--ray` with W local workers, the LLM behind ONE `python -m llama_cpp.server` (all cores);
+2. `--ray` with W local workers, the LLM behind ONE `python -m llama_cpp.server` (all cores); as a control, the
+   single-process runner with 2 threads against that server (concurrency without Ray);
 3. `--ray` with W workers, one llama.cpp server per worker (cores shared out: max(1, cores // W) threads each);
 4. kill and resume: `scanchat eval run --ray --parallel 2` killed (SIGKILL, whole process group) once half
    of the results are on disk, then `--resume`d; the time lost is (killed + resumed) - an uninterrupted
@@ -66,6 +67,18 @@ def baseline(jobs, model_name: str) -> dict:
     runner = EvalRunner(model, settings)
     started = time.perf_counter()
     results = runner.run_jobs(jobs)
+    seconds = time.perf_counter() - started
+    return {"seconds": round(seconds, 1), "per_hour": round(3600 * len(jobs) / seconds, 1), "statuses": statuses(results)}
+
+
+def threads_run(jobs, url: str, parallel: int) -> dict:
+    """Control: the single-process runner with `parallel` threads against the same server (no Ray)."""
+    from assistant.models.openai_backend import OpenAIChatModel
+
+    settings = get_settings().model_copy(update={"runtime": "openai", "openai_api_key": KEY, "openai_base_url": url})
+    runner = EvalRunner(OpenAIChatModel(settings, "smollm2-135m"), settings, serialize=False)
+    started = time.perf_counter()
+    results = runner.run_jobs(jobs, parallel=parallel)
     seconds = time.perf_counter() - started
     return {"seconds": round(seconds, 1), "per_hour": round(3600 * len(jobs) / seconds, 1), "statuses": statuses(results)}
 
@@ -142,6 +155,24 @@ def kill_and_resume(scenarios, url: str, scratch: Path) -> dict:
     }
 
 
+class Rows(dict):
+    """The table's rows, saved to the JSON after each one (a bounded run cut short keeps what it measured)."""
+
+    def __init__(self, out: Path):
+        super().__init__()
+        self.out = out
+        self.results: dict = {"rows": self}
+
+    def __setitem__(self, name: str, row: dict) -> None:
+        super().__setitem__(name, row)
+        print(f"{name}: {row['seconds']} s, {row['per_hour']} scenarios/hour", file=sys.stderr)
+        self.save()
+
+    def save(self) -> None:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.out.write_text(json.dumps(self.results, indent=1))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenarios", type=int, default=8, help="how many scenarios (smoke first, then scan_facts)")
@@ -156,18 +187,22 @@ def main() -> int:
     jobs = plan_jobs(scenarios)
     gguf = fetch_model(MODEL_SPECS[args.model])
     print(f"{len(jobs)} scenarios, {args.model}, {CORES} cores", file=sys.stderr)
-    rows: dict[str, dict] = {"baseline (1 process)": baseline(jobs, args.model)}
+    rows = Rows(args.out)
+    results: dict = rows.results
+    results.update(scenarios=len(jobs), model=args.model, cores=CORES, started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    rows["baseline (1 process)"] = baseline(jobs, args.model)
     base = rows["baseline (1 process)"]
     ray.init(**ray_init_arguments("local", max(args.workers)))
-    results: dict = {"scenarios": len(jobs), "model": args.model, "cores": CORES}
     with tempfile.TemporaryDirectory(prefix="bench-eval-scale-") as scratch_name:
         scratch = Path(scratch_name)
         with server(gguf, args.model, scratch / "one.log", CORES) as url:
             for workers in args.workers:
                 rows[f"ray {workers} worker(s), one server"] = ray_run(jobs, [url], workers)
+            rows["control: 1 process, 2 threads, one server (no Ray)"] = threads_run(jobs, url, 2)
             if not args.skip_resume:
                 ray.shutdown()  # the CLI runs start their own local cluster
                 results["kill_and_resume"] = kill_and_resume(scenarios, url, scratch)
+                rows.save()
                 ray.init(**ray_init_arguments("local", max(args.workers)))
         for workers in args.workers:
             with ExitStack() as servers:
@@ -190,9 +225,7 @@ def main() -> int:
               f"{k['killed_with_recorded']} results at {k['killed_s']} s, resumed {k['resumed_ran']} in {k['resumed_s']} s; "
               f"time lost {k['time_lost_s']} s (in-flight work thrown away {k['in_flight_lost_s']} s); "
               f"complete {k['complete']}, same pass/fail as uninterrupted {k['same_as_uninterrupted']}")
-    results["rows"] = rows
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1))
+    rows.save()
     print(f"written {args.out}", file=sys.stderr)
     return 0
 
