@@ -179,17 +179,26 @@ def main() -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--model", default="smollm2-135m", choices=sorted(MODEL_SPECS))
     parser.add_argument("--out", type=Path, default=ROOT / "evals" / "results" / "bench_eval_scale.json")
-    parser.add_argument("--skip-resume", action="store_true")
+    parser.add_argument("--repeat", type=int, default=1, help="each scenario this many times (same work: greedy decoding)")
+    parser.add_argument("--skip-resume", action="store_true", help="no kill-and-resume measurement")
+    parser.add_argument("--only-resume", action="store_true", help="only the kill-and-resume measurement")
     args = parser.parse_args()
     import ray
 
     scenarios = bench_scenarios(args.scenarios)
-    jobs = plan_jobs(scenarios)
+    jobs = plan_jobs(scenarios, args.repeat)
     gguf = fetch_model(MODEL_SPECS[args.model])
     print(f"{len(jobs)} scenarios, {args.model}, {CORES} cores", file=sys.stderr)
     rows = Rows(args.out)
     results: dict = rows.results
-    results.update(scenarios=len(jobs), model=args.model, cores=CORES, started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    results.update(scenarios=len(scenarios), repeat=args.repeat, jobs=len(jobs), model=args.model, cores=CORES, started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    if args.only_resume:
+        with tempfile.TemporaryDirectory(prefix="bench-eval-scale-") as scratch_name:
+            with server(gguf, args.model, Path(scratch_name) / "one.log", CORES) as url:
+                results["kill_and_resume"] = kill_and_resume(scenarios, url, Path(scratch_name))
+        rows.save()
+        print(json.dumps(results["kill_and_resume"], indent=1))
+        return 0
     rows["baseline (1 process)"] = baseline(jobs, args.model)
     base = rows["baseline (1 process)"]
     ray.init(**ray_init_arguments("local", max(args.workers)))

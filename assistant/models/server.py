@@ -119,4 +119,6 @@ def _cli_serve(args: argparse.Namespace) -> int:
         print(f"API key (give it to clients as OPENAI_API_KEY): {api_key}", file=sys.stderr)
     command = server_command(resolved.path, resolved.name, settings, args.host, args.port)
     print(f"serving {resolved.name} at http://{args.host}:{args.port}/v1", file=sys.stderr)
-    return subprocess.run(command, env=server_environment(api_key), check=False).returncode
+    sys.stderr.flush()
+    # Become the server: signals (Ctrl-C, a supervisor's SIGTERM) reach it directly, and no orphan outlives us.
+    os.execve(sys.executable, command, server_environment(api_key))
