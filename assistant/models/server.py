@@ -40,6 +40,9 @@ def server_command(model: Path, alias: str, settings: Settings, host: str, port:
         "--port", str(port),
         "--n_ctx", str(settings.llm_context),
         "--n_threads", str(settings.llm_threads),
+        # Its default cuts the answer being streamed short whenever another request arrives: with several
+        # clients (Ray workers, UI sessions) requests must queue instead.
+        "--interrupt_requests", "false",
     ]  # fmt: skip
 
 
