@@ -81,9 +81,6 @@ class Settings(BaseSettings):
                           "cache_dir/glossaries. A glossary path outside it and outside uploaded glossaries is refused.")
 
     # --- `scanchat serve-model` ------------------------------------------------------------
-    serve_api_key: str | None = Field(None, description="Bearer key clients of serve-model must send; required.")
-    serve_max_body_bytes: int = Field(256 * 1024, ge=1024, description="Larger requests are refused (413) unread.")
-    serve_max_tokens: int = Field(1024, ge=1, description="Cap on max_tokens per request; the default when none is asked.")
 
     # --- privacy ------------------------------------------------------------------------
     share_identifiers: bool = Field(

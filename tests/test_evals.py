@@ -199,6 +199,108 @@ def test_reports_and_comparison_highlight_regressions(tmp_path):
     assert json.loads(paths["json"].read_text())["metrics"]["passed"] == 3
 
 
+
+# --- statistics ----------------------------------------------------------------------------
+
+
+def test_wilson_intervals_match_published_values():
+    from evals.harness.stats import wilson_interval
+
+    # The issue's figures: 43/55 and 48/55 overlap (66-87% and 76-94%).
+    assert [round(x, 2) for x in wilson_interval(43, 55)] == [0.66, 0.87]
+    assert [round(x, 2) for x in wilson_interval(48, 55)] == [0.76, 0.94]
+    # 0/10: Wilson's upper bound 0.2775 (Newcombe 1998, Table I), not the normal interval's 0.
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0 and high == pytest.approx(0.2775, abs=1e-4)
+    assert wilson_interval(0, 0) is None
+    with pytest.raises(ValueError):
+        wilson_interval(5, 3)
+
+
+def test_mcnemar_exact_for_few_discordant_pairs_and_chi_square_for_many():
+    from evals.harness.stats import mcnemar
+
+    few = mcnemar([(True, False)] * 6 + [(True, True)] * 10)  # 6 regressions, 0 fixes: p = 2 * 0.5**6
+    assert (few.regressed, few.fixed, few.both_passed) == (6, 0, 10)
+    assert few.p_value == pytest.approx(0.03125) and few.method == "exact binomial" and few.significant
+    many = mcnemar([(True, False)] * 25 + [(False, True)] * 5)  # (|25-5|-1)^2/30 = 12.03 -> p = 0.000523
+    assert many.method.startswith("chi-square") and many.p_value == pytest.approx(5.23e-4, rel=0.01)
+    even = mcnemar([(True, False), (False, True)])
+    assert even.p_value == 1.0 and not even.significant
+
+
+def test_rates_carry_intervals_and_repeats_give_flakiness():
+    m = compute_metrics(_synthetic_results())
+    assert (m.pass_rate.passed, m.pass_rate.trials) == (3, 6)
+    assert m.pass_rate.low == pytest.approx(0.1876, abs=1e-3) and m.pass_rate.high == pytest.approx(0.8124, abs=1e-3)
+    assert "[95% CI 19%–81%] (3/6)" in str(m.pass_rate)
+    assert m.pass_rate_by_tag["u"].high == pytest.approx(0.6576, abs=1e-3)  # 0/2
+    flaky = {s.key: s.flakiness for s in m.scenario_stats}
+    assert flaky == {"s/a": 0.5, "s/b": 0.0, "s/c": 0.0}
+    info = RunInfo(suites=["s"], backend="test", runtime="none", repeat=2, started="2025-01-01T00:00:00")
+    markdown = to_markdown(build_report(info, _synthetic_results()))
+    assert "## Flaky scenarios" in markdown and "| s/a | 1/2" in markdown and "| s/b |" not in markdown.split("## Scenarios")[0]
+
+
+def test_comparison_tests_paired_outcomes_and_lists_regressions_with_p_values():
+    info = RunInfo(suites=["s"], backend="test", runtime="none", started="2025-01-01T00:00:00")
+    before = [r.model_copy(update={"status": "passed"}) if r.name == "b" else r for r in _synthetic_results()]
+    report = build_report(info, _synthetic_results(), build_report(info, before), "before.json")
+    test = report.comparison.pass_rate.test
+    assert (test.regressed, test.fixed, test.both_passed, test.both_failed) == (2, 0, 3, 1)
+    assert test.p_value == pytest.approx(0.5)  # two discordant pairs, both one way: 2 * 0.5**2
+    detail = report.comparison.regression_details[0]
+    assert (detail.key, detail.passed_before, detail.passed_now) == ("s/b", 2, 0)
+    assert detail.p_value == pytest.approx(1 / 3)  # Fisher exact on [[2, 0], [0, 2]]
+    markdown = to_markdown(report)
+    assert "McNemar p=0.5" in markdown and "- s/b (2/2 -> 0/2, p=0.33)" in markdown
+    assert "McNemar p=0.5" in to_html(report)
+
+
+# --- run folders: JSONL results, shards, resume ---------------------------------------------
+
+
+def _refusal_suite(folder: Path, count: int) -> Path:
+    """Scenarios refused before the model is called: the harness path, fast."""
+    for i in range(count):
+        write(folder / f"r{i}.yaml", f"name: refused-{i}\ntags: [t{i % 2}]\nturns:\n  - user: ''\n    expect: {{error: InputError}}\n")
+    return folder
+
+
+def test_shards_partition_the_jobs_and_done_jobs_are_skipped(tmp_path):
+    from evals.harness.runner import plan_jobs
+    from evals.harness.store import Shard
+
+    scenarios = load_scenarios(_refusal_suite(tmp_path / "s", 5))
+    everything = {(s.key, r) for s, r in plan_jobs(scenarios, repeat=2)}
+    shards = [{(s.key, r) for s, r in plan_jobs(scenarios, 2, Shard.parse(f"{k}/3"))} for k in (1, 2, 3)]
+    assert len(everything) == 10 and set().union(*shards) == everything and sum(map(len, shards)) == 10
+    assert [len(shard) for shard in shards] == [4, 3, 3]
+    left = plan_jobs(scenarios, 2, done=shards[0])
+    assert {(s.key, r) for s, r in left} == everything - shards[0]
+    for bad in ("0/3", "4/3", "a/b", "3"):
+        with pytest.raises(ValueError, match="--shard"):
+            Shard.parse(bad)
+
+
+def test_run_store_appends_reads_back_and_survives_a_cut_line(tmp_path):
+    from evals.harness.store import RunSpec, RunStore, Shard
+
+    store = RunStore.create(tmp_path / "run", RunSpec(path=str(tmp_path), started="now"))
+    results = _synthetic_results()
+    for result in results[:4]:
+        store.append(result)
+    store.append(results[4], Shard.parse("2/2"))
+    with store.results_file(None).open("a") as file:  # a kill in the middle of a write
+        file.write(results[5].model_dump_json()[:40])
+    reopened = RunStore.open(tmp_path / "run")
+    assert reopened.done() == {(r.key, r.repeat) for r in results[:5]}
+    assert [r.model_dump() for r in reopened.results() if r.key == "s/b" and r.repeat == 1] == [results[4].model_dump()]
+    with pytest.raises(ValueError, match="--resume"):
+        RunStore.create(tmp_path / "run", RunSpec(path=str(tmp_path), started="later"))
+    with pytest.raises(FileNotFoundError, match="not an eval run folder"):
+        RunStore.open(tmp_path)
+
 # --- real runs -----------------------------------------------------------------------------
 
 
@@ -315,3 +417,46 @@ def test_anomaly_pooling_reports_each_held_out_subject_against_its_own_normals(t
     assert info["within_subject"]["easy"] == {"10mm": 0.5, "20mm": 1.0, ">=10mm": 0.75}
     assert info["within_subject"]["hard"] == {"10mm": 0.0, "20mm": 1.0, ">=10mm": 0.5}
     assert info["rows"]["10mm"]["image_auroc"] == 3 / 8  # over both: -4.5 beats one of the four normals, -1 beats two
+
+
+@pytest.mark.slow
+def test_a_sharded_run_resumed_on_ray_has_every_scenario_once(tmp_path, capsys):
+    """Shard 1/2 in this process, the rest resumed on two local Ray workers, then the report rebuilt."""
+    pytest.importorskip("ray")
+    from assistant.cli import main as scanchat
+    from evals.harness.store import RunStore
+
+    suite, run = _refusal_suite(tmp_path / "s", 4), tmp_path / "run"
+    assert scanchat(["eval", "run", str(suite), "--backend", "smollm2-135m", "--out", str(run), "--shard", "1/2"]) == 0
+    assert "Incomplete:** 2 scenario runs" in capsys.readouterr().out
+    assert len(RunStore.open(run).results()) == 2
+    assert scanchat(["eval", "run", "--resume", str(run), "--ray", "--parallel", "2"]) == 0
+    store = RunStore.open(run)
+    lines = [line for path in run.glob("results*.jsonl") for line in path.read_text().splitlines()]
+    assert len(lines) == 4 and {r.name for r in store.results()} == {f"refused-{i}" for i in range(4)}
+    assert [s.scenarios for s in store.spec.sessions] == [2, 2] and store.spec.sessions[1].ray == "local"
+    capsys.readouterr()
+    assert scanchat(["eval", "report", str(run), "--min-pass-rate", "1.0"]) == 0
+    assert "Incomplete" not in capsys.readouterr().out
+    assert json.loads((run / "report.json").read_text())["metrics"]["passed"] == 4
+    # Other options on resume are refused, not silently ignored.
+    assert scanchat(["eval", "run", "--resume", str(run), "--repeat", "3"]) == 2
+    assert "keeps its options" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sampled_repeats_are_reproducible_per_seed(tmp_path):
+    pytest.importorskip("llama_cpp")
+    from assistant.models.registry import load_chat_model
+    from evals.harness.runner import EvalRunner
+
+    model = load_chat_model(_settings(), name="smollm2-135m", runtime="llamacpp")  # the fast runtime: 200-token answers
+    write(tmp_path / "s" / "q.yaml", "name: sea\nturns:\n  - user: Write one sentence about the sea.\n")
+    scenarios = load_scenarios(tmp_path / "s")
+
+    def answers(seed: int) -> list[str]:
+        return [r.turns[0].answer for r in EvalRunner(model, _settings(), temperature=1.0, seed=seed).run(scenarios, repeat=2)]
+
+    first = answers(11)
+    assert answers(11) == first  # same seed, same samples
+    assert len(set(first)) > 1  # the repeats sample differently

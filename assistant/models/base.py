@@ -39,6 +39,15 @@ class Usage:
     first_token_seconds: float | None = None
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """Temperature sampling with a seed instead of greedy decoding: evals repeat a scenario with it
+    to measure how flaky it is, and the seed keeps each repeat reproducible."""
+
+    temperature: float
+    seed: int
+
+
 def template_has_tool_role(chat_template: str | None) -> bool:
     """Templates that handle tool results test for the role by name (Qwen: message.role == "tool")."""
     return bool(chat_template) and ('"tool"' in chat_template or "'tool'" in chat_template)
@@ -69,6 +78,7 @@ class ChatModel(ABC):
     name: str = "model"
     runtime: str = "unknown"
     sees_volumes: bool = False  # True for vision-language backends that consume the Volume
+    supports_sampling: bool = False  # True when `stream` accepts `sampling=Sampling(...)`
 
     def __init__(self) -> None:
         self.last_usage = Usage()
@@ -85,7 +95,8 @@ class ChatModel(ABC):
         """Yield the reply piece by piece (greedy decoding).
 
         With `json_schema`, the joined pieces form one JSON document valid under the schema.
-        Fills `self.last_usage` when the stream is exhausted.
+        Fills `self.last_usage` when the stream is exhausted. Backends with `supports_sampling`
+        also take `sampling: Sampling | None` (None: greedy).
         """
 
     def complete(self, messages: Sequence[Message], **kwargs: Any) -> str:

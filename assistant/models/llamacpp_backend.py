@@ -12,13 +12,14 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from assistant.config import Settings
-from assistant.models.base import ChatModel, Message, ModelError, Usage, template_has_tool_role, template_messages
+from assistant.models.base import ChatModel, Message, ModelError, Sampling, Usage, template_has_tool_role, template_messages
 from assistant.models.registry import ResolvedModel
 from assistant.volume import Volume
 
 
 class LlamaCppChatModel(ChatModel):
     runtime = "llamacpp"
+    supports_sampling = True
 
     def __init__(self, resolved: ResolvedModel, settings: Settings) -> None:
         super().__init__()
@@ -47,6 +48,7 @@ class LlamaCppChatModel(ChatModel):
         json_schema: dict[str, Any] | None = None,
         max_new_tokens: int | None = None,
         volume: Volume | None = None,
+        sampling: Sampling | None = None,
     ) -> Iterator[str]:
         if not messages:
             raise ModelError("no messages to answer")
@@ -56,9 +58,11 @@ class LlamaCppChatModel(ChatModel):
         request: dict[str, Any] = dict(
             messages=template_messages(messages, tool_role=self.tool_role),
             max_tokens=max_new_tokens or self.settings.max_new_tokens,
-            temperature=0.0,
+            temperature=sampling.temperature if sampling else 0.0,
             stream=True,
         )
+        if sampling:
+            request["seed"] = sampling.seed
         if json_schema is not None:
             request["response_format"] = {"type": "json_object", "schema": json_schema}
         with self._generating:

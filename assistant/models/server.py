@@ -1,145 +1,127 @@
-"""`scanchat serve-model`: any local ChatModel behind a minimal OpenAI-compatible HTTP API.
+"""`scanchat serve-model`: a registry or local GGUF model behind llama.cpp's OpenAI-compatible server.
 
-It lets one machine (say, with a GPU) serve the model to several ScanChat front ends, and it
-lets the OpenAI backend be tested against a real server with a real model. Only what ScanChat
-uses is implemented: ``GET /v1/models`` and ``POST /v1/chat/completions`` (streaming or not,
-with ``response_format`` json_schema / json_object).
+A thin launcher of ``python -m llama_cpp.server`` (llama-cpp-python[server]): ScanChat resolves
+and verifies the model, then hands over to the maintained server, which the OpenAI runtime also
+talks to. The server always requires an API key: SCANCHAT_OPENAI_API_KEY or OPENAI_API_KEY when
+set, else a fresh one printed once. The key reaches the server through its environment
+(llama_cpp.server's ``--api_key`` setting), never the command line other users can list.
+For Hugging Face folders and bigger models on a GPU, serve with vLLM instead (evals/README.md).
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
-import json
+import os
+import secrets
+import socket
+import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
-from typing import Any, Literal
+from contextlib import contextmanager
+from pathlib import Path
 
-from pydantic import BaseModel, Field
+import httpx
 
-from assistant.models.base import ChatModel, Message, ModelError
+from assistant.config import Settings
+from assistant.models.base import ModelError
 
-
-class JsonSchemaFormat(BaseModel):
-    name: str = "answer"
-    schema_: dict[str, Any] = Field(alias="schema")
-    strict: bool = True
-
-
-class ResponseFormat(BaseModel):
-    type: Literal["text", "json_object", "json_schema"] = "text"
-    json_schema: JsonSchemaFormat | None = None
-    schema_: dict[str, Any] | None = Field(None, alias="schema")  # llama.cpp's json_object variant
-
-    def schema_to_enforce(self) -> dict[str, Any] | None:
-        if self.type == "json_schema" and self.json_schema:
-            return self.json_schema.schema_
-        if self.type == "json_object":
-            return self.schema_ or {"type": "object"}
-        return None
+API_KEY_ENV = "API_KEY"  # llama_cpp.server's ServerSettings.api_key, read from the environment
+STARTUP_S = 180.0
 
 
-class StreamOptions(BaseModel):
-    include_usage: bool = False
+def server_command(model: Path, alias: str, settings: Settings, host: str, port: int) -> list[str]:
+    """The llama_cpp.server command line for one GGUF file (without the key)."""
+    return [
+        sys.executable, "-m", "llama_cpp.server",
+        "--model", str(model),
+        "--model_alias", alias,
+        "--host", host,
+        "--port", str(port),
+        "--n_ctx", str(settings.llm_context),
+        "--n_threads", str(settings.llm_threads),
+        # Its default cuts the answer being streamed short whenever another request arrives: with several
+        # clients (Ray workers, UI sessions) requests must queue instead.
+        "--interrupt_requests", "false",
+    ]  # fmt: skip
 
 
-class ChatCompletionRequest(BaseModel):
-    model: str | None = None
-    messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    response_format: ResponseFormat | None = None
-    temperature: float | None = None  # accepted for compatibility; decoding is always greedy
+def server_environment(api_key: str) -> dict[str, str]:
+    return {**os.environ, API_KEY_ENV: api_key}
 
 
-def create_app(model: ChatModel) -> Any:
-    from fastapi import FastAPI, HTTPException
-    from fastapi.responses import StreamingResponse
-
-    app = FastAPI(title=f"ScanChat model server ({model.name})")
-
-    @app.get("/v1/models")
-    def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": model.name, "object": "model", "owned_by": "scanchat"}]}
-
-    @app.post("/v1/chat/completions", response_model=None)
-    def chat_completions(request: ChatCompletionRequest) -> Any:
-        schema = request.response_format.schema_to_enforce() if request.response_format else None
-        pieces = model.stream(request.messages, json_schema=schema, max_new_tokens=request.max_tokens)
-        try:  # start generating here so that bad requests get an HTTP error, not a broken stream
-            first = next(pieces, "")
-        except ModelError as exc:
-            raise HTTPException(status_code=400, detail=str(exc)) from exc
-        completion_id = f"chatcmpl-{uuid.uuid4().hex[:16]}"
-        if request.stream:
-            include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            events = _completion_events(model, completion_id, itertools.chain([first], pieces), include_usage)
-            return StreamingResponse(events, media_type="text/event-stream")
-        text = first + "".join(pieces)
-        return {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model.name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": _usage(model),
-        }
-
-    return app
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
-def _usage(model: ChatModel) -> dict[str, int]:
-    usage = model.last_usage
-    total = usage.prompt_tokens + usage.completion_tokens
-    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens, "total_tokens": total}
+def wait_until_serving(process: subprocess.Popen, url: str, api_key: str | None, log: Path, timeout: float = STARTUP_S) -> None:
+    """Poll /models until the server answers; a server that exits or hangs says why (its log's tail)."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ModelError(f"the model server exited with {process.returncode}:\n{log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/models", headers=headers, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise ModelError(f"the model server did not answer within {timeout:.0f} s:\n{log.read_text()[-2000:]}")
 
 
-def _completion_events(model: ChatModel, completion_id: str, pieces: Iterator[str], include_usage: bool) -> Iterator[str]:
-    def event(choices: list[dict[str, Any]], **extra: Any) -> str:
-        chunk = {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model.name}
-        return f"data: {json.dumps({**chunk, 'choices': choices, **extra})}\n\n"
-
-    yield event([{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}])
+@contextmanager
+def running_server(command: list[str], url: str, api_key: str | None, log: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """A server process for the duration of the block (output to `log`); yields `url` once it answers."""
+    with log.open("w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
-        for piece in pieces:
-            if piece:
-                yield event([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
-    except ModelError as exc:  # headers are sent already: report the failure in-band
-        yield f"data: {json.dumps({'error': {'message': str(exc)}})}\n\n"
-        return
-    yield event([{"index": 0, "delta": {}, "finish_reason": "stop"}])
-    if include_usage:
-        yield event([], usage=_usage(model))
-    yield "data: [DONE]\n\n"
+        wait_until_serving(process, url, api_key, log)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def llama_server(model: Path, alias: str, settings: Settings, log: Path, api_key: str | None) -> Iterator[str]:
+    """llama.cpp's server on 127.0.0.1 and a free port for the block (tests, benchmarks); yields its /v1 URL."""
+    port = free_port()
+    env = server_environment(api_key) if api_key else {k: v for k, v in os.environ.items() if k != API_KEY_ENV}
+    with running_server(server_command(model, alias, settings, "127.0.0.1", port), f"http://127.0.0.1:{port}/v1", api_key, log, env) as url:
+        yield url
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    serve = subparsers.add_parser("serve-model", help="serve a local chat model over an OpenAI-compatible HTTP API")
-    serve.add_argument("--model", help="registry name, GGUF file or HF folder (default: SCANCHAT_LLM)")
-    serve.add_argument("--runtime", choices=["auto", "transformers", "llamacpp"], default=None)
+    serve = subparsers.add_parser("serve-model", help="serve a GGUF chat model with llama.cpp's OpenAI-compatible server (API key required)")
+    serve.add_argument("--model", help="registry name or GGUF file (default: SCANCHAT_LLM)")
     serve.add_argument("--host", default="127.0.0.1", help="interface to listen on; 0.0.0.0 exposes it to the network")
     serve.add_argument("--port", type=int, default=8000)
     serve.set_defaults(func=_cli_serve)
 
 
 def _cli_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from assistant.config import get_settings
-    from assistant.models.registry import load_chat_model
+    from assistant.models.registry import llama_cpp_available, resolve_model
 
-    from assistant.models.server_guard import RequestGuard
-
-    settings = get_settings().model_copy(update={"openai_base_url": None})  # never serve a proxy to itself
-    if not settings.serve_api_key:
-        print("serve-model needs an API key for its clients: set SCANCHAT_SERVE_API_KEY (and SCANCHAT_OPENAI_API_KEY "
-              "to the same value on the clients).", file=sys.stderr)
-        return 2
-    model = load_chat_model(settings, name=args.model, runtime=args.runtime)
-    app = RequestGuard(create_app(model), api_key=settings.serve_api_key,
-                       max_body_bytes=settings.serve_max_body_bytes, max_tokens=settings.serve_max_tokens)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
-    return 0
+    settings = get_settings()
+    resolved = resolve_model(args.model or settings.llm, settings)
+    if resolved.format != "gguf":
+        raise ModelError(f"serve-model serves GGUF files through llama.cpp; {resolved.location} is a {resolved.format}: serve it with vLLM")
+    if not llama_cpp_available():
+        raise ModelError("serve-model needs llama.cpp's server: pip install 'llama-cpp-python[server]'")
+    api_key = settings.openai_api_key or os.environ.get("OPENAI_API_KEY")
+    if not api_key:
+        api_key = secrets.token_urlsafe(24)
+        print(f"API key (give it to clients as OPENAI_API_KEY): {api_key}", file=sys.stderr)
+    command = server_command(resolved.path, resolved.name, settings, args.host, args.port)
+    print(f"serving {resolved.name} at http://{args.host}:{args.port}/v1", file=sys.stderr)
+    sys.stderr.flush()
+    # Become the server: signals (Ctrl-C, a supervisor's SIGTERM) reach it directly, and no orphan outlives us.
+    os.execve(sys.executable, command, server_environment(api_key))

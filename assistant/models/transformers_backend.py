@@ -24,7 +24,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from assistant.config import Settings
-from assistant.models.base import ChatModel, Message, ModelError, Usage, template_has_tool_role, template_messages
+from assistant.models.base import ChatModel, Message, ModelError, Sampling, Usage, template_has_tool_role, template_messages
 from assistant.models.registry import ProgressCallback, ResolvedModel
 from assistant.volume import Volume
 
@@ -37,6 +37,7 @@ CPU_DTYPE = torch.float32
 
 class TransformersChatModel(ChatModel):
     runtime = "transformers"
+    supports_sampling = True
 
     def __init__(
         self,
@@ -77,6 +78,7 @@ class TransformersChatModel(ChatModel):
         json_schema: dict[str, Any] | None = None,
         max_new_tokens: int | None = None,
         volume: Volume | None = None,
+        sampling: Sampling | None = None,
     ) -> Iterator[str]:
         if not messages:
             raise ModelError("no messages to answer")
@@ -96,8 +98,8 @@ class TransformersChatModel(ChatModel):
             **inputs,
             streamer=streamer,
             max_new_tokens=max_new_tokens,
-            do_sample=False,
-            temperature=None,
+            do_sample=sampling is not None,
+            temperature=sampling.temperature if sampling else None,
             top_p=None,
             top_k=None,
             pad_token_id=self.tokenizer.eos_token_id if self.tokenizer.pad_token_id is None else self.tokenizer.pad_token_id,
@@ -110,6 +112,8 @@ class TransformersChatModel(ChatModel):
 
         def generate() -> None:
             try:
+                if sampling:
+                    torch.manual_seed(sampling.seed)  # under self._generating: no other generation shares the RNG
                 with torch.inference_mode():
                     self.model.generate(**generate_kwargs)
             except Exception as exc:  # re-raised in the consumer's thread below

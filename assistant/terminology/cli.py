@@ -1,4 +1,4 @@
-"""`scanchat terms build|search|normalize`: the term index from the command line."""
+"""`scanchat terms build|info|search|normalize`: the term index from the command line."""
 
 from __future__ import annotations
 
@@ -27,6 +27,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                        "'glossary'); set SCANCHAT_TERM_GLOSSARY to the same file for the agent and `terms search`")
     build.add_argument("--force", action="store_true", help="rebuild even when the saved index is current")
     build.set_defaults(func=_build)
+
+    info = commands.add_parser("info", help="what the term index holds and where its vectors are searched (CPU or GPU)")
+    info.set_defaults(func=_build, sources=None, limit=None, embedder=None, index_type=None, glossary=None, force=False)
 
     search = commands.add_parser("search", help="concepts for a term, abbreviation or code")
     search.add_argument("query")
@@ -65,7 +68,8 @@ def _build(args: argparse.Namespace) -> int:
         bar.close()
     meta = index.metadata
     print(f"term index in {index_folder(options)}: {meta.concepts} concepts, {meta.entries} strings, "
-          f"{meta.embedded} embedded with {meta.embedder} ({meta.options.index_type}); built in {meta.build_seconds} s")
+          f"{meta.embedded} embedded with {meta.embedder} ({meta.options.index_type}); built in {meta.build_seconds} s; "
+          f"vectors searched on {index.vector_device}")
     for source in meta.sources:
         print(f"  {source.name}: {source.concepts} concepts, {source.package} {source.version}; {source.licence}")
     methods = Counter(link.method for link in index.graph.links())  # built now, not on the first search

@@ -193,7 +193,7 @@ class TermIndex:
         self._texts = entries.texts
         self._entry_concepts = entries.concepts
         self._embedded_rows = embedded_rows  # FAISS row -> entry id
-        self._vectors = vectors
+        self._vectors, self.vector_device = _to_gpu(vectors)
         self._ngrams = ngrams
         self._sources = concepts.sources
         self._by_text: dict[str, list[int]] = {}
@@ -257,7 +257,7 @@ class TermIndex:
         if (len(concepts), len(entries), vectors.ntotal) != (metadata.concepts, metadata.entries, metadata.embedded) \
                 or len(embedded_rows) != vectors.ntotal or ngrams.matrix.shape[0] != len(entries):
             raise ValueError(f"term index in {folder} is inconsistent with its metadata")
-        return cls(folder, metadata, concepts, entries, embedded_rows, _to_gpu(vectors), ngrams)
+        return cls(folder, metadata, concepts, entries, embedded_rows, vectors, ngrams)
 
     # --- look-ups ----------------------------------------------------------------------------
 
@@ -556,11 +556,18 @@ def _read_faiss(path: Path) -> faiss.Index:
         return faiss.read_index(str(path))
 
 
-def _to_gpu(index: faiss.Index) -> faiss.Index:
-    """Exact indexes move to all GPUs when a faiss GPU build sees one; HNSW stays on the CPU."""
-    if isinstance(index, faiss.IndexFlat) and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
-        return faiss.index_cpu_to_all_gpus(index)
-    return index
+def _to_gpu(index: faiss.Index) -> tuple[faiss.Index, str]:
+    """The index to search and where it runs: on a faiss GPU build that sees GPUs, exact search on all
+    of them (an HNSW graph cannot move to a GPU, so its stored vectors do, searched exhaustively:
+    exact and still fast there); else the index as built, on the CPU."""
+    gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    cpu = f"CPU ({type(index).__name__})"
+    if gpus == 0:
+        return index, cpu
+    flat = faiss.downcast_index(index.storage) if isinstance(index, faiss.IndexHNSW) else index
+    if not isinstance(flat, faiss.IndexFlat):
+        return index, cpu
+    return faiss.index_cpu_to_all_gpus(flat), f"{gpus} GPU(s) (exact {type(flat).__name__})"
 
 
 def _save(folder: Path, metadata: IndexMetadata, concepts: list[Concept], entries: EntryTable,

@@ -1,4 +1,5 @@
-"""The run's figures: pass rates (mean ± std over repeats), tool selection, arguments, grounding, latency."""
+"""The run's figures: pass rates (mean ± std over repeats, Wilson 95% interval), per-scenario flakiness,
+tool selection, arguments, grounding, latency."""
 
 from __future__ import annotations
 
@@ -9,20 +10,41 @@ import numpy as np
 from pydantic import BaseModel
 
 from assistant.grounding import numbers_in
+from evals.harness.stats import flakiness, wilson_interval
 from evals.harness.trace import ScenarioResult, TurnRecord
 
 
 class Rate(BaseModel):
-    """A pass rate over repeats: mean and population std of the per-repeat rates; n scenarios per repeat."""
+    """A pass rate: mean and population std of the per-repeat rates, n scenarios per repeat, and the
+    Wilson 95% interval of all scored runs pooled (`passed` of `trials`)."""
 
     mean: float | None
     std: float = 0.0
     n: int = 0
+    passed: int = 0
+    trials: int = 0
+    low: float | None = None
+    high: float | None = None
 
     def __str__(self) -> str:
         if self.mean is None:
             return "n/a"
-        return f"{self.mean:.0%}" + (f" ± {self.std:.0%}" if self.std else "") + f" (n={self.n})"
+        spread = f" ± {self.std:.0%}" if self.std else ""
+        return f"{self.mean:.0%}{spread} [95% CI {self.low:.0%}–{self.high:.0%}] ({self.passed}/{self.trials})"
+
+
+class ScenarioStats(BaseModel):
+    """One scenario over its repeats: how often it passed, with an interval, and how flaky it is."""
+
+    key: str
+    runs: int
+    passed: int
+    low: float
+    high: float
+    flakiness: float  # share of repeats disagreeing with the majority outcome
+
+    def __str__(self) -> str:
+        return f"{self.passed}/{self.runs} [95% CI {self.low:.0%}–{self.high:.0%}]"
 
 
 class RunMetrics(BaseModel):
@@ -34,6 +56,7 @@ class RunMetrics(BaseModel):
     pass_rate: Rate
     pass_rate_by_suite: dict[str, Rate]
     pass_rate_by_tag: dict[str, Rate]
+    scenario_stats: list[ScenarioStats] = []
     tool_precision: float | None
     tool_recall: float | None
     argument_accuracy: float | None
@@ -49,7 +72,8 @@ class RunMetrics(BaseModel):
 
 
 def pass_rate(results: Sequence[ScenarioResult]) -> Rate:
-    """Mean ± std over repeats of the share of scored (not skipped) scenarios that passed."""
+    """Mean ± std over repeats of the share of scored (not skipped) scenarios that passed, with the
+    Wilson interval of every scored run pooled (repeats of one scenario counted as separate trials)."""
     by_repeat: dict[int, list[bool]] = defaultdict(list)
     for result in results:
         if result.status != "skipped":
@@ -57,7 +81,30 @@ def pass_rate(results: Sequence[ScenarioResult]) -> Rate:
     rates = [float(np.mean(v)) for v in by_repeat.values() if v]
     if not rates:
         return Rate(mean=None)
-    return Rate(mean=float(np.mean(rates)), std=float(np.std(rates)), n=len(next(iter(by_repeat.values()))))
+    passed, trials = sum(sum(v) for v in by_repeat.values()), sum(len(v) for v in by_repeat.values())
+    low, high = wilson_interval(passed, trials)
+    return Rate(
+        mean=float(np.mean(rates)),
+        std=float(np.std(rates)),
+        n=len(next(iter(by_repeat.values()))),
+        passed=passed,
+        trials=trials,
+        low=low,
+        high=high,
+    )
+
+
+def scenario_stats(results: Sequence[ScenarioResult]) -> list[ScenarioStats]:
+    """Per scored scenario, in first-seen order: pass count over repeats, interval, flakiness."""
+    outcomes: dict[str, list[bool]] = {}
+    for result in results:
+        if result.status != "skipped":
+            outcomes.setdefault(result.key, []).append(result.status == "passed")
+    stats = []
+    for key, runs in outcomes.items():
+        low, high = wilson_interval(sum(runs), len(runs))
+        stats.append(ScenarioStats(key=key, runs=len(runs), passed=sum(runs), low=low, high=high, flakiness=flakiness(runs)))
+    return stats
 
 
 def _grouped(results: Sequence[ScenarioResult], keys: Callable[[ScenarioResult], Iterable[str]]) -> dict[str, Rate]:
@@ -105,6 +152,7 @@ def compute_metrics(results: Sequence[ScenarioResult]) -> RunMetrics:
         pass_rate=pass_rate(results),
         pass_rate_by_suite=_grouped(results, lambda r: [r.suite]),
         pass_rate_by_tag=_grouped(results, lambda r: r.tags),
+        scenario_stats=scenario_stats(results),
         tool_precision=_share(true_pos, true_pos + false_pos),
         tool_recall=_share(true_pos, true_pos + false_neg),
         argument_accuracy=_check_share(turns, {"tool_args"}),

@@ -1,4 +1,8 @@
-"""The run report: full JSON trace, a Markdown summary, an HTML page, and the comparison with a previous run."""
+"""The run report: full JSON trace, a Markdown summary, an HTML page, and the comparison with a previous run.
+
+Every pass rate carries its Wilson 95% interval; a comparison tests the paired outcomes with
+McNemar's test (overall and per suite) and each scenario's change over repeats with Fisher's.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from jinja2 import Environment, select_autoescape
 from pydantic import BaseModel, Field
 
 from evals.harness.metrics import Rate, RunMetrics, compute_metrics
+from evals.harness.stats import McNemar, fisher_p_value, mcnemar
 from evals.harness.trace import ScenarioResult
 
 # Headline figures compared between runs: (field, higher is better).
@@ -29,9 +34,12 @@ class RunInfo(BaseModel):
     judge: str | None = None
     repeat: int = 1
     parallel: int = 1
+    temperature: float = 0.0  # 0: greedy decoding
+    seed: int = 0
     started: str
     seconds: float = 0.0
     git_commit: str | None = None
+    pending: int = Field(0, description="scenario runs not recorded yet (a run in progress, killed or sharded)")
 
 
 class Change(BaseModel):
@@ -39,6 +47,21 @@ class Change(BaseModel):
     before: float | None
     after: float | None
     regression: bool
+    test: McNemar | None = Field(None, description="paired test of the pass/fail outcomes (pass rates only)")
+
+
+class ScenarioChange(BaseModel):
+    """One scenario that passes less (or more) often than before, with Fisher's p over its repeats."""
+
+    key: str
+    passed_before: int
+    runs_before: int
+    passed_now: int
+    runs_now: int
+    p_value: float
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.passed_before}/{self.runs_before} -> {self.passed_now}/{self.runs_now}, p={self.p_value:.2g})"
 
 
 class Comparison(BaseModel):
@@ -50,6 +73,8 @@ class Comparison(BaseModel):
     regressions: list[str] = Field(description="scenarios that pass less often than before")
     fixed: list[str]
     new: list[str]
+    regression_details: list[ScenarioChange] = Field(default_factory=list)
+    fixed_details: list[ScenarioChange] = Field(default_factory=list)
 
 
 class RunReport(BaseModel):
@@ -76,33 +101,61 @@ def load_report(path: str | Path) -> RunReport:
         raise ValueError(f"{path} is not a ScanChat eval report: {str(exc).splitlines()[0]}") from exc
 
 
-def _scenario_pass_shares(results: list[ScenarioResult]) -> dict[str, float]:
-    runs: dict[str, list[bool]] = {}
+def _scenario_outcomes(results: list[ScenarioResult]) -> dict[str, dict[int, bool]]:
+    """Scored outcomes per scenario key and repeat index."""
+    runs: dict[str, dict[int, bool]] = {}
     for result in results:
         if result.status != "skipped":
-            runs.setdefault(result.key, []).append(result.status == "passed")
-    return {key: sum(v) / len(v) for key, v in runs.items()}
+            runs.setdefault(result.key, {})[result.repeat] = result.status == "passed"
+    return runs
 
 
-def _change(name: str, before: float | None, after: float | None, higher_is_better: bool = True) -> Change:
+def _paired_test(now: dict[str, dict[int, bool]], before: dict[str, dict[int, bool]], keys: set[str]) -> McNemar:
+    """McNemar over (scenario, repeat) pairs scored in both runs."""
+    return mcnemar(
+        (before[key][repeat], now[key][repeat]) for key in sorted(keys) for repeat in sorted(now[key].keys() & before[key].keys())
+    )
+
+
+def _change(name: str, before: float | None, after: float | None, higher_is_better: bool = True, test: McNemar | None = None) -> Change:
     worse = before is not None and after is not None and (after < before if higher_is_better else after > before * 1.25)
-    return Change(name=name, before=before, after=after, regression=worse)
+    return Change(name=name, before=before, after=after, regression=worse, test=test)
+
+
+def _scenario_change(key: str, before: dict[int, bool], now: dict[int, bool]) -> ScenarioChange:
+    passed_before, passed_now = sum(before.values()), sum(now.values())
+    return ScenarioChange(
+        key=key,
+        passed_before=passed_before,
+        runs_before=len(before),
+        passed_now=passed_now,
+        runs_now=len(now),
+        p_value=fisher_p_value(passed_before, len(before), passed_now, len(now)),
+    )
 
 
 def compare(current: RunReport, previous: RunReport, previous_path: str) -> Comparison:
-    """Per scenario, suite and metric: what got worse (latency: more than 25 % slower)."""
-    now, before = _scenario_pass_shares(current.results), _scenario_pass_shares(previous.results)
-    shared = sorted(now.keys() & before.keys())
+    """Per scenario, suite and metric: what got worse (latency: more than 25 % slower), with paired tests."""
+    now, before = _scenario_outcomes(current.results), _scenario_outcomes(previous.results)
+    shared = now.keys() & before.keys()
+    suite_of = {r.key: r.suite for r in [*current.results, *previous.results]}
     suites = sorted(current.metrics.pass_rate_by_suite.keys() | previous.metrics.pass_rate_by_suite.keys())
+    share = {key: sum(v.values()) / len(v) for key, v in now.items()}
+    share_before = {key: sum(v.values()) / len(v) for key, v in before.items()}
+    regressed = sorted(key for key in shared if share[key] < share_before[key])
+    fixed = sorted(key for key in shared if share[key] > share_before[key])
     return Comparison(
         previous=previous_path,
         previous_backend=previous.info.backend,
-        pass_rate=_change("pass rate", previous.metrics.pass_rate.mean, current.metrics.pass_rate.mean),
+        pass_rate=_change(
+            "pass rate", previous.metrics.pass_rate.mean, current.metrics.pass_rate.mean, test=_paired_test(now, before, shared)
+        ),
         suites=[
             _change(
                 suite,
                 previous.metrics.pass_rate_by_suite.get(suite, Rate(mean=None)).mean,
                 current.metrics.pass_rate_by_suite.get(suite, Rate(mean=None)).mean,
+                test=_paired_test(now, before, {key for key in shared if suite_of[key] == suite}),
             )
             for suite in suites
         ],
@@ -110,9 +163,11 @@ def compare(current: RunReport, previous: RunReport, previous_path: str) -> Comp
             _change(name, getattr(previous.metrics, name), getattr(current.metrics, name), higher)
             for name, higher in _COMPARED_METRICS
         ],
-        regressions=[key for key in shared if now[key] < before[key]],
-        fixed=[key for key in shared if now[key] > before[key]],
+        regressions=regressed,
+        fixed=fixed,
         new=sorted(now.keys() - before.keys()),
+        regression_details=[_scenario_change(key, before[key], now[key]) for key in regressed],
+        fixed_details=[_scenario_change(key, before[key], now[key]) for key in fixed],
     )
 
 
@@ -146,7 +201,8 @@ def to_markdown(report: RunReport) -> str:
         f"# ScanChat eval: {', '.join(info.suites)}",
         "",
         f"Backend `{info.backend}` ({info.runtime}), judge `{info.judge or 'none'}`, repeat {info.repeat}, "
-        f"parallel {info.parallel}, started {info.started}, {info.seconds:.0f} s, commit `{info.git_commit or '?'}`.",
+        f"parallel {info.parallel}, temperature {info.temperature} (seed {info.seed}), started {info.started}, {info.seconds:.0f} s, commit `{info.git_commit or '?'}`.",
+        *(["", f"**Incomplete:** {info.pending} scenario runs not recorded yet (`--resume` the run folder)."] if info.pending else []),
         "",
         "| Metric | Value |",
         "|---|---|",
@@ -162,13 +218,25 @@ def to_markdown(report: RunReport) -> str:
     ]
     if report.comparison:
         c = report.comparison
-        lines += ["", f"## Compared with `{c.previous}` ({c.previous_backend})", "", "| | Before | After |", "|---|---|---|"]
+        lines += [
+            "",
+            f"## Compared with `{c.previous}` ({c.previous_backend})",
+            "",
+            "| | Before | After | Paired test |",
+            "|---|---|---|---|",
+        ]
         for change in [c.pass_rate, *c.suites, *c.metrics]:
             percent = not change.name.startswith("latency")
             flag = " **REGRESSION**" if change.regression else ""
-            lines.append(f"| {change.name}{flag} | {_fmt(change.before, percent)} | {_fmt(change.after, percent)} |")
+            test = str(change.test) if change.test else ""
+            lines.append(f"| {change.name}{flag} | {_fmt(change.before, percent)} | {_fmt(change.after, percent)} | {test} |")
         lines += ["", "**Regressions:** " + (", ".join(f"`{k}`" for k in c.regressions) or "none")]
+        lines += [f"- {change}" for change in c.regression_details]
         lines += ["", "Fixed: " + (", ".join(f"`{k}`" for k in c.fixed) or "none")]
+    flaky = [stat for stat in m.scenario_stats if stat.flakiness > 0]
+    if info.repeat > 1:
+        lines += ["", "## Flaky scenarios", "", "| Scenario | Passed | Flakiness |", "|---|---|---|"]
+        lines += [f"| {stat.key} | {stat} | {stat.flakiness:.0%} |" for stat in flaky] or ["| none | | |"]
     lines += ["", "## Scenarios", "", "| Scenario | Repeat | Status | s | Why |", "|---|---|---|---|---|"]
     for r in report.results:
         reason = r.reason.replace("|", "\\|").replace("\n", " ")[:300]
@@ -187,8 +255,9 @@ details{margin:.3em 0}summary{cursor:pointer}
 </style></head><body>
 <h1>ScanChat eval: {{ info.suites|join(', ') }}</h1>
 <p>Backend <code>{{ info.backend }}</code> ({{ info.runtime }}), judge <code>{{ info.judge or 'none' }}</code>,
-repeat {{ info.repeat }}, parallel {{ info.parallel }}, started {{ info.started }}, {{ '%.0f'|format(info.seconds) }} s,
+repeat {{ info.repeat }}, parallel {{ info.parallel }}, temperature {{ info.temperature }} (seed {{ info.seed }}), started {{ info.started }}, {{ '%.0f'|format(info.seconds) }} s,
 commit <code>{{ info.git_commit or '?' }}</code>.</p>
+{% if info.pending %}<p class="regression">Incomplete: {{ info.pending }} scenario runs not recorded yet.</p>{% endif %}
 <table>{% for name, value in rows %}<tr><th>{{ name }}</th><td>{{ value }}</td></tr>{% endfor %}</table>
 <table><tr><th>Suite</th><th>Pass rate</th></tr>
 {% for suite, rate in metrics.pass_rate_by_suite.items() %}<tr><td>{{ suite }}</td><td>{{ rate }}</td></tr>{% endfor %}</table>
@@ -196,12 +265,17 @@ commit <code>{{ info.git_commit or '?' }}</code>.</p>
 {% for tag, rate in metrics.pass_rate_by_tag.items() %}<tr><td>{{ tag }}</td><td>{{ rate }}</td></tr>{% endfor %}</table>
 {% if comparison %}
 <h2>Compared with {{ comparison.previous }} ({{ comparison.previous_backend }})</h2>
-<table><tr><th></th><th>Before</th><th>After</th></tr>
-{% for c in changes %}<tr class="{{ 'regression' if c.regression }}"><td>{{ c.name }}</td><td>{{ fmt(c.before, not c.name.startswith('latency')) }}</td><td>{{ fmt(c.after, not c.name.startswith('latency')) }}</td></tr>{% endfor %}
+<table><tr><th></th><th>Before</th><th>After</th><th>Paired test</th></tr>
+{% for c in changes %}<tr class="{{ 'regression' if c.regression }}"><td>{{ c.name }}</td><td>{{ fmt(c.before, not c.name.startswith('latency')) }}</td><td>{{ fmt(c.after, not c.name.startswith('latency')) }}</td><td>{{ c.test or '' }}</td></tr>{% endfor %}
 </table>
 <p class="{{ 'regression' if comparison.regressions }}">Regressions: {{ comparison.regressions|join(', ') or 'none' }}</p>
+<ul>{% for d in comparison.regression_details %}<li>{{ d }}</li>{% endfor %}</ul>
 <p>Fixed: {{ comparison.fixed|join(', ') or 'none' }}</p>
 {% endif %}
+{% if info.repeat > 1 %}<h2>Flaky scenarios</h2>
+<table><tr><th>Scenario</th><th>Passed</th><th>Flakiness</th></tr>
+{% for s in metrics.scenario_stats if s.flakiness > 0 %}<tr><td>{{ s.key }}</td><td>{{ s }}</td><td>{{ '%.0f%%'|format(100 * s.flakiness) }}</td></tr>{% else %}<tr><td colspan="3">none</td></tr>{% endfor %}
+</table>{% endif %}
 <h2>Scenarios</h2>
 {% for r in results %}
 <details class="{{ r.status }}{{ ' regression' if r.key in regressions }}"><summary><b>{{ r.key }}</b> #{{ r.repeat }}: {{ r.status }}

@@ -13,6 +13,7 @@ import threading
 import time
 import traceback
 import warnings
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import nullcontext
@@ -21,18 +22,20 @@ from typing import Any
 
 from assistant.agent import Agent, AnswerEvent, TokenEvent, ToolResultEvent
 from assistant.config import Settings, get_settings
-from assistant.models.base import ChatModel, Usage
+from assistant.models.base import ChatModel, ModelError, Sampling, Usage
 from assistant.session import ScanSession, ToolRecord
 from assistant.volume import Volume
 from evals.harness.checks import check_turn
 from evals.harness.judge import Judge, unjudged
 from evals.harness.schema import ScanRef, Scenario, Turn
+from evals.harness.store import Shard
 from evals.harness.trace import ScenarioResult, ToolCallTrace, TurnRecord
 from tools import build_tools
 
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int, ScenarioResult], None]
+Job = tuple[Scenario, int]  # a scenario and its repeat index
 _SHOWN_MESSAGE_CHARS = 500
 
 
@@ -40,17 +43,22 @@ class MeteredModel(ChatModel):
     """One scenario's view of the shared model: calls serialised when `lock` is given, tokens counted.
 
     A local model is not thread-safe, so parallel scenarios share one lock around each call;
-    an HTTP endpoint gets no lock and runs truly in parallel.
+    an HTTP endpoint gets no lock and runs truly in parallel. With `sampling`, call i of the
+    scenario gets seed `sampling.seed + i`, so a repeat samples the same way wherever it runs.
     """
 
-    def __init__(self, inner: ChatModel, lock: threading.Lock | None):
+    def __init__(self, inner: ChatModel, lock: threading.Lock | None, sampling: Sampling | None = None):
         super().__init__()
         self.inner = inner
         self.lock = lock
+        self.sampling = sampling
         self.name, self.runtime, self.sees_volumes = inner.name, inner.runtime, inner.sees_volumes
         self.prompt_tokens = self.completion_tokens = self.calls = 0
+        self.total_calls = 0
 
     def stream(self, messages, **kwargs: Any) -> Iterator[str]:
+        if self.sampling:
+            kwargs["sampling"] = Sampling(self.sampling.temperature, self.sampling.seed + self.total_calls)
         with self.lock or nullcontext():
             yield from self.inner.stream(messages, **kwargs)
             usage = self.inner.last_usage
@@ -58,12 +66,23 @@ class MeteredModel(ChatModel):
         self.prompt_tokens += usage.prompt_tokens
         self.completion_tokens += usage.completion_tokens
         self.calls += 1
+        self.total_calls += 1
 
     def take_counts(self) -> tuple[int, int, int]:
         """Tokens and calls since the last take (one turn's worth)."""
         counts = (self.prompt_tokens, self.completion_tokens, self.calls)
         self.prompt_tokens = self.completion_tokens = self.calls = 0
         return counts
+
+
+def plan_jobs(
+    scenarios: Sequence[Scenario], repeat: int = 1, shard: Shard | None = None, done: set[tuple[str, int]] = frozenset()
+) -> list[Job]:
+    """Every (scenario, repeat) of the run, this shard's share (every N-th), less those already done."""
+    jobs = [(s, r) for r in range(repeat) for s in scenarios]
+    if shard is not None:
+        jobs = jobs[shard.index - 1 :: shard.count]
+    return [(s, r) for s, r in jobs if (s.key, r) not in done]
 
 
 def registered_tools() -> set[str]:
@@ -133,9 +152,16 @@ class EvalRunner:
         *,
         serialize: bool = True,
         judge: ChatModel | None = None,
+        temperature: float = 0.0,
+        seed: int = 0,
     ):
+        if temperature < 0:
+            raise ValueError("--temperature must be 0 (greedy) or more")
+        if temperature > 0 and not model.supports_sampling:
+            raise ModelError(f"{model.name} ({model.runtime}) decodes greedily only; --temperature needs llamacpp, transformers or openai")
         self.model = model
         self.settings = settings or get_settings()
+        self.temperature, self.seed = temperature, seed
         self.lock = threading.Lock() if serialize else None
         judge_lock = self.lock if judge is model else (threading.Lock() if serialize else None)
         self.judge = Judge(judge, judge_lock) if judge is not None else None
@@ -149,10 +175,13 @@ class EvalRunner:
         progress: ProgressCallback | None = None,
     ) -> list[ScenarioResult]:
         """Every scenario `repeat` times, `parallel` at once; results in scenario order."""
-        jobs = [(r, s) for r in range(repeat) for s in scenarios]
+        return self.run_jobs(plan_jobs(scenarios, repeat), parallel, progress)
+
+    def run_jobs(self, jobs: Sequence[Job], parallel: int = 1, progress: ProgressCallback | None = None) -> list[ScenarioResult]:
+        """The jobs, `parallel` at once; `progress` sees each result as it finishes (to save it at once)."""
         results: dict[int, ScenarioResult] = {}
         with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="eval") as pool:
-            futures = {pool.submit(self.run_scenario, s, r): i for i, (r, s) in enumerate(jobs)}
+            futures = {pool.submit(self.run_scenario, s, r): i for i, (s, r) in enumerate(jobs)}
             for done, future in enumerate(as_completed(futures), start=1):
                 results[futures[future]] = result = future.result()
                 if progress:
@@ -174,7 +203,7 @@ class EvalRunner:
             session = ScanSession()
             if scenario.scan:
                 session.load(load_scan_ref(scenario.scan, scenario.file, self.settings))
-            agent = Agent(MeteredModel(self.model, self.lock), session, self.settings)
+            agent = Agent(MeteredModel(self.model, self.lock, self.sampling(scenario, repeat)), session, self.settings)
             for index, turn in enumerate(scenario.turns):
                 record = self._play_turn(agent, scenario, turn, result.turns)
                 result.turns.append(record)
@@ -193,6 +222,12 @@ class EvalRunner:
                 result.status = "failed"
                 result.reason = "; ".join(f"{c.description}" + (f" ({c.detail})" if c.detail else "") for c in failed)[:500]
         return result
+
+    def sampling(self, scenario: Scenario, repeat: int) -> Sampling | None:
+        """Greedy at temperature 0; else a seed fixed by (run seed, scenario, repeat), not by scheduling."""
+        if not self.temperature:
+            return None
+        return Sampling(self.temperature, zlib.crc32(f"{self.seed}:{scenario.key}:{repeat}".encode()) % 2**31)
 
     def _play_turn(self, agent: Agent, scenario: Scenario, turn: Turn, earlier: list[TurnRecord]) -> TurnRecord:
         """One user turn through `Agent.run`; `earlier` turns let `number_from` look back."""

@@ -22,20 +22,13 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from evals.harness.stats import wilson_interval as wilson
 from evals.terms.laynames import LayPair, load_pairs
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "terms_laynames.json"
 TARGET_PRECISION = 0.95
 K = 10
 
-
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (round(centre - half, 3), round(centre + half, 3))
 
 
 def correct(system: str, code: str, gold: list[str]) -> bool:
