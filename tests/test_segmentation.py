@@ -301,3 +301,7 @@ def test_a_request_naming_a_structure_is_segmented_when_the_model_gives_no_promp
     assert tool.with_request({}, "Segment the skull and tell me its volume.") == {"structure": "skull"}
     assert tool.with_request({"structure": None}, "How big is the left hippocampus?")["structure"] == "left hippocampus"
     assert tool.with_request({}, "shrink the mask by 2 mm") == {"refine": "shrink", "amount_mm": 2.0}
+    # points the model copied from the previous turn's request ("distance between voxel 10,10,10 and 40,10,10")
+    copied = {"structure": "skull", "points": [[10, 10, 10], [40, 10, 10]]}
+    assert tool.with_request(copied, "Segment the skull and tell me its volume.") == {"structure": "skull"}
+    assert tool.with_request({"points": [[5, 5, 5]]}, "segment the lesion at 88, 92, 40") == {"points": [[88, 92, 40]]}

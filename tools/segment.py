@@ -170,8 +170,13 @@ class SegmentTool(ScanTool):
             amount = re.search(r"(\d+(?:\.\d+)?)\s*mm\b", request)
             if amount and refine in ("grow", "shrink"):
                 arguments["amount_mm"] = float(amount.group(1))
-        if not any(arguments.get(name) for name in ("structure", "points", "box", "refine")):
-            arguments = {**arguments, "structure": structure_named(request)}  # the model gave no prompt at all
+        named = structure_named(request)
+        if named and not refine:  # a structure named now is the prompt: points or a box the model copied from an
+            # earlier turn (or left out the structure for) would make two prompts, or the wrong one
+            arguments = {k: v for k, v in arguments.items() if k not in ("points", "box", "slice_z", "units")}
+            arguments["structure"] = arguments.get("structure") or named
+        elif not any(arguments.get(name) for name in ("structure", "points", "box", "refine")):
+            arguments = {**arguments, "structure": named}  # the model gave no prompt at all
         structure = arguments.get("structure")
         if isinstance(structure, str) and (side := side_named(request)):
             arguments = {**arguments, "structure": f"{side} {_SIDE_WORDS.sub('', structure).strip()}"}
