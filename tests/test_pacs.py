@@ -285,3 +285,25 @@ def test_no_push_without_a_real_identity_or_a_signature(settings, orthanc, sampl
     unsigned = store.create(draft_report(session), "Dr A")
     with pytest.raises(ReportError, match="signed"):
         push_results(volume, [], unsigned, settings)
+
+
+def test_the_ui_study_browser_searches_lists_and_opens_a_series(settings, sample_study, tmp_path):
+    """The UI's PACS panel through the app's own handlers: search, choose the series, open it in the viewer."""
+    import gradio as gr
+
+    from ui.app import ScanChatApp
+
+    app = ScanChatApp(settings.model_copy(update={"ui_exports_dir": tmp_path / "exports"}))
+    assert "Search the PACS" in str(app.build().config)  # the browser is shown when a PACS is configured
+    studies, _ = app.search_pacs(SAMPLE_PATIENT, "", "", "CT")
+    assert [uid for _, uid in studies["choices"]] == [sample_study]
+    series = app.pacs_series(sample_study)
+    [(label, series_uid)] = series["choices"]
+    assert label.startswith("CT") and "108 images" in label and series["value"] == series_uid
+    state, _window, *views_sliders, info, chat = app.open_from_pacs(None, sample_study, series_uid, "auto",
+                                                                   gr.Request(), progress=lambda *a, **k: None)
+    assert state.session.volume.shape == (256, 256, 108) and state.scan_path == f"dicomweb:{sample_study}/{series_uid}"
+    assert [v.ndim for v in views_sliders[:3]] == [3, 3, 3] and "256 × 256 × 108" in info
+    assert SAMPLE_PATIENT not in info  # identifiers stay in the browser's list, never in the scan line or the chat
+    missing, _ = app.search_pacs("NO-SUCH-PATIENT", "", "", "")
+    assert missing["choices"] == []

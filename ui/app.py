@@ -226,23 +226,42 @@ class ScanChatApp:
 
     def load(self, state: ChatState | None, upload, sample: str | None, window: str, request: gr.Request,
              progress=gr.Progress()):
+        """An uploaded file or a bundled sample."""
+        if upload:
+            source = str(Path(upload if isinstance(upload, str) else upload.name))
+        elif sample:
+            progress(0.2, desc=f"Preparing sample {sample}")
+            try:
+                source = str(sample_path(sample))
+            except (OSError, ValueError) as exc:
+                gr.Warning(str(exc))
+                return (state or self.new_state(request), *[gr.update()] * 8)
+        else:
+            gr.Warning("Choose a file to upload or a sample scan first.")
+            return (state or self.new_state(request), *[gr.update()] * 8)
+        return self._show(state, source, window, request, progress)
+
+    def open_from_pacs(self, state: ChatState | None, study_uid: str | None, series_uid: str | None, window: str,
+                       request: gr.Request, progress=gr.Progress()):
+        """A series chosen in the study browser, retrieved over DICOMweb into the same viewer and chat."""
+        if not study_uid:
+            gr.Warning("Search the PACS and choose a study first.")
+            return (state or self.new_state(request), *[gr.update()] * 8)
+        progress(0.2, desc="Retrieving the series from the PACS")
+        return self._show(state, f"dicomweb:{study_uid}" + (f"/{series_uid}" if series_uid else ""), window, request,
+                          progress)
+
+    def _show(self, state: ChatState | None, source: str, window: str, request: gr.Request | None, progress):
         state = state or self.new_state(request)
         try:
             user = self._user(request)
-            if upload:
-                path = Path(upload if isinstance(upload, str) else upload.name)
-            elif sample:
-                progress(0.2, desc=f"Preparing sample {sample}")
-                path = sample_path(sample)
-            else:
-                raise ScanLoadError("Choose a file to upload or a sample scan first.")
-            progress(0.5, desc=f"Reading {path.name}")
-            volume = load_scan(path, self.settings)
+            progress(0.5, desc="Reading the scan")
+            volume = load_scan(source if source.startswith("dicomweb:") else Path(source), self.settings)
         except (ScanLoadError, AuthError, OSError, ValueError) as exc:
             gr.Warning(str(exc))
             return (state, *[gr.update()] * 8)
         state.agent, state.restored_history = None, []
-        state.conversation_id, state.scan_path, state.user = uuid.uuid4().hex, str(path), user
+        state.conversation_id, state.scan_path, state.user = uuid.uuid4().hex, source, user
         state.session.load(volume)
         self._audit(user, "load_scan", scan_fingerprint(volume), source_format=volume.metadata.source_format)
         chat = self._restore_conversation(state, volume)
@@ -254,6 +273,37 @@ class ScanChatApp:
         if chat:
             info += f"\n\nThe earlier conversation about this scan was restored ({len(state.session.records)} tool results)."
         return (state, gr.update(value=window), *self.views(state, window, True), *sliders, info, chat)  # type: ignore[misc]
+
+    def search_pacs(self, patient_id: str, accession: str, study_date: str, modality: str):
+        """Studies for the browser: shown to the clinician only, never to the model (they carry identifiers)."""
+        from assistant.scans.pacs import PacsError, StudyQuery, search_studies
+
+        try:
+            query = StudyQuery(patient_id=patient_id or None, accession_number=accession or None,
+                               study_date=study_date or None, modality=modality or None)
+            studies = search_studies(query, self.settings)
+        except (PacsError, ValueError) as exc:
+            gr.Warning(str(exc))
+            return gr.update(choices=[], value=None), gr.update(choices=[], value=None)
+        if not studies:
+            gr.Info("No study matches the search.")
+        choices = [(f"{s.study_date} · {'/'.join(s.modalities)} · {s.description or 'no description'} · "
+                    f"{s.patient_name} ({s.patient_id}) · acc. {s.accession_number or '-'}", s.study_uid) for s in studies]
+        return gr.update(choices=choices, value=None), gr.update(choices=[], value=None)
+
+    def pacs_series(self, study_uid: str | None):
+        from assistant.scans.pacs import PacsError, list_series
+
+        if not study_uid:
+            return gr.update(choices=[], value=None)
+        try:
+            series = [s for s in list_series(study_uid, self.settings) if s.modality not in ("SEG", "SR", "PR", "KO")]
+        except PacsError as exc:
+            gr.Warning(str(exc))
+            return gr.update(choices=[], value=None)
+        choices = [(f"{s.modality} #{s.number if s.number is not None else '?'} · {s.description or 'no description'} "
+                    f"· {s.instances} images", s.series_uid) for s in series]
+        return gr.update(choices=choices, value=choices[0][1] if len(choices) == 1 else None)
 
     def move(self, state: ChatState | None, plane: str, index: int, window: str, show_overlays: bool):
         state = state or self.new_state()
@@ -379,6 +429,19 @@ class ScanChatApp:
 
     # -- layout --------------------------------------------------------------------------
 
+    @staticmethod
+    def _pacs_browser() -> dict:
+        """Search the PACS (QIDO-RS) and open a series (WADO-RS), beside the upload box."""
+        with gr.Accordion("PACS: search studies and open a series", open=False, elem_id="pacs"):
+            with gr.Row():
+                query = [gr.Textbox(label="Patient ID"), gr.Textbox(label="Accession"),
+                         gr.Textbox(label="Study date (YYYYMMDD or range)"), gr.Textbox(label="Modality")]
+            search = gr.Button("Search the PACS")
+            study = gr.Dropdown(label="Study", choices=[], interactive=True)
+            series = gr.Dropdown(label="Series", choices=[], interactive=True)
+            open_button = gr.Button("Open series", variant="primary")
+        return {"query": query, "search": search, "study": study, "series": series, "open": open_button}
+
     def build(self) -> gr.Blocks:
         ttl = self.settings.session_ttl_s
         with gr.Blocks(title="ScanChat", delete_cache=(min(ttl, 3600), ttl)) as demo:
@@ -390,6 +453,7 @@ class ScanChatApp:
                     with gr.Row():
                         upload = gr.File(label="Upload scan (NIfTI, DICOM file/zip, NRRD, MHA, NPY)", file_count="single")
                         sample = gr.Dropdown(choices=list(SAMPLES), label="…or a sample scan", value=None, elem_id="sample")
+                    pacs = self._pacs_browser() if self.settings.dicomweb_url else None
                     with gr.Row():
                         load_button = gr.Button("Load scan", variant="primary")
                         window = gr.Radio(list(display.WINDOW_NAMES), value="auto", label="Window")
@@ -417,9 +481,12 @@ class ScanChatApp:
 
             # Viewer events have their own, unlimited lane: they never wait behind a chat reply.
             viewer = {"concurrency_id": "viewer", "concurrency_limit": None}
-            load_button.click(
-                self.load, [state, upload, sample, window], [state, window, *views, *sliders, info, chatbot]
-            )
+            shown = [state, window, *views, *sliders, info, chatbot]
+            load_button.click(self.load, [state, upload, sample, window], shown)
+            if pacs is not None:
+                pacs["search"].click(self.search_pacs, pacs["query"], [pacs["study"], pacs["series"]])
+                pacs["study"].change(self.pacs_series, [pacs["study"]], [pacs["series"]])
+                pacs["open"].click(self.open_from_pacs, [state, pacs["study"], pacs["series"], window], shown)
             for plane, slider in zip(PLANES, sliders):
                 slider.change(lambda s, i, w, o, p=plane: self.move(s, p, i, w, o),
                               [state, slider, window, show_overlays], views, **viewer)

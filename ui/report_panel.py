@@ -98,6 +98,10 @@ def build_report_panel(state_component: gr.State, settings: Settings | None = No
             formats = gr.CheckboxGroup(list(EXPORT_FORMATS), value=["markdown", "pdf", "fhir"], label="Export formats")
             export_button = gr.Button("Export")
         downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="report-downloads")
+        pacs_configured = bool((settings or get_desk().settings).dicomweb_url)
+        with gr.Row(visible=pacs_configured):
+            push_button = gr.Button("Send to PACS", elem_id="send-to-pacs")
+        push_status = gr.Markdown(elem_id="pacs-status")
 
     def show(version: ReportVersion, user: User, restore_unsaved: bool = False):
         flags = get_desk().check(version)
@@ -191,7 +195,31 @@ def build_report_panel(state_component: gr.State, settings: Settings | None = No
             gr.Warning(f"The report could not be exported: {exc}")
             return gr.update()
 
+    def send_to_pacs(chat_state, rid, request: gr.Request, progress=gr.Progress()):
+        """The signed report (DICOM SR) and a DICOM SEG per segmentation, to the study they came from."""
+        from assistant.scans.pacs import push_session
+
+        try:
+            user = user_of(request)
+            version = get_desk().store.latest(_required(rid), user)
+            if not version.signed:
+                raise ReportError("Only a signed report goes to the PACS: a reviewer signs it first.")
+            if chat_state is None or chat_state.session.volume is None:
+                raise ReportError("Load the report's scan first.")
+            progress(0.3, desc="Sending to the PACS")
+            pushed = push_session(chat_state.session, version, get_desk().settings)
+        except (*_USER_ERRORS, OSError) as exc:
+            gr.Warning(str(exc))
+            return f"Not sent: {exc}"
+        try:
+            get_desk().store.audit.record(user.name, "push", version.content.scan.scan_id, report_id=version.report_id,
+                                          version=version.number, stored=pushed.ok)
+        except ValueError as exc:
+            log.warning("%s", exc)
+        return pushed.summary()
+
     draft_button.click(draft, [state_component, clinical, use_model], outputs)
+    push_button.click(send_to_pacs, [state_component, report_id], push_status)
     open_button.click(open_last, [state_component], outputs)
     for box in (title, *sections.values()):
         box.input(keep_typing, [report_id, version_number, title, *sections.values()], None,
@@ -202,7 +230,7 @@ def build_report_panel(state_component: gr.State, settings: Settings | None = No
     translate_button.click(translate, [state_component, report_id, language], outputs)
     versions.change(view_version, [report_id, versions], version_view)
     export_button.click(export, [state_component, report_id, formats], downloads)
-    return {"report_id": report_id, "status": status, "sections": sections, "flags": flags_md, "versions": versions,
+    return {"push": push_button, "push_status": push_status, "report_id": report_id, "status": status, "sections": sections, "flags": flags_md, "versions": versions,
             "downloads": downloads, "draft": draft_button, "open": open_button, "sign": sign_button, "translate": translate_button}
 
 
