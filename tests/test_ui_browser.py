@@ -225,7 +225,10 @@ def test_every_ct_tool_and_the_report_flow_through_the_page(page, tmp_path):
     masks = [p for n, p in files.items() if n.endswith(".nii.gz")]
     assert len(masks) == 1, files
     mask = nib.load(masks[0])
-    assert mask.shape == (256, 256, 108) and int(np.asarray(mask.dataobj).sum()) > 1000
+    frames = sorted(sample_path("ct-head-dicom").iterdir())
+    first = pydicom.dcmread(frames[0], stop_before_pixels=True)
+    assert mask.shape == (len(frames), first.Rows, first.Columns)  # on the input's own grid: its frames, rows, columns
+    assert int(np.asarray(mask.dataobj).sum()) > 1000
     segs = [pydicom.dcmread(p) for n, p in files.items() if n.endswith(".dcm")]
     assert len(segs) == 1 and segs[0].Modality == "SEG"
 
