@@ -45,6 +45,28 @@ def test_m3d_input_is_1x32x256x256_in_unit_range_and_radiological():
     assert bright_columns.mean() < 128  # the patient's right is on the image's left
 
 
+@pytest.mark.parametrize("depth", [32, 64])
+def test_m3d_input_crops_the_background_and_resizes_as_m3d_does(depth):
+    """A CT box of depth x 256 x 256 voxels inside air: M3D's crop keeps exactly the box and the resize to 32 slices
+    averages slice pairs (area mode); expected values computed by hand from the HU window."""
+    rng = np.random.default_rng(4)
+    box = rng.uniform(0.0, 90.0, (256, 256, depth))  # RAS (x, y, z), all inside the (-20, 100) HU window
+    hu = np.full((290, 270, depth + 12), -1000.0)
+    hu[10:266, 7:263, 5:5 + depth] = box
+    scaled = (box + 20.0) / 120.0
+    scaled /= scaled.max()  # the window maps air to 0, so the min-max low is 0
+    axial = scaled[::-1, ::-1, :].transpose(2, 1, 0)  # slices foot->head, rows anterior->posterior, columns right->left
+    expected = axial.reshape(32, depth // 32, 256, 256).mean(axis=1)
+    image = m3d_input(_volume(hu, Modality.CT))
+    assert image.shape == (1, 32, 256, 256) and image.dtype == np.float32
+    np.testing.assert_allclose(image[0], expected, rtol=0, atol=1e-5)
+
+
+def test_m3d_input_refuses_a_volume_outside_the_window():
+    with pytest.raises(VolumeNotSupported, match="outside the intensity window"):
+        m3d_input(_volume(np.linspace(-1000, -500, 16**3).reshape(16, 16, 16), Modality.CT))
+
+
 @pytest.mark.parametrize(
     "data, message",
     [

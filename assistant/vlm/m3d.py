@@ -2,8 +2,8 @@
 
 Design (Bai et al., "M3D: Advancing 3D Medical Image Analysis with Multi-Modal LLMs", 2024):
 MONAI's 3D ViT (perceptron patch embedding, cls token) reads a 1x32x256x256 volume in 4x16x16 patches
-(8x16x16 = 2048 patches), a 2x2x2 spatial pooling reduces the patch grid to 256 visual tokens, a 2-layer MLP projects them into the LLM
-(Phi-3-4B or Llama-2-7B), and the tokens replace the `<im_patch>` placeholders in the prompt.
+(8x16x16 = 2048 patches), a 2x2x2 spatial pooling reduces the patch grid to 256 visual tokens, a 2-layer MLP
+projects them into the LLM (Phi-3-4B or Llama-2-7B), and the tokens replace the `<im_patch>` placeholders in the prompt.
 Preprocessing comes from `assistant.vlm.preprocess.m3d_input`, done explicitly from the Volume.
 
 `load_m3d_checkpoint` maps the published parameter names (``model.vision_tower.vision_tower.*``,
