@@ -65,7 +65,7 @@ def windowed(volume: Volume, window: IntensityWindow = IntensityWindow()) -> np.
 
 
 def resized(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Linear resampling to a fixed grid (the aspect ratio is not kept, as in M3D's resize)."""
+    """Linear resampling to a fixed grid (the aspect ratio is not kept)."""
     zoom = [target / current for target, current in zip(shape, array.shape)]
     return ndimage.zoom(array, zoom, order=1, grid_mode=True, mode="nearest").astype(np.float32)
 
