@@ -16,7 +16,7 @@ from assistant.models.base import Message, ModelError
 from assistant.vlm.cases import read_cases
 from assistant.vlm.data import base_volume, case_questions, generate_cases, lobe_of, volume_world_x
 from assistant.vlm.encoder import SymmetryGridEncoder
-from assistant.vlm.m3d import M3DLaMed, M3DVisionConfig, load_m3d_checkpoint, map_checkpoint_key
+from assistant.vlm.m3d import M3DLaMed, M3DVisionConfig, load_m3d_checkpoint
 from assistant.vlm.model import VisualProjector, VLMConfig, left_minus_right, load_llm
 from assistant.vlm.preprocess import SliceSelection, VolumeNotSupported, axial_slices, check_volume, m3d_input
 from assistant.volume import Modality, ScanLoadError, ScanMetadata, Volume
@@ -43,6 +43,28 @@ def test_m3d_input_is_1x32x256x256_in_unit_range_and_radiological():
     assert image.min() >= 0.0 and image.max() <= 1.0
     bright_columns = np.argwhere(image[0] > 0.9)[:, 2]
     assert bright_columns.mean() < 128  # the patient's right is on the image's left
+
+
+@pytest.mark.parametrize("depth", [32, 64])
+def test_m3d_input_crops_the_background_and_resizes_as_m3d_does(depth):
+    """A CT box of depth x 256 x 256 voxels inside air: M3D's crop keeps exactly the box and the resize to 32 slices
+    averages slice pairs (area mode); expected values computed by hand from the HU window."""
+    rng = np.random.default_rng(4)
+    box = rng.uniform(0.0, 90.0, (256, 256, depth))  # RAS (x, y, z), all inside the (-20, 100) HU window
+    hu = np.full((290, 270, depth + 12), -1000.0)
+    hu[10:266, 7:263, 5:5 + depth] = box
+    scaled = (box + 20.0) / 120.0
+    scaled /= scaled.max()  # the window maps air to 0, so the min-max low is 0
+    axial = scaled[::-1, ::-1, :].transpose(2, 1, 0)  # slices foot->head, rows anterior->posterior, columns right->left
+    expected = axial.reshape(32, depth // 32, 256, 256).mean(axis=1)
+    image = m3d_input(_volume(hu, Modality.CT))
+    assert image.shape == (1, 32, 256, 256) and image.dtype == np.float32
+    np.testing.assert_allclose(image[0], expected, rtol=0, atol=1e-5)
+
+
+def test_m3d_input_refuses_a_volume_outside_the_window():
+    with pytest.raises(VolumeNotSupported, match="outside the intensity window"):
+        m3d_input(_volume(np.linspace(-1000, -500, 16**3).reshape(16, 16, 16), Modality.CT))
 
 
 @pytest.mark.parametrize(
@@ -110,34 +132,78 @@ def test_generated_lesions_are_on_their_stated_side_and_split_by_base(tmp_path):
 # --- M3D-LaMed-compatible model ----------------------------------------------------------------
 
 
-def _tiny_m3d() -> M3DLaMed:
+_TINY_VISION = dict(hidden_size=32, layers=2, heads=4, mlp_dim=64)  # M3D's layout and names, small widths for speed
+
+
+def _tiny_llm() -> Qwen2ForCausalLM:
     torch.manual_seed(0)
-    llm = Qwen2ForCausalLM(Qwen2Config(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                       num_attention_heads=4, num_key_value_heads=2))
-    return M3DLaMed(M3DVisionConfig(hidden_size=32, layers=2, heads=4, mlp_dim=64), llm, IMAGE_TOKEN_ID).eval()
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2)).eval()
 
 
-def _published_state(model: M3DLaMed) -> dict[str, torch.Tensor]:
-    """The model's weights under the published M3D-LaMed names (the inverse of the loader's mapping)."""
-    names = {}
-    vision = "model.vision_tower.vision_tower."
-    names[vision + "patch_embedding.patch_embeddings.1.weight"] = "vision_tower.patch_embedding.weight"
-    names[vision + "patch_embedding.patch_embeddings.1.bias"] = "vision_tower.patch_embedding.bias"
-    names[vision + "patch_embedding.position_embeddings"] = "vision_tower.position_embedding"
-    names[vision + "norm.weight"], names[vision + "norm.bias"] = "vision_tower.norm.weight", "vision_tower.norm.bias"
-    for i in range(len(model.vision_tower.blocks.layers)):
-        for published in ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias", "attn.qkv.weight", "attn.out_proj.weight",
-                          "attn.out_proj.bias", "mlp.linear1.weight", "mlp.linear1.bias", "mlp.linear2.weight", "mlp.linear2.bias"):
-            names[f"{vision}blocks.{i}.{published}"] = map_checkpoint_key(f"{vision}blocks.{i}.{published}")
-    for layer in ("0", "2"):
-        for kind in ("weight", "bias"):
-            key = f"model.mm_projector.projector.{layer}.{kind}"
-            names[key] = map_checkpoint_key(key)
-    own = model.state_dict()
-    for key in own:
-        if key.startswith("llm."):
-            names[key[len("llm."):]] = key
-    return {published: own[ours].clone() for published, ours in names.items() if ours in own}
+def _tiny_m3d() -> M3DLaMed:
+    return M3DLaMed(M3DVisionConfig(**_TINY_VISION), _tiny_llm(), IMAGE_TOKEN_ID).eval()
+
+
+# M3D-LaMed's published parameter names (LamedPhi3ForCausalLM: model.vision_tower = ViT3DTower whose
+# .vision_tower is M3D's copy of MONAI's ViT without a classification head; model.mm_projector = 'spp'
+# projector with projector = Sequential(Linear, GELU, Linear)), written out here rather than taken from the loader.
+_VISION = "model.vision_tower.vision_tower."
+_BLOCK_KEYS = ("norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.out_proj.weight", "attn.out_proj.bias", "norm2.weight",
+               "norm2.bias", "mlp.linear1.weight", "mlp.linear1.bias", "mlp.linear2.weight", "mlp.linear2.bias")
+PUBLISHED_VISION_KEYS = [
+    "model.vision_tower.vision_tower.cls_token",
+    "model.vision_tower.vision_tower.patch_embedding.position_embeddings",
+    "model.vision_tower.vision_tower.patch_embedding.patch_embeddings.1.weight",
+    "model.vision_tower.vision_tower.patch_embedding.patch_embeddings.1.bias",
+    "model.vision_tower.vision_tower.norm.weight",
+    "model.vision_tower.vision_tower.norm.bias",
+    *[f"model.vision_tower.vision_tower.blocks.{i}.{name}" for i in range(2) for name in _BLOCK_KEYS],
+]
+PUBLISHED_PROJECTOR_KEYS = ["model.mm_projector.projector.0.weight", "model.mm_projector.projector.0.bias",
+                            "model.mm_projector.projector.2.weight", "model.mm_projector.projector.2.bias"]
+
+
+def _reference_tower():
+    """MONAI's own ViT with M3D's arguments (ViT3DTower in LaMed/src/model/multimodal_encoder/vit.py), random weights."""
+    from monai.networks.nets import ViT
+
+    torch.manual_seed(1)
+    vit = ViT(in_channels=1, img_size=(32, 256, 256), patch_size=(4, 16, 16), hidden_size=32, mlp_dim=64, num_layers=2,
+              num_heads=4, proj_type="perceptron", classification=True, spatial_dims=3).eval()
+    for name, parameter in vit.named_parameters():
+        torch.nn.init.normal_(parameter, mean=1.0 if name.endswith("norm1.weight") else 0.0, std=0.3)  # norms differ
+    return vit
+
+
+def _reference_features(vit, images: torch.Tensor) -> torch.Tensor:
+    """M3D's patch features from MONAI's forward: the final LayerNorm's output without the cls token."""
+    captured = []
+    handle = vit.norm.register_forward_hook(lambda module, inputs, output: captured.append(output))
+    with torch.inference_mode():
+        vit(images)
+    handle.remove()
+    return captured[0][:, 1:]
+
+
+def _reference_projection(state: dict[str, torch.Tensor], features: torch.Tensor, grid=(8, 16, 16)) -> torch.Tensor:
+    """M3D's 'spp' projector by hand: 2x2x2 means over the patch grid, then Linear, GELU, Linear."""
+    b, _, d = features.shape
+    cells = features.reshape(b, grid[0] // 2, 2, grid[1] // 2, 2, grid[2] // 2, 2, d).mean(dim=(2, 4, 6)).reshape(b, -1, d)
+    hidden = torch.nn.functional.gelu(cells @ state["model.mm_projector.projector.0.weight"].T
+                                      + state["model.mm_projector.projector.0.bias"])
+    return hidden @ state["model.mm_projector.projector.2.weight"].T + state["model.mm_projector.projector.2.bias"]
+
+
+def _published_state(vit) -> dict[str, torch.Tensor]:
+    """A checkpoint as M3D publishes it: the reference tower, a random projector, an independent LLM."""
+    own = vit.state_dict()
+    state = {key: own[key[len(_VISION):]].clone() for key in PUBLISHED_VISION_KEYS}
+    generator = torch.Generator().manual_seed(2)
+    for key, shape in zip(PUBLISHED_PROJECTOR_KEYS, [(32, 32), (32,), (32, 32), (32,)]):
+        state[key] = torch.randn(shape, generator=generator) * 0.3
+    state.update({key: tensor.clone() for key, tensor in _tiny_llm().state_dict().items()})  # HF's own names
+    return state
 
 
 def test_m3d_forward_splices_256_visual_tokens_and_generates():
@@ -150,24 +216,33 @@ def test_m3d_forward_splices_256_visual_tokens_and_generates():
         model(ids[:, :100], image)
 
 
-def test_published_checkpoint_round_trips_through_the_key_mapping():
-    source, target = _tiny_m3d(), _tiny_m3d()
-    for parameter in source.parameters():
-        torch.nn.init.normal_(parameter, std=0.02) if parameter.requires_grad else None
-    report = load_m3d_checkpoint(target, _published_state(source))
-    assert report.missing == [] and report.mismatched == []
-    ids = torch.tensor([[5] + [IMAGE_TOKEN_ID] * 256 + [7]])
-    image = torch.rand(1, 1, 32, 256, 256)
+def test_a_published_m3d_checkpoint_loads_strictly_and_matches_monai_and_m3d_projector():
+    """Independent reference: MONAI's ViT as M3D builds it, saved under M3D's published names, must load with no
+    missing, unexpected or mismatched key and give MONAI's own features (cls token dropped) and M3D's projection."""
+    vit = _reference_tower()
+    state = _published_state(vit)
+    model = _tiny_m3d()
+    report = load_m3d_checkpoint(model, state)
+    assert (report.missing, report.unexpected, report.mismatched) == ([], [], [])
+    assert report.loaded == len(state)
+    image = torch.rand(1, 1, 32, 256, 256, generator=torch.Generator().manual_seed(3))
+    expected = _reference_features(vit, image)
     with torch.inference_mode():
-        assert torch.allclose(source(ids, image).logits, target(ids, image).logits, atol=1e-5)
+        features = model.vision_tower(image)
+        projected = model.mm_projector(features)
+    assert features.shape == (1, 2048, 32) and float(expected.std()) > 0.1  # the tolerance below is meaningful
+    assert torch.allclose(features, expected, rtol=0, atol=1e-5)
+    reference_tokens = _reference_projection(state, expected)
+    assert projected.shape == (1, 256, 32) and float(reference_tokens.std()) > 0.1
+    assert torch.allclose(projected, reference_tokens, rtol=0, atol=1e-5)
 
 
 def test_checkpoint_with_missing_or_mismatched_keys_names_them():
     model = _tiny_m3d()
-    state = _published_state(model)
+    state = _published_state(_reference_tower())
     del state["model.mm_projector.projector.0.weight"]
     state["model.vision_tower.vision_tower.norm.weight"] = torch.zeros(7)
-    with pytest.raises(ModelError, match=r"mm_projector\.linear_1\.weight.*norm\.weight: \[7\]"):
+    with pytest.raises(ModelError, match=r"mm_projector\.projector\.0\.weight.*norm\.weight: \[7\]"):
         load_m3d_checkpoint(model, state)
 
 

@@ -1,9 +1,9 @@
 """An M3D-LaMed-compatible 3D VLM, built from the published design, and a loader for its checkpoints.
 
 Design (Bai et al., "M3D: Advancing 3D Medical Image Analysis with Multi-Modal LLMs", 2024):
-a 3D ViT reads a 1x32x256x256 volume in 4x16x16 patches (8x16x16 = 2048 patches), a 3D spatial
-pooling reduces the patch grid to 256 visual tokens, a 2-layer MLP projects them into the LLM
-(Phi-3-4B or Llama-2-7B), and the tokens replace the `<im_patch>` placeholders in the prompt.
+MONAI's 3D ViT (perceptron patch embedding, cls token) reads a 1x32x256x256 volume in 4x16x16 patches
+(8x16x16 = 2048 patches), a 2x2x2 spatial pooling reduces the patch grid to 256 visual tokens, a 2-layer MLP
+projects them into the LLM (Phi-3-4B or Llama-2-7B), and the tokens replace the `<im_patch>` placeholders in the prompt.
 Preprocessing comes from `assistant.vlm.preprocess.m3d_input`, done explicitly from the Volume.
 
 `load_m3d_checkpoint` maps the published parameter names (``model.vision_tower.vision_tower.*``,
@@ -32,58 +32,64 @@ class M3DVisionConfig:
     layers: int = 12
     heads: int = 12
     mlp_dim: int = 3072
-    pooled_grid: tuple[int, int, int] = (4, 8, 8)  # 256 visual tokens after 3D spatial pooling
+    pooling_size: int = 2  # M3D's proj_pooling_size: the 8x16x16 patch grid becomes 4x8x8 = 256 visual tokens
 
     @property
     def patch_grid(self) -> tuple[int, int, int]:
         return tuple(i // p for i, p in zip(self.image_size, self.patch_size))  # type: ignore[return-value]
 
     @property
+    def pooled_grid(self) -> tuple[int, int, int]:
+        return tuple(n // self.pooling_size for n in self.patch_grid)  # type: ignore[return-value]
+
+    @property
     def visual_tokens(self) -> int:
         return self.pooled_grid[0] * self.pooled_grid[1] * self.pooled_grid[2]
 
 
-class ViT3D(nn.Module):
-    """MONAI-style 3D ViT: Conv3d patch embedding + learned positions + pre-norm transformer blocks."""
+class ViT3DTower(nn.Module):
+    """M3D's vision tower: MONAI's ViT with a perceptron patch embedding and a cls token; features are the
+    final-norm patch tokens (M3D's vision_select_layer=-1, vision_select_feature='patch')."""
 
     def __init__(self, config: M3DVisionConfig) -> None:
+        from monai.networks.nets import ViT
+
         super().__init__()
         self.config = config
-        patches = config.patch_grid[0] * config.patch_grid[1] * config.patch_grid[2]
-        self.patch_embedding = nn.Conv3d(1, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size)
-        self.position_embedding = nn.Parameter(torch.zeros(1, patches, config.hidden_size))
-        layer = nn.TransformerEncoderLayer(config.hidden_size, config.heads, config.mlp_dim, dropout=0.0, activation="gelu",
-                                           batch_first=True, norm_first=True)
-        self.blocks = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(config.hidden_size)
-        for block in self.blocks.layers:  # MONAI's ViT has no qkv bias: keep it at zero
-            nn.init.zeros_(block.self_attn.in_proj_bias)
-            block.self_attn.in_proj_bias.requires_grad_(False)
+        self.vision_tower = ViT(in_channels=1, img_size=config.image_size, patch_size=config.patch_size,
+                                hidden_size=config.hidden_size, mlp_dim=config.mlp_dim, num_layers=config.layers,
+                                num_heads=config.heads, proj_type="perceptron", classification=True, spatial_dims=3)
+        # M3D's copy of MONAI's ViT has no classification head, and the MONAI it was trained with had no
+        # (unused without cross-attention) norm_cross_attn: drop both so a published checkpoint loads strictly.
+        del self.vision_tower.classification_head
+        for block in self.vision_tower.blocks:
+            del block.norm_cross_attn
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """[B, 1, 32, 256, 256] -> patch features [B, 2048, hidden]."""
+        """[B, 1, 32, 256, 256] -> patch features [B, 2048, hidden] (the cls token dropped)."""
         expected = (1, *self.config.image_size)
         if tuple(images.shape[1:]) != expected:
             raise ModelError(f"M3D vision input must be [B, {', '.join(map(str, expected))}]; got {list(images.shape)}")
-        tokens = self.patch_embedding(images).flatten(2).transpose(1, 2) + self.position_embedding
-        return self.norm(self.blocks(tokens))
+        last, _ = self.vision_tower(images)
+        return last[:, 1:]
 
 
 class SpatialPoolingProjector(nn.Module):
-    """M3D's 'spp' projector: 3D average pooling of the patch grid, then a 2-layer MLP into the LLM."""
+    """M3D's 'spp' projector (proj_layer_type='mlp', proj_layer_num=2): average pooling of the patch grid
+    with kernel = stride = pooling_size, then Linear-GELU-Linear into the LLM."""
 
     def __init__(self, config: M3DVisionConfig, llm_hidden: int) -> None:
         super().__init__()
         self.config = config
-        self.pool = nn.AdaptiveAvgPool3d(config.pooled_grid)
-        self.linear_1 = nn.Linear(config.hidden_size, llm_hidden)
-        self.act = nn.GELU()
-        self.linear_2 = nn.Linear(llm_hidden, llm_hidden)
+        self.projector = nn.Sequential(nn.Linear(config.hidden_size, llm_hidden), nn.GELU(), nn.Linear(llm_hidden, llm_hidden))
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        grid = patches.transpose(1, 2).reshape(patches.shape[0], -1, *self.config.patch_grid)
-        pooled = self.pool(grid).flatten(2).transpose(1, 2)  # [B, 256, hidden]
-        return self.linear_2(self.act(self.linear_1(pooled)))
+        from einops import rearrange
+
+        p1, p2, p3 = self.config.patch_grid
+        grid = rearrange(patches, "b (p1 p2 p3) d -> b d p1 p2 p3", p1=p1, p2=p2, p3=p3)
+        pooled = torch.nn.functional.avg_pool3d(grid, kernel_size=self.config.pooling_size, stride=self.config.pooling_size)
+        return self.projector(rearrange(pooled, "b d p1 p2 p3 -> b (p1 p2 p3) d"))
 
 
 class M3DLaMed(nn.Module):
@@ -91,7 +97,7 @@ class M3DLaMed(nn.Module):
 
     def __init__(self, vision: M3DVisionConfig, llm: nn.Module, image_token_id: int) -> None:
         super().__init__()
-        self.vision_tower = ViT3D(vision)
+        self.vision_tower = ViT3DTower(vision)
         self.mm_projector = SpatialPoolingProjector(vision, llm.config.hidden_size)
         self.llm = llm
         self.image_token_id = image_token_id
@@ -117,35 +123,16 @@ class M3DLaMed(nn.Module):
                                      max_new_tokens=max_new_tokens, do_sample=False, **kwargs)
 
 
-# Published M3D-LaMed names (LamedPhi3ForCausalLM / LamedLlamaForCausalLM) -> this module's names.
-# The vision tower is MONAI's ViT: patch_embedding.patch_embeddings.1 is its Conv3d after a Rearrange,
-# blocks.N.{norm1,attn,norm2,mlp}; the LLM keeps its own names under `llm.`.
-_VISION_PREFIX = "model.vision_tower.vision_tower."
-_BLOCK_NAMES = {
-    "norm1.weight": "norm1.weight", "norm1.bias": "norm1.bias", "norm2.weight": "norm2.weight", "norm2.bias": "norm2.bias",
-    "attn.qkv.weight": "self_attn.in_proj_weight", "attn.out_proj.weight": "self_attn.out_proj.weight",
-    "attn.out_proj.bias": "self_attn.out_proj.bias", "mlp.linear1.weight": "linear1.weight", "mlp.linear1.bias": "linear1.bias",
-    "mlp.linear2.weight": "linear2.weight", "mlp.linear2.bias": "linear2.bias",
-}  # fmt: skip
-
-
 def map_checkpoint_key(key: str) -> str | None:
-    """One published parameter name -> this module's name; None for keys this design has no use for."""
-    if key.startswith(_VISION_PREFIX):
-        rest = key[len(_VISION_PREFIX):]
-        if rest.startswith("patch_embedding.patch_embeddings.1."):
-            return "vision_tower.patch_embedding." + rest.rsplit(".", 1)[1]
-        if rest == "patch_embedding.position_embeddings":
-            return "vision_tower.position_embedding"
-        if rest.startswith("norm."):
-            return "vision_tower." + rest
-        if rest.startswith("blocks."):
-            _, index, name = rest.split(".", 2)
-            return f"vision_tower.blocks.layers.{index}.{_BLOCK_NAMES[name]}" if name in _BLOCK_NAMES else None
+    """One published parameter name -> this module's name; None for keys this design has no use for.
+
+    The tower and projector are built as M3D builds them, so their names match after the `model.` prefix;
+    the LLM keeps its own names under `llm.`; M3D's segmentation module (seg_*) is not used here."""
+    for part in ("vision_tower.", "mm_projector."):
+        if key.startswith("model." + part):
+            return key[len("model."):]
+    if key.startswith("model.seg_"):
         return None
-    if key.startswith("model.mm_projector."):
-        rest = key[len("model.mm_projector."):]
-        return "mm_projector." + rest.replace("projector.0.", "linear_1.").replace("projector.2.", "linear_2.")
     if key.startswith("model.") or key.startswith("lm_head."):
         return "llm." + key
     return None
@@ -186,7 +173,7 @@ def load_m3d_checkpoint(model: M3DLaMed, state: dict[str, torch.Tensor], strict:
             mismatched.append(f"{key}: {list(tensor.shape)} vs {list(own[target].shape)}")
         else:
             mapped[target] = tensor
-    derived = {k for k in own if k.endswith(("rotary_emb.inv_freq", "in_proj_bias"))}  # buffers; MONAI's qkv has no bias
+    derived = {k for k in own if k.endswith("rotary_emb.inv_freq")}  # a buffer computed from the config
     missing = sorted(set(own) - set(mapped) - derived)
     report = CheckpointReport(len(mapped), missing, unexpected, mismatched)
     if strict and (missing or mismatched):

@@ -65,7 +65,7 @@ def windowed(volume: Volume, window: IntensityWindow = IntensityWindow()) -> np.
 
 
 def resized(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Linear resampling to a fixed grid (the aspect ratio is not kept, as in M3D's resize)."""
+    """Linear resampling to a fixed grid (the aspect ratio is not kept)."""
     zoom = [target / current for target, current in zip(shape, array.shape)]
     return ndimage.zoom(array, zoom, order=1, grid_mode=True, mode="nearest").astype(np.float32)
 
@@ -82,12 +82,18 @@ def radiological_axial(ras: np.ndarray) -> np.ndarray:
 
 
 def m3d_input(volume: Volume, window: IntensityWindow = IntensityWindow()) -> np.ndarray:
-    """M3D-LaMed's 1x32x256x256 input: axial slices in radiological view, windowed, min-max to 0..1."""
+    """M3D-LaMed's 1x32x256x256 input, prepared as M3D's data preparation does (MONAI CropForeground then
+    Resize to 32x256x256, in Data/process/m3d_cap_data_prepare.py): axial slices in radiological view,
+    windowed, min-max to 0..1, cropped to the voxels above 0 (the background falls to 0), then resized."""
+    from monai.transforms import Compose, CropForeground, Resize
+
     check_volume(volume)
-    axial = radiological_axial(windowed(volume, window))
-    image = resized(axial, M3D_SHAPE)
-    low, high = float(image.min()), float(image.max())
-    return ((image - low) / max(high - low, 1e-6))[None]
+    axial = radiological_axial(windowed(volume, window))[None]
+    low, high = float(axial.min()), float(axial.max())
+    if high <= low:
+        raise VolumeNotSupported("every voxel falls outside the intensity window; there is nothing for the vision model to see")
+    prepare = Compose([CropForeground(), Resize(spatial_size=M3D_SHAPE)])
+    return np.asarray(prepare((axial - low) / (high - low)), dtype=np.float32)
 
 
 @dataclass(frozen=True)
