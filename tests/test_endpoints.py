@@ -24,14 +24,15 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.seen.append(dict(self.headers))
+        self.seen.append({name.lower(): value for name, value in self.headers.items()})
         self.send_response(self.status)
         if self.location:
             self.send_header("Location", self.location)
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()
         if self.status == 200:
-            self.wfile.write(b'data: {"choices": [{"delta": {"content": "ok"}}]}\n\ndata: [DONE]\n\n')
+            self.wfile.write(b'data: {"choices": [{"index": 0, "delta": {"content": "ok"}, "finish_reason": "stop"}]}\n\n'
+                             b'data: [DONE]\n\n')
 
     def log_message(self, *args) -> None:
         pass
@@ -91,7 +92,7 @@ def test_the_key_goes_to_the_configured_host_and_no_further(redirecting, other_h
     _, seen_elsewhere = other_host
     with pytest.raises(ModelError, match="307"):
         _answer(Settings(openai_base_url=url, openai_api_key="sk-local-only"))
-    assert seen_here[0]["Authorization"] == "Bearer sk-local-only"
+    assert seen_here[0]["authorization"] == "Bearer sk-local-only"
     assert seen_elsewhere == []  # the redirect was not followed, so the key never reached the other server
 
 
@@ -99,7 +100,7 @@ def test_a_general_openai_key_is_not_sent_to_the_configured_server(other_host, m
     url, seen = other_host
     monkeypatch.setenv("OPENAI_API_KEY", "sk-meant-for-another-service")
     assert _answer(Settings(openai_base_url=url)) == "ok"
-    assert "Authorization" not in seen[0]
+    assert "authorization" not in seen[0]
 
 
 def test_settings_files_are_read_only_from_an_explicit_path(tmp_path, monkeypatch):

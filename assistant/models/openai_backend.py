@@ -46,7 +46,9 @@ class OpenAIChatModel(ChatModel):
             api_key=endpoint.api_key or _NO_KEY,  # SCANCHAT_OPENAI_API_KEY only, never a general OPENAI_API_KEY
             timeout=timeout,
             max_retries=MAX_RETRIES,
-            http_client=httpx.Client(timeout=timeout, follow_redirects=False),  # the key goes to the configured host only
+            # the key goes to the configured host only; without a key, no Authorization header at all
+            http_client=httpx.Client(timeout=timeout, follow_redirects=False,
+                                     event_hooks={"request": [] if endpoint.api_key else [_without_placeholder_key]}),
         )
         self.schema_format = "json_schema"  # the OpenAI form (vLLM); "json_object" + schema for llama-cpp-python
         self.schema_format_known = False
@@ -137,6 +139,11 @@ def _response_format(kind: str, schema: dict[str, Any]) -> dict[str, Any]:
     if kind == "json_object":
         return {"type": "json_object", "schema": schema}
     return {"type": "json_schema", "json_schema": {"name": schema.get("title", "answer"), "schema": schema, "strict": True}}
+
+
+def _without_placeholder_key(request: httpx.Request) -> None:
+    """The SDK always sends a key; a server configured without one gets none (not even the placeholder)."""
+    request.headers.pop("Authorization", None)
 
 
 def _detail(exc: openai.APIStatusError) -> str:
