@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from assistant.auth import Role, User
 from assistant.reports.draft import draft_report
 from assistant.reports.model import ReportText, ReportVersion
 from assistant.reports.store import ReportStore
@@ -16,6 +17,9 @@ from assistant.session import ScanSession, ToolRecord
 from assistant.volume import Volume
 from tools.measure_distance import MeasureDistanceArgs, measure_distance
 from tools.segment import SegmentArgs, SegmentResult, run_segmentation
+
+
+DR_A = User(name="Dr A", role=Role.reviewer)  # a reviewer, who may sign
 
 
 def session_with_segmentation(volume: Volume, structure: str = "brain") -> tuple[ScanSession, Segmentation]:
@@ -36,12 +40,12 @@ def session_with_segmentation(volume: Volume, structure: str = "brain") -> tuple
 def signed_report(session: ScanSession, store: ReportStore, impression: str | None = None) -> ReportVersion:
     """A template-drafted report of the session's findings (no model, no term index), optionally with another
     impression, signed by "Dr A"."""
-    version = store.create(draft_report(session), "Dr A")
+    version = store.create(draft_report(session), DR_A)
     if impression is not None:
         text: ReportText = version.content.text.model_copy(update={"impression": impression})
-        version = store.save(version.report_id, version.content.model_copy(update={"text": text}), "Dr A",
+        version = store.save(version.report_id, version.content.model_copy(update={"text": text}), DR_A,
                              based_on=version.number)
-    return store.sign(version.report_id, "Dr A")
+    return store.sign(version.report_id, DR_A)
 
 
 def dciodvfy_errors(path: Path) -> list[str]:

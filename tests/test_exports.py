@@ -15,7 +15,7 @@ from assistant.reports.store import ReportStore
 from assistant.scans.loading import load_scan
 from assistant.scans.samples import load_sample, sample_path
 from assistant.segmentation.export import save_dicom_seg, save_nifti, segment_code
-from tests.report_cases import dciodvfy_errors, session_with_segmentation, signed_report
+from tests.report_cases import DR_A, dciodvfy_errors, session_with_segmentation, signed_report
 from tools.segment import SegmentArgs, run_segmentation
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -119,7 +119,7 @@ def test_every_dicom_export_passes_dciodvfy(dicom_case, tmp_path):
     point_seg = run_segmentation(volume, SegmentArgs(points=[[128, 128, 60]], backend="classical"))
     point_path = save_dicom_seg(point_seg, volume, tmp_path / "point.seg.dcm")
     store = ReportStore(tmp_path / "reports.sqlite3")
-    draft = store.create(draft_report(session), "Dr A")
+    draft = store.create(draft_report(session), DR_A)
     signed = signed_report(session, store)
     exports = [seg_path, point_path,
                write_dicom_sr(draft, volume, tmp_path / "draft.sr.dcm"),

@@ -26,7 +26,7 @@ from assistant.scans.pacs import (PacsError, StudyQuery, list_series, open_serie
 from assistant.scans.samples import load_sample, sample_path
 from assistant.volume import ScanLoadError
 from tests.orthanc_server import free_port, orthanc_missing, running_orthanc
-from tests.report_cases import dciodvfy_errors, session_with_segmentation, signed_report
+from tests.report_cases import DR_A, dciodvfy_errors, session_with_segmentation, signed_report
 
 pytestmark = pytest.mark.skipif(orthanc_missing() is not None, reason=orthanc_missing() or "")
 
@@ -141,7 +141,7 @@ def test_round_trip_segment_report_sign_push_read_back_and_validate(settings, sa
     evidence = {s.SeriesInstanceUID for e in sr.CurrentRequestedProcedureEvidenceSequence
                 for s in e.ReferencedSeriesSequence}
     assert evidence == {source.SeriesInstanceUID, seg.SeriesInstanceUID}
-    assert sr.VerificationFlag == "VERIFIED" and store.latest(report.report_id).signed
+    assert sr.VerificationFlag == "VERIFIED" and store.latest(report.report_id, DR_A).signed
 
 
 def test_cli_opens_a_pacs_series_and_pushes_its_segmentation(settings, sample_study, monkeypatch, tmp_path, capsys):
@@ -265,7 +265,7 @@ def test_a_failed_push_is_retried_reported_and_loses_nothing(settings, sample_st
     failed = push_results(volume, [segmentation], report, down)
     assert not failed.ok and [(o.attempts, o.stored) for o in failed.objects] == [(2, False), (2, False)]
     assert "cannot be reached" in failed.objects[1].error and "Nothing is lost" in failed.summary()
-    assert store.latest(report.report_id).signed  # the signed report is still there
+    assert store.latest(report.report_id, DR_A).signed  # the signed report is still there
     before = len(list_series(sample_study, settings))
     sent = push_files([o.path for o in failed.objects], settings)  # the kept files, sent again
     assert all(o.stored and o.attempts == 1 for o in sent)
@@ -282,7 +282,7 @@ def test_no_push_without_a_real_identity_or_a_signature(settings, orthanc, sampl
     store = ReportStore(settings.reports_db)
     from assistant.reports.draft import draft_report
 
-    unsigned = store.create(draft_report(session), "Dr A")
+    unsigned = store.create(draft_report(session), DR_A)
     with pytest.raises(ReportError, match="signed"):
         push_results(volume, [], unsigned, settings)
 
