@@ -360,7 +360,9 @@ def test_smoke_suite_end_to_end_with_the_small_model(tmp_path, small_model):
     report = build_report(RunInfo(suites=["smoke"], backend="smollm2-135m", runtime=small_model.runtime, started="now"), results)
     assert report.metrics.pass_rate.mean == 1.0, [r.reason for r in results if r.status != "passed"]
     answered = [t for r in results for t in r.turns if not t.error]
-    assert answered and all(t.answer and t.seconds > 0 and t.model_calls >= 1 and t.completion_tokens > 0 for t in answered)
+    assert answered and all(t.answer and t.seconds > 0 for t in answered)
+    # answers rendered from result fields need no model call; turns that do call it account for their tokens
+    assert all(t.completion_tokens > 0 for t in answered if t.model_calls >= 1)
     assert any(r.messages for r in results)
     upload = next(r for r in results if r.name == "upload-switches-scan")
     assert upload.turns[2].upload == "mr-multiframe-dicom"
@@ -451,7 +453,8 @@ def test_sampled_repeats_are_reproducible_per_seed(tmp_path):
     from evals.harness.runner import EvalRunner
 
     model = load_chat_model(_settings(), name="smollm2-135m", runtime="llamacpp")  # the fast runtime: 200-token answers
-    write(tmp_path / "s" / "q.yaml", "name: sea\nturns:\n  - user: Write one sentence about the sea.\n")
+    # a turn no tool answers, so the model writes it (a tool request is answered from result fields, not sampled)
+    write(tmp_path / "s" / "q.yaml", "name: greeting\nturns:\n  - user: Hello, who are you?\n")
     scenarios = load_scenarios(tmp_path / "s")
 
     def answers(seed: int) -> list[str]:
