@@ -264,7 +264,7 @@ def _report_flow(clinic: Clinic, tmp_path: Path) -> None:
 
     findings.fill(findings.input_value() + "\nNo fracture seen by the reading doctor.")
     panel.get_by_role("button", name="Save edits").click()
-    expect(panel).to_contain_text("v2", timeout=60_000)
+    expect(panel).to_contain_text("Version 2 by local", timeout=60_000)
     clinic.assert_no_error("report-edited")
 
     panel.get_by_role("button", name="Sign off").click()
