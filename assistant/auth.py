@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import ipaddress
 import logging
 import os
 import re
@@ -25,6 +24,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
 from assistant.db import Database
+from assistant.network import is_loopback
 from assistant.db.schema import users
 
 log = logging.getLogger(__name__)
@@ -175,14 +175,6 @@ def request_user(username: str | None, headers: Mapping[str, str] | None, users_
         raise AuthError("Log in first.")
     return LOCAL_USER
 
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_can_bind(host: str, users_table: Users, trusted_header: str | None = None) -> None:

@@ -9,12 +9,12 @@ do not follow redirects.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from assistant.config import Settings
 from assistant.models.base import ModelError
+from assistant.network import is_loopback
 
 
 @dataclass(frozen=True)
@@ -26,14 +26,6 @@ class Endpoint:
     def __repr__(self) -> str:  # the key never reaches a log through a repr
         return f"Endpoint(api_root={self.api_root!r}, key={'set' if self.api_key else 'none'})"
 
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def checked_endpoint(settings: Settings) -> Endpoint:
