@@ -13,8 +13,9 @@ Configurations, all on the same scenarios with greedy decoding:
 4. kill and resume: `scanchat eval run --ray --parallel 2` killed (SIGKILL, whole process group) once half
    of the results are on disk, then `--resume`d; the time lost is (killed + resumed) - an uninterrupted
    run of the same command, and the scenarios lost are those in flight.
-Throughput is scenarios per hour over the work itself (after the workers are ready: Ray start-up and the
-workers' imports are reported separately, as `ready_s`). Each configuration's pass/fail per scenario is
+Throughput is scenarios per hour over the work itself (after the workers are ready: Ray start-up, the
+workers' imports and one unrecorded warm-up scenario per worker are reported separately, as `ready_s`; every
+single-process configuration plays the same warm-up before its clock starts). Each configuration's pass/fail per scenario is
 compared with the baseline's. Prints a table and writes JSON.
 """
 
@@ -61,14 +62,23 @@ def statuses(results) -> dict[str, str]:
     return {r.key: r.status for r in results}
 
 
+def busy_cpu_seconds() -> float:
+    """CPU time the whole machine has spent busy (all processes, all cores), from /proc/stat."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def baseline(jobs, model_name: str) -> dict:
     settings = get_settings().model_copy(update={"llm_threads": CORES, "runtime": "llamacpp"})
     model = load_chat_model(settings, name=model_name, runtime="llamacpp")
     runner = EvalRunner(model, settings)
-    started = time.perf_counter()
+    runner.warm_up(jobs[0][0])  # as each Ray worker does before it counts as ready
+    started, busy = time.perf_counter(), busy_cpu_seconds()
     results = runner.run_jobs(jobs)
     seconds = time.perf_counter() - started
-    return {"seconds": round(seconds, 1), "per_hour": round(3600 * len(jobs) / seconds, 1), "statuses": statuses(results)}
+    cores_busy = (busy_cpu_seconds() - busy) / seconds  # on a quiet machine: how many cores this one process keeps busy
+    return {"seconds": round(seconds, 1), "per_hour": round(3600 * len(jobs) / seconds, 1), "cores_busy": round(cores_busy, 2),
+            "statuses": statuses(results)}
 
 
 def threads_run(jobs, url: str, parallel: int) -> dict:
@@ -77,6 +87,7 @@ def threads_run(jobs, url: str, parallel: int) -> dict:
 
     settings = get_settings().model_copy(update={"runtime": "openai", "openai_api_key": KEY, "openai_base_url": url})
     runner = EvalRunner(OpenAIChatModel(settings, "smollm2-135m"), settings, serialize=False)
+    runner.warm_up(jobs[0][0])
     started = time.perf_counter()
     results = runner.run_jobs(jobs, parallel=parallel)
     seconds = time.perf_counter() - started
@@ -228,6 +239,9 @@ def main() -> int:
         row["differs_from_baseline"] = differing
         print(f"| {name} | {row['seconds']} | {row.get('ready_s', '-')} | {row['per_hour']} | {row['speedup']} | "
               f"{'identical' if not differing else 'differs: ' + ', '.join(differing)} |")
+    results["speedup_ceiling"] = round(CORES / base["cores_busy"], 2)
+    print(f"\nthe baseline kept {base['cores_busy']} of {CORES} cores busy, so no configuration can run these scenarios more "
+          f"than {results['speedup_ceiling']}x faster on this machine (unless it does less work per scenario)")
     if "kill_and_resume" in results:
         k = results["kill_and_resume"]
         print(f"\nkill and resume (CLI, --ray --parallel 2): uninterrupted {k['uninterrupted_s']} s; killed after "

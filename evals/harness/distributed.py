@@ -55,6 +55,10 @@ class ScenarioWorker:
     def runtime(self) -> str:
         return self.runner.model.runtime
 
+    def warm_up(self, scenario) -> str:
+        self.runner.warm_up(scenario)
+        return self.runtime()
+
     def run(self, scenario, repeat: int) -> str:
         return self.runner.run_scenario(scenario, repeat).model_dump_json()
 
@@ -77,7 +81,7 @@ def gpu_share(settings: Settings, workers: int) -> float:
 class RayRun:
     results: list[ScenarioResult]  # in job order
     runtime: str  # the workers' model runtime
-    ready_seconds: float  # until every worker had built its model client
+    ready_seconds: float  # until every worker had built its model client and played the first scenario once, unrecorded
 
 
 def run_on_ray(
@@ -101,7 +105,7 @@ def run_on_ray(
         for config in configs[: len(jobs)]:
             actors.append(ray.remote(num_cpus=1, num_gpus=config.gpus)(ScenarioWorker).remote(config))
         try:
-            runtime = ray.get([actor.runtime.remote() for actor in actors])[0]
+            runtime = ray.get([actor.warm_up.remote(jobs[0][0]) for actor in actors])[0]
         except RayError as exc:
             raise ModelError(f"the Ray workers could not load the model: {_cause(exc)}") from exc
         ready_seconds = time.perf_counter() - started

@@ -188,6 +188,14 @@ class EvalRunner:
                     progress(done, len(jobs), result)
         return [results[i] for i in range(len(jobs))]
 
+    def warm_up(self, scenario: Scenario) -> None:
+        """Play `scenario` once, unrecorded, so the models and classifiers a scenario loads lazily are loaded.
+
+        Throughput is measured over the work itself: without this the first scenario of every process
+        (every Ray worker) also pays those loads, several seconds each.
+        """
+        self.run_scenario(scenario)
+
     def run_scenario(self, scenario: Scenario, repeat: int = 0) -> ScenarioResult:
         """One scenario in a fresh session; never raises."""
         result = ScenarioResult(
