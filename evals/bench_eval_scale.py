@@ -16,7 +16,8 @@ Configurations, all on the same scenarios with greedy decoding:
 Throughput is scenarios per hour over the work itself (after the workers are ready: Ray start-up, the
 workers' imports and one unrecorded warm-up scenario per worker are reported separately, as `ready_s`; every
 single-process configuration plays the same warm-up before its clock starts). Each configuration's pass/fail per scenario is
-compared with the baseline's. Prints a table and writes JSON.
+compared with the baseline's. The baseline's own CPU seconds per wall second (`cores_busy`) bound what any
+configuration can gain on this machine: `speedup_ceiling` = cores / cores_busy. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -62,21 +63,17 @@ def statuses(results) -> dict[str, str]:
     return {r.key: r.status for r in results}
 
 
-def busy_cpu_seconds() -> float:
-    """CPU time the whole machine has spent busy (all processes, all cores), from /proc/stat."""
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
 def baseline(jobs, model_name: str) -> dict:
     settings = get_settings().model_copy(update={"llm_threads": CORES, "runtime": "llamacpp"})
     model = load_chat_model(settings, name=model_name, runtime="llamacpp")
     runner = EvalRunner(model, settings)
     runner.warm_up(jobs[0][0])  # as each Ray worker does before it counts as ready
-    started, busy = time.perf_counter(), busy_cpu_seconds()
+    started, cpu = time.perf_counter(), time.process_time()
     results = runner.run_jobs(jobs)
     seconds = time.perf_counter() - started
-    cores_busy = (busy_cpu_seconds() - busy) / seconds  # on a quiet machine: how many cores this one process keeps busy
+    # This process's own CPU time (every thread of the in-process llama.cpp model) per wall second: other load on the
+    # machine only lowers it, so the ceiling below can only come out too high, never too low.
+    cores_busy = (time.process_time() - cpu) / seconds
     return {"seconds": round(seconds, 1), "per_hour": round(3600 * len(jobs) / seconds, 1), "cores_busy": round(cores_busy, 2),
             "statuses": statuses(results)}
 
