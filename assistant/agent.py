@@ -27,6 +27,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from string import Template
 from typing import Any, Literal, TypedDict
@@ -115,6 +116,13 @@ class TurnTrace:
     seconds: float = 0.0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_prompt_tokens: int = 0  # prompt tokens the runtime reused from its prompt/KV cache (where it says)
+    first_token_seconds: float | None = None  # from the message to the first text shown
+    # seconds by stage (STAGES; "tool:<name>" per tool); "other" is what no stage took (graph, checks, logging)
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def add_time(self, stage: str, seconds: float) -> None:
+        self.stages[stage] = self.stages.get(stage, 0.0) + seconds
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -134,8 +142,14 @@ class TurnTrace:
             "claims": [{"field": f"{c.tool}.{c.path}", "text": c.text, "earlier": c.earlier} for c in self.claims],
             "answer_replaced": self.replaced,
             "seconds": round(self.seconds, 2),
-            "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens},
+            "first_token_seconds": None if self.first_token_seconds is None else round(self.first_token_seconds, 3),
+            "stages": {stage: round(seconds, 3) for stage, seconds in self.stages.items()},
+            "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens, "cached": self.cached_prompt_tokens},
         }
+
+
+# Where a turn's seconds go, in the order a turn runs them; tools add "tool:<name>".
+STAGES = ("read_arguments", "choose", "fill_arguments", "answer_render", "answer_prefill", "answer_decode", "other")
 
 
 # --- the graph -----------------------------------------------------------------------------
@@ -198,6 +212,8 @@ class Agent:
                          "quoted": []}
         limit = 3 * self.settings.max_agent_steps + 5
         for event in self._graph.stream(state, stream_mode="custom", config={"recursion_limit": limit}):
+            if isinstance(event, (TokenEvent, AnswerEvent)) and trace.first_token_seconds is None:
+                trace.first_token_seconds = time.perf_counter() - started
             if isinstance(event, ToolResultEvent):
                 trace.tool_calls.append(event.record)
             if isinstance(event, AnswerEvent):
@@ -205,6 +221,7 @@ class Agent:
                 trace.claims = event.claims
             yield event
         trace.seconds = time.perf_counter() - started
+        trace.add_time("other", max(trace.seconds - sum(trace.stages.values()), 0.0))
         self.traces.append(trace)
         volume = self.session.volume  # the PHI gate again: the user may have typed the patient's name
         text = json.dumps(trace.to_json(), default=str)[:2000]
@@ -259,7 +276,8 @@ class Agent:
         `messages` starts with the user's message and holds this turn's tool results; `records`
         are this turn's calls. Public so the tool-choice benchmark measures the same path.
         """
-        name = self.choose_tool(messages, records)
+        with self._stage("choose"):
+            name = self.choose_tool(messages, records)
         if name in ("translate_text", "normalize_terms") and _TERM_REFERENCE.search(messages[0].content) and any(
                 r.name in ("lookup_term", "normalize_terms") and r.result is not None for r in self.session.records):
             name = "lookup_term"  # "that diagnosis in Spanish": the concept named earlier, looked up in Spanish
@@ -268,7 +286,8 @@ class Agent:
         if name == NO_TOOL:
             return None
         state: _State = {"messages": list(messages), "records": list(records), "pending": None, "steps": len(records)}
-        return name, self._fill_arguments(state, self.tools[name])
+        with self._stage("fill_arguments"):
+            return name, self._fill_arguments(state, self.tools[name])
 
     def choose_tool(self, messages: list[Message], records: list[ToolRecord] = ()) -> str:
         """The chooser's pick for the turn so far: a tool name, or NO_TOOL."""
@@ -376,6 +395,7 @@ class Agent:
             record.error = f"The {name} tool failed unexpectedly ({type(exc).__name__})."
             content = f"ERROR: {record.error}"
         record.seconds = time.perf_counter() - started
+        self._turn.add_time(f"tool:{name}", record.seconds)
         self.session.records.append(record)
         write(ToolResultEvent(call_id, record))
         tool_message = Message(role="tool", name=name, content=content)
@@ -387,6 +407,14 @@ class Agent:
         }
 
     def _answer(self, state: _State) -> dict[str, Any]:
+        """The answer (a turn answers once): the model's prefill and decode are their own stages, the rest is rendering."""
+        started = time.perf_counter()
+        update = self._answer_turn(state)
+        model = sum(self._turn.stages.get(stage, 0.0) for stage in ("answer_prefill", "answer_decode"))
+        self._turn.add_time("answer_render", time.perf_counter() - started - model)
+        return update
+
+    def _answer_turn(self, state: _State) -> dict[str, Any]:
         write = get_stream_writer()
         request = state["messages"][0].content
         records, quoted = state["records"], state.get("quoted", [])
@@ -443,8 +471,14 @@ class Agent:
     def _model_answer(self, state: _State, write) -> str:
         messages = self._context(state) + [Message(role="user", content=load_prompt("agent/answer.md"))]
         pieces: list[str] = []
+        started = time.perf_counter()
+        first: float | None = None
         for piece in self.model.stream(messages, volume=self.session.volume, max_new_tokens=ANSWER_TOKENS):
+            first = first or time.perf_counter()
             pieces.append(piece)
+        ended = time.perf_counter()
+        self._turn.add_time("answer_prefill", (first or ended) - started)  # the prompt read, up to the first token
+        self._turn.add_time("answer_decode", ended - (first or ended))
         self._count_usage()
         return "".join(pieces).strip()
 
@@ -456,6 +490,16 @@ class Agent:
         self._counted = usage
         self._turn.prompt_tokens += usage.prompt_tokens
         self._turn.completion_tokens += usage.completion_tokens
+        self._turn.cached_prompt_tokens += usage.cached_prompt_tokens or 0
+
+    @contextmanager
+    def _stage(self, stage: str) -> Iterator[None]:
+        """Add the seconds of the block to the turn's `stage`."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._turn.add_time(stage, time.perf_counter() - started)
 
     # -- prompts -------------------------------------------------------------------------
 
