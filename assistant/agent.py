@@ -51,6 +51,7 @@ from assistant.grounding import (
 )
 from assistant.models.base import ChatModel, Message, ModelError
 from assistant.privacy import PrivacyGate
+from assistant.segmentation.prompts import structure_named
 from assistant.session import ScanSession, ToolRecord
 from assistant.terminology.languages import languages_named
 from prompts import load_prompt
@@ -182,6 +183,8 @@ _TERM_REFERENCE = re.compile(
 _OTHER_SIDE = re.compile(r"\b(other|opposite) (side|one|hemisphere)\b|\bcontralateral\b|\b(otro|autre|anderen?|outro) lado\b",
                          re.IGNORECASE)
 _WORDS_TOOLS = ("lookup_term", "translate_text", "normalize_terms")  # about words, not the scan
+# Where a request joins clauses: "segment the brain and then look up ...", "..., then ...", "...; ...".
+_CLAUSES = re.compile(r"\b(?:and then|and also|and|then|also|plus)\b|[,;]", re.IGNORECASE)
 _GENERIC = re.compile(r"\b(describe|summar\w*|overview|tell me about|what (is|do we have)|what kind)\b", re.IGNORECASE)
 
 
@@ -275,7 +278,13 @@ class Agent:
 
         `messages` starts with the user's message and holds this turn's tool results; `records`
         are this turn's calls. Public so the tool-choice benchmark measures the same path.
+        A first call whose arguments the request states plainly is read by code (`ScanTool.read_arguments`).
         """
+        if not records:
+            with self._stage("read_arguments"):
+                read = self.read_call(messages[0].content)
+            if read is not None:
+                return read
         with self._stage("choose"):
             name = self.choose_tool(messages, records)
         if name in ("translate_text", "normalize_terms") and _TERM_REFERENCE.search(messages[0].content) and any(
@@ -288,6 +297,39 @@ class Agent:
         state: _State = {"messages": list(messages), "records": list(records), "pending": None, "steps": len(records)}
         with self._stage("fill_arguments"):
             return name, self._fill_arguments(state, self.tools[name])
+
+    def read_call(self, request: str) -> tuple[str, dict[str, Any]] | None:
+        """The call a request states plainly ("segment the left hippocampus", "ICD-10 code for stroke"), with no model
+        call; None when no tool, or more than one, reads it, or when it joins two different actions ("segment the
+        brain and measure the distance from ... to ..."), which the chooser and the model decide.
+        "Segment the left hippocampus and tell me its volume" is one action and a question about its result."""
+        read = [(name, arguments) for name, tool in self.tools.items()
+                if (arguments := type(tool).read_arguments(request)) is not None]
+        if len(read) != 1 or self._joins_actions(request, read[0][0]):
+            return None
+        name, arguments = read[0]
+        tool = self.tools[name]
+        if name in _WORDS_TOOLS and asks_for_a_decision(request, CONFIDENT):
+            return None  # the scan's findings answer a decision request, not a code
+        arguments = self._resolved(tool, tool.with_request(arguments, request), request)
+        try:
+            tool.args_schema.model_validate(arguments)
+        except ValidationError:
+            return None
+        return name, arguments
+
+    def _joins_actions(self, request: str, name: str) -> bool:
+        """Whether a clause other than the one asking for `name` asks for an action (another tool's, or the same tool on
+        another structure): "and" / "then" / commas join actions, or an action and a question about its result."""
+        clauses = [c for c in _CLAUSES.split(request) if c and c.strip()]
+        own = self.tools[name].action
+        first = next((i for i, c in enumerate(clauses) if own is not None and own.search(c)), 0)
+        for clause in clauses[:first] + clauses[first + 1:]:
+            if any(t.action is not None and t.action.search(clause) for t in self.tools.values()):
+                return True
+            if name == "segment" and structure_named(clause):
+                return True
+        return False
 
     def choose_tool(self, messages: list[Message], records: list[ToolRecord] = ()) -> str:
         """The chooser's pick for the turn so far: a tool name, or NO_TOOL."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+from typing import ClassVar
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -73,6 +75,7 @@ def measure_distance(volume: Volume, args: MeasureDistanceArgs) -> DistanceMeasu
 class MeasureDistanceTool(ScanTool):
     name: str = "measure_distance"
     args_schema: type[BaseModel] = MeasureDistanceArgs
+    action: ClassVar[re.Pattern[str] | None] = re.compile(r"\b(distance|how far)\b", re.IGNORECASE)
 
     def execute(self, args: MeasureDistanceArgs) -> DistanceMeasurement:
         return measure_distance(self.session.require_volume(), args)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Literal
+import re
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -98,6 +99,7 @@ def sphere_mask(volume: Volume, center: np.ndarray, radius_mm: float) -> np.ndar
 class ProbeIntensityTool(ScanTool):
     name: str = "probe_intensity"
     args_schema: type[BaseModel] = ProbeIntensityArgs
+    action: ClassVar[re.Pattern[str] | None] = re.compile(r"\b(intensity|density|hounsfield|HU|signal)\b", re.IGNORECASE)
 
     def execute(self, args: ProbeIntensityArgs) -> IntensityProbe:
         return probe_intensity(self.session.require_volume(), args)
