@@ -60,6 +60,8 @@ from tools.base import ScanTool, ToolError
 
 log = logging.getLogger(__name__)
 
+HISTORY_WINDOW = 12  # messages of earlier turns a prompt holds at most
+HISTORY_BLOCK = 6  # the window's start moves by this many messages at once (see Agent._history_window)
 ANSWER_TOKENS = 200  # answers are one to three sentences; a cap keeps a rambling model from stalling the CPU
 
 
@@ -403,7 +405,7 @@ class Agent:
 
     def choice_context(self, messages: list[Message]) -> list[Message]:
         """What a chooser sees before its own instruction; public so fine-tuning trains on exactly this."""
-        return self._context(_State(messages=messages, records=[], pending=None, steps=0), self._tool_menu())
+        return self._context(_State(messages=messages, records=[], pending=None, steps=0))
 
     def argument_messages(
         self, messages: list[Message], tool: ScanTool, error: str = "", exclude: str | None = None
@@ -413,9 +415,9 @@ class Agent:
         nearest = [e for e, _ in example_index().nearest(messages[0].content, 5, [tool.name]) if e.id != exclude][:4]
         examples = "\n".join(f'- "{e.text}" -> {json.dumps(e.arguments)}' for e in nearest)
         prompt = Template(load_prompt("agent/fill_arguments.md")).substitute(tool=tool.name, examples=examples, error=error)
-        card = f"The tool {tool.name}:\n{tool.description}"
-        return self._context(_State(messages=messages, records=[], pending=None, steps=0), card) + [
-            Message(role="user", content=prompt)
+        card = f"The tool {tool.name}:\n{tool.description}"  # after the shared prefix: other calls reuse its cache
+        return self._context(_State(messages=messages, records=[], pending=None, steps=0)) + [
+            Message(role="user", content=f"{card}\n\n{prompt}")
         ]
 
     def _act(self, state: _State) -> dict[str, Any]:
@@ -545,14 +547,24 @@ class Agent:
 
     # -- prompts -------------------------------------------------------------------------
 
-    def _context(self, state: _State, tools: str = "") -> list[Message]:
-        """System prompt + recent history + this turn. Each step gets only the tool text it needs
-        (a line per tool to choose, one full model card to fill arguments, none to answer), which
-        keeps prompts short: prefill dominates latency on a CPU."""
-        system = Template(load_prompt("agent/system.md")).substitute(scan=self._scan_context(), tools=tools)
-        messages = [Message(role="system", content=system.strip()), *self.history[-12:], *state["messages"]]
+    def _context(self, state: _State) -> list[Message]:
+        """System prompt (with the tool menu) + recent history + this turn: the same opening for every call of a
+        conversation, so that the runtime's prompt/KV cache reuses it and each call reads only what is new (prefill
+        dominates latency on a CPU). A step's own text (the tool card, its instruction) comes after it."""
+        system = Template(load_prompt("agent/system.md")).substitute(scan=self._scan_context(), tools=self._tool_menu())
+        messages = [Message(role="system", content=system.strip()), *self._history_window(), *state["messages"]]
         volume = self.session.volume  # the PHI gate's last line: no identifier of the scan reaches a model
         return PrivacyGate(self.settings).messages(messages, volume.identifiers if volume else None)
+
+    def _history_window(self) -> list[Message]:
+        """The last HISTORY_WINDOW messages or fewer, starting at a user message; the start moves by whole blocks of
+        HISTORY_BLOCK messages, so successive turns open with the same history (a sliding window would change the
+        prompt from its first history message on, and with it everything the cache holds after it)."""
+        excess = len(self.history) - HISTORY_WINDOW
+        start = 0 if excess <= 0 else (excess // HISTORY_BLOCK + 1) * HISTORY_BLOCK
+        while start < len(self.history) and self.history[start].role != "user":
+            start += 1
+        return self.history[start:]
 
     def _tool_menu(self) -> str:
         return "Tools you can call:\n" + "\n".join(
