@@ -280,13 +280,13 @@ class Agent:
 
         `messages` starts with the user's message and holds this turn's tool results; `records`
         are this turn's calls. Public so the tool-choice benchmark measures the same path.
-        A first call whose arguments the request states plainly is read by code (`ScanTool.read_arguments`).
+        A call whose arguments the request states plainly is read by code (`ScanTool.read_arguments`), and is then the
+        whole request: after it, the answer.
         """
-        if not records:
-            with self._stage("read_arguments"):
-                read = self.read_call(messages[0].content)
-            if read is not None:
-                return read
+        with self._stage("read_arguments"):
+            read = self.read_call(messages[0].content)
+        if read is not None:
+            return None if records else read
         with self._stage("choose"):
             name = self.choose_tool(messages, records)
         if name in ("translate_text", "normalize_terms") and _TERM_REFERENCE.search(messages[0].content) and any(
