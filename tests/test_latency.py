@@ -186,3 +186,11 @@ def test_the_history_window_moves_in_whole_blocks(llama_cpp):
     moves = [b for a, b in zip(starts, starts[1:]) if b != a]
     assert moves and all(start % HISTORY_BLOCK == 0 for start in moves)
     assert len(moves) < len(starts) // 2  # a sliding window would move at every turn past the window
+
+
+def test_a_source_restriction_the_request_does_not_name_is_dropped():
+    tool = LookupTermTool(session=ScanSession())
+    copied = {"query": "pulmonary embolism", "language": "es", "sources": ["hpo"]}
+    assert tool.with_request(copied, "What is 'pulmonary embolism' in Spanish?") == {"query": "pulmonary embolism", "language": "es"}
+    named = {"query": "stroke", "sources": ["icd10"]}
+    assert tool.with_request(named, "What is the ICD-10 code for stroke?") == named

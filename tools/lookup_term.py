@@ -150,6 +150,11 @@ _PLAIN_REQUESTS = (
     re.compile(r"^(?:please\s+)?(?:look\s*up|search for|define)\s+(?:the\s+term\s+)?(?P<query>.+?)[\s?.!]*$", re.I),
 )
 _QUERY_WORDS = 6  # a longer "query" is a sentence, not a term: the model reads it
+# How requests name each terminology (letters and digits only): a source restriction the request does not name is
+# one the model copied from its examples ("pulmonary embolism in Spanish" restricted to HPO found no Spanish label).
+_SOURCE_WORDS = {"icd10": ("icd10",), "icd10cm": ("icd10cm",), "hpo": ("hpo", "phenotype"),
+                 "dicom": ("dicom", "radlex", "loinc", "snomed"), "drugs": ("drug", "medication", "medicine"),
+                 GLOSSARY_SOURCE: ("glossary",)}
 
 # A search restricted to one coding terminology is a request for that system's code.
 _CODING_SOURCES = {"icd10": "ICD-10", "icd10cm": "ICD-10-CM", "hpo": "HPO"}
@@ -194,6 +199,14 @@ class LookupTermTool(ScanTool):
                 key = re.sub(r"[^a-z0-9]", "", system.lower()) if system else None
                 return {"query": query} | ({"system": _SYSTEMS[key]} if key else {})
         return None
+
+    def with_request(self, arguments: dict[str, Any], request: str) -> dict[str, Any]:
+        """Sources the request does not name are dropped: every terminology is searched."""
+        sources = arguments.get("sources")
+        said = re.sub(r"[^a-z0-9]", "", request.casefold())
+        if sources and not any(word in said for source in sources for word in _SOURCE_WORDS.get(source, (source,))):
+            return {k: v for k, v in arguments.items() if k != "sources"}
+        return arguments
 
     def users_words(self, field: str, request: str) -> str:
         """For the query: the first term the index finds mentioned in the request ("give me the HPO term
