@@ -27,6 +27,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from string import Template
 from typing import Any, Literal, TypedDict
@@ -50,6 +51,7 @@ from assistant.grounding import (
 )
 from assistant.models.base import ChatModel, Message, ModelError
 from assistant.privacy import PrivacyGate
+from assistant.segmentation.prompts import structure_named
 from assistant.session import ScanSession, ToolRecord
 from assistant.terminology.languages import languages_named
 from prompts import load_prompt
@@ -58,6 +60,8 @@ from tools.base import ScanTool, ToolError
 
 log = logging.getLogger(__name__)
 
+HISTORY_WINDOW = 12  # messages of earlier turns a prompt holds at most
+HISTORY_BLOCK = 6  # the window's start moves by this many messages at once (see Agent._history_window)
 ANSWER_TOKENS = 200  # answers are one to three sentences; a cap keeps a rambling model from stalling the CPU
 
 
@@ -115,6 +119,13 @@ class TurnTrace:
     seconds: float = 0.0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_prompt_tokens: int = 0  # prompt tokens the runtime reused from its prompt/KV cache (where it says)
+    first_token_seconds: float | None = None  # from the message to the first text shown
+    # seconds by stage (STAGES; "tool:<name>" per tool); "other" is what no stage took (graph, checks, logging)
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def add_time(self, stage: str, seconds: float) -> None:
+        self.stages[stage] = self.stages.get(stage, 0.0) + seconds
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -134,8 +145,14 @@ class TurnTrace:
             "claims": [{"field": f"{c.tool}.{c.path}", "text": c.text, "earlier": c.earlier} for c in self.claims],
             "answer_replaced": self.replaced,
             "seconds": round(self.seconds, 2),
-            "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens},
+            "first_token_seconds": None if self.first_token_seconds is None else round(self.first_token_seconds, 3),
+            "stages": {stage: round(seconds, 3) for stage, seconds in self.stages.items()},
+            "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens, "cached": self.cached_prompt_tokens},
         }
+
+
+# Where a turn's seconds go, in the order a turn runs them; tools add "tool:<name>".
+STAGES = ("read_arguments", "choose", "fill_arguments", "answer_render", "answer_prefill", "answer_decode", "other")
 
 
 # --- the graph -----------------------------------------------------------------------------
@@ -168,6 +185,8 @@ _TERM_REFERENCE = re.compile(
 _OTHER_SIDE = re.compile(r"\b(other|opposite) (side|one|hemisphere)\b|\bcontralateral\b|\b(otro|autre|anderen?|outro) lado\b",
                          re.IGNORECASE)
 _WORDS_TOOLS = ("lookup_term", "translate_text", "normalize_terms")  # about words, not the scan
+# Where a request joins clauses: "segment the brain and then look up ...", "..., then ...", "...; ...".
+_CLAUSES = re.compile(r"\b(?:and then|and also|and|then|also|plus)\b|[,;]", re.IGNORECASE)
 _GENERIC = re.compile(r"\b(describe|summar\w*|overview|tell me about|what (is|do we have)|what kind)\b", re.IGNORECASE)
 
 
@@ -198,6 +217,8 @@ class Agent:
                          "quoted": []}
         limit = 3 * self.settings.max_agent_steps + 5
         for event in self._graph.stream(state, stream_mode="custom", config={"recursion_limit": limit}):
+            if isinstance(event, (TokenEvent, AnswerEvent)) and trace.first_token_seconds is None:
+                trace.first_token_seconds = time.perf_counter() - started
             if isinstance(event, ToolResultEvent):
                 trace.tool_calls.append(event.record)
             if isinstance(event, AnswerEvent):
@@ -205,6 +226,7 @@ class Agent:
                 trace.claims = event.claims
             yield event
         trace.seconds = time.perf_counter() - started
+        trace.add_time("other", max(trace.seconds - sum(trace.stages.values()), 0.0))
         self.traces.append(trace)
         volume = self.session.volume  # the PHI gate again: the user may have typed the patient's name
         text = json.dumps(trace.to_json(), default=str)[:2000]
@@ -258,8 +280,15 @@ class Agent:
 
         `messages` starts with the user's message and holds this turn's tool results; `records`
         are this turn's calls. Public so the tool-choice benchmark measures the same path.
+        A call whose arguments the request states plainly is read by code (`ScanTool.read_arguments`), and is then the
+        whole request: after it, the answer.
         """
-        name = self.choose_tool(messages, records)
+        with self._stage("read_arguments"):
+            read = self.read_call(messages[0].content)
+        if read is not None:
+            return None if records else read
+        with self._stage("choose"):
+            name = self.choose_tool(messages, records)
         if name in ("translate_text", "normalize_terms") and _TERM_REFERENCE.search(messages[0].content) and any(
                 r.name in ("lookup_term", "normalize_terms") and r.result is not None for r in self.session.records):
             name = "lookup_term"  # "that diagnosis in Spanish": the concept named earlier, looked up in Spanish
@@ -268,7 +297,41 @@ class Agent:
         if name == NO_TOOL:
             return None
         state: _State = {"messages": list(messages), "records": list(records), "pending": None, "steps": len(records)}
-        return name, self._fill_arguments(state, self.tools[name])
+        with self._stage("fill_arguments"):
+            return name, self._fill_arguments(state, self.tools[name])
+
+    def read_call(self, request: str) -> tuple[str, dict[str, Any]] | None:
+        """The call a request states plainly ("segment the left hippocampus", "ICD-10 code for stroke"), with no model
+        call; None when no tool, or more than one, reads it, or when it joins two different actions ("segment the
+        brain and measure the distance from ... to ..."), which the chooser and the model decide.
+        "Segment the left hippocampus and tell me its volume" is one action and a question about its result."""
+        read = [(name, arguments) for name, tool in self.tools.items()
+                if (arguments := type(tool).read_arguments(request)) is not None]
+        if len(read) != 1 or self._joins_actions(request, read[0][0]):
+            return None
+        name, arguments = read[0]
+        tool = self.tools[name]
+        if name in _WORDS_TOOLS and asks_for_a_decision(request, CONFIDENT):
+            return None  # the scan's findings answer a decision request, not a code
+        arguments = self._resolved(tool, tool.with_request(arguments, request), request)
+        try:
+            tool.args_schema.model_validate(arguments)
+        except ValidationError:
+            return None
+        return name, arguments
+
+    def _joins_actions(self, request: str, name: str) -> bool:
+        """Whether a clause other than the one asking for `name` asks for an action (another tool's, or the same tool on
+        another structure): "and" / "then" / commas join actions, or an action and a question about its result."""
+        clauses = [c for c in _CLAUSES.split(request) if c and c.strip()]
+        own = self.tools[name].action
+        first = next((i for i, c in enumerate(clauses) if own is not None and own.search(c)), 0)
+        for clause in clauses[:first] + clauses[first + 1:]:
+            if any(t.action is not None and t.action.search(clause) for t in self.tools.values()):
+                return True
+            if name == "segment" and structure_named(clause):
+                return True
+        return False
 
     def choose_tool(self, messages: list[Message], records: list[ToolRecord] = ()) -> str:
         """The chooser's pick for the turn so far: a tool name, or NO_TOOL."""
@@ -342,7 +405,7 @@ class Agent:
 
     def choice_context(self, messages: list[Message]) -> list[Message]:
         """What a chooser sees before its own instruction; public so fine-tuning trains on exactly this."""
-        return self._context(_State(messages=messages, records=[], pending=None, steps=0), self._tool_menu())
+        return self._context(_State(messages=messages, records=[], pending=None, steps=0))
 
     def argument_messages(
         self, messages: list[Message], tool: ScanTool, error: str = "", exclude: str | None = None
@@ -352,9 +415,9 @@ class Agent:
         nearest = [e for e, _ in example_index().nearest(messages[0].content, 5, [tool.name]) if e.id != exclude][:4]
         examples = "\n".join(f'- "{e.text}" -> {json.dumps(e.arguments)}' for e in nearest)
         prompt = Template(load_prompt("agent/fill_arguments.md")).substitute(tool=tool.name, examples=examples, error=error)
-        card = f"The tool {tool.name}:\n{tool.description}"
-        return self._context(_State(messages=messages, records=[], pending=None, steps=0), card) + [
-            Message(role="user", content=prompt)
+        card = f"The tool {tool.name}:\n{tool.description}"  # after the shared prefix: other calls reuse its cache
+        return self._context(_State(messages=messages, records=[], pending=None, steps=0)) + [
+            Message(role="user", content=f"{card}\n\n{prompt}")
         ]
 
     def _act(self, state: _State) -> dict[str, Any]:
@@ -376,6 +439,7 @@ class Agent:
             record.error = f"The {name} tool failed unexpectedly ({type(exc).__name__})."
             content = f"ERROR: {record.error}"
         record.seconds = time.perf_counter() - started
+        self._turn.add_time(f"tool:{name}", record.seconds)
         self.session.records.append(record)
         write(ToolResultEvent(call_id, record))
         tool_message = Message(role="tool", name=name, content=content)
@@ -387,6 +451,14 @@ class Agent:
         }
 
     def _answer(self, state: _State) -> dict[str, Any]:
+        """The answer (a turn answers once): the model's prefill and decode are their own stages, the rest is rendering."""
+        started = time.perf_counter()
+        update = self._answer_turn(state)
+        model = sum(self._turn.stages.get(stage, 0.0) for stage in ("answer_prefill", "answer_decode"))
+        self._turn.add_time("answer_render", time.perf_counter() - started - model)
+        return update
+
+    def _answer_turn(self, state: _State) -> dict[str, Any]:
         write = get_stream_writer()
         request = state["messages"][0].content
         records, quoted = state["records"], state.get("quoted", [])
@@ -443,8 +515,14 @@ class Agent:
     def _model_answer(self, state: _State, write) -> str:
         messages = self._context(state) + [Message(role="user", content=load_prompt("agent/answer.md"))]
         pieces: list[str] = []
+        started = time.perf_counter()
+        first: float | None = None
         for piece in self.model.stream(messages, volume=self.session.volume, max_new_tokens=ANSWER_TOKENS):
+            first = first or time.perf_counter()
             pieces.append(piece)
+        ended = time.perf_counter()
+        self._turn.add_time("answer_prefill", (first or ended) - started)  # the prompt read, up to the first token
+        self._turn.add_time("answer_decode", ended - (first or ended))
         self._count_usage()
         return "".join(pieces).strip()
 
@@ -456,17 +534,37 @@ class Agent:
         self._counted = usage
         self._turn.prompt_tokens += usage.prompt_tokens
         self._turn.completion_tokens += usage.completion_tokens
+        self._turn.cached_prompt_tokens += usage.cached_prompt_tokens or 0
+
+    @contextmanager
+    def _stage(self, stage: str) -> Iterator[None]:
+        """Add the seconds of the block to the turn's `stage`."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._turn.add_time(stage, time.perf_counter() - started)
 
     # -- prompts -------------------------------------------------------------------------
 
-    def _context(self, state: _State, tools: str = "") -> list[Message]:
-        """System prompt + recent history + this turn. Each step gets only the tool text it needs
-        (a line per tool to choose, one full model card to fill arguments, none to answer), which
-        keeps prompts short: prefill dominates latency on a CPU."""
-        system = Template(load_prompt("agent/system.md")).substitute(scan=self._scan_context(), tools=tools)
-        messages = [Message(role="system", content=system.strip()), *self.history[-12:], *state["messages"]]
+    def _context(self, state: _State) -> list[Message]:
+        """System prompt (with the tool menu) + recent history + this turn: the same opening for every call of a
+        conversation, so that the runtime's prompt/KV cache reuses it and each call reads only what is new (prefill
+        dominates latency on a CPU). A step's own text (the tool card, its instruction) comes after it."""
+        system = Template(load_prompt("agent/system.md")).substitute(scan=self._scan_context(), tools=self._tool_menu())
+        messages = [Message(role="system", content=system.strip()), *self._history_window(), *state["messages"]]
         volume = self.session.volume  # the PHI gate's last line: no identifier of the scan reaches a model
         return PrivacyGate(self.settings).messages(messages, volume.identifiers if volume else None)
+
+    def _history_window(self) -> list[Message]:
+        """The last HISTORY_WINDOW messages or fewer, starting at a user message; the start moves by whole blocks of
+        HISTORY_BLOCK messages, so successive turns open with the same history (a sliding window would change the
+        prompt from its first history message on, and with it everything the cache holds after it)."""
+        excess = len(self.history) - HISTORY_WINDOW
+        start = 0 if excess <= 0 else (excess // HISTORY_BLOCK + 1) * HISTORY_BLOCK
+        while start < len(self.history) and self.history[start].role != "user":
+            start += 1
+        return self.history[start:]
 
     def _tool_menu(self) -> str:
         return "Tools you can call:\n" + "\n".join(

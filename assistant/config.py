@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     seg_checkpoint: Path | None = Field(None, description="A bigger local LiteMedSAM, SAM or MedSAM ViT-B .pth file.")
     seg_checkpoint_kind: Literal["litemedsam", "sam", "medsam"] = Field("medsam", description="Architecture of seg_checkpoint.")
 
+    scan_cache_bytes: int = Field(
+        1024**3, ge=0, description="Memory for per-scan intermediate results (registration transforms, atlas warps, "
+                                   "warped scans) shared by tools and turns (assistant/imaging/scan_cache.py); least "
+                                   "recently used go first, and a session's scan leaves it when the session closes.")
+
     # --- input limits (checked before allocating) ----------------------------------------
     max_voxels: int = Field(512 * 512 * 1024, description="Largest volume accepted, in voxels.")
     max_upload_bytes: int = Field(2 * 1024**3, description="Largest upload or unpacked archive, in bytes.")

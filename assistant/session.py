@@ -57,10 +57,18 @@ class ScanSession:
 
     def load(self, volume: Volume) -> None:
         """Switch to a new scan; results about the previous scan no longer apply."""
+        self.close()
         self.volume = volume
         self.records.clear()
         self.overlays.clear()
         self.observations.clear()
+
+    def close(self) -> None:
+        """End the session's hold on its scan: the intermediate results cached for it (`scan_cache`) are dropped."""
+        if self.volume is not None:
+            from assistant.imaging.scan_cache import drop
+
+            drop(self.volume.fingerprint)
 
     def add_overlay(self, overlay: Overlay) -> None:
         volume = self.require_volume()

@@ -6,7 +6,9 @@ so that every tool works in the same frame and no tool re-parses a file.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+from functools import cached_property
 from enum import Enum
 from pathlib import Path
 
@@ -102,6 +104,16 @@ class Volume:
         self.affine = np.asarray(self.affine, dtype=np.float64)
         if self.affine.shape != (4, 4) or not np.all(np.isfinite(self.affine)):
             raise ScanLoadError("The scan's voxel-to-world transform is missing or invalid.")
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A digest of the voxels and the voxel-to-world transform: what results computed from the scan depend on
+        (names and identifiers do not), computed once; volumes are not changed in place."""
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(f"{self.data.dtype.str}{self.data.shape}".encode())
+        digest.update(np.ascontiguousarray(self.data).data)
+        digest.update(self.affine.tobytes())
+        return digest.hexdigest()
 
     @property
     def modality(self) -> Modality:

@@ -18,6 +18,7 @@ model (and the chat) as an error message instead of a crash.
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 from langchain_core.tools import BaseTool
@@ -120,6 +121,9 @@ class ScanTool(BaseTool):
     description: str = ""
     response_format: str = "content_and_artifact"
     needs_scan: ClassVar[bool] = True
+    # The words that ask for this tool's action ("segment", "distance"): a request joining two clauses that ask for
+    # two different actions goes to the model, not to `read_arguments`.
+    action: ClassVar[re.Pattern[str] | None] = None
 
     def model_post_init(self, context: Any) -> None:
         if not self.description:
@@ -129,6 +133,13 @@ class ScanTool(BaseTool):
         """The user's own value for a verbatim `field` that the model did not copy from the conversation:
         the quoted or handed-over part of the request for a required text, None (the default applies) otherwise."""
         return users_passage(request) if self.args_schema.model_fields[field].is_required() else None
+
+    @classmethod
+    def read_arguments(cls, request: str) -> dict[str, Any] | None:
+        """The arguments of a request that asks for this tool and states them plainly ("segment the left
+        hippocampus"), read by code so that no model call chooses the tool or fills them; None when the request
+        does not (then the chooser and the model decide)."""
+        return None
 
     def with_request(self, arguments: dict[str, Any], request: str) -> dict[str, Any]:
         """The model's arguments corrected by what the request plainly says, where the tool knows how to

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+from typing import ClassVar
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -153,6 +155,8 @@ def describe_scan(volume: Volume) -> ScanDescription:
 class DescribeScanTool(ScanTool):
     name: str = "describe_scan"
     args_schema: type[BaseModel] = DescribeScanArgs
+    action: ClassVar[re.Pattern[str] | None] = re.compile(
+        r"\b(describe|slice thickness|field of view|voxel (size|spacing)|spacing|modality|how many slices)\b", re.IGNORECASE)
 
     def execute(self, args: DescribeScanArgs) -> ScanDescription:
         return describe_scan(self.session.require_volume())

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import nibabel as nib
 from pydantic import BaseModel, Field
@@ -31,6 +32,7 @@ class DetectAnomaliesArgs(BaseModel):
 class DetectAnomaliesTool(ScanTool):
     name: str = "detect_anomalies"
     args_schema: type[BaseModel] = DetectAnomaliesArgs
+    action: ClassVar[re.Pattern[str] | None] = re.compile(r"\b(anomal\w*|abnormal\w*|lesions?|screen\w*|unusual)\b", re.IGNORECASE)
 
     def execute(self, args: DetectAnomaliesArgs) -> AnomalyResult:
         result = detect_anomalies(self.session.require_volume(), method=args.method, max_regions=args.max_regions)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
@@ -14,6 +14,7 @@ from assistant.terminology import TermHit, get_term_index
 from assistant.terminology.coding import CodeAnswer, answer_code, check_system
 from assistant.terminology.glossary import GLOSSARY_SOURCE
 from assistant.terminology.index import check_search
+from assistant.terminology.languages import languages_named
 from assistant.terminology.lexical import looks_like_code
 from assistant.terminology.sources import SOURCE_NAMES
 from tools.base import MAX_LISTED, ScanTool, ToolError, ToolResult
@@ -139,6 +140,22 @@ class TermLookup(ToolResult):
         return f"{hit.concept.preferred} [{codes}]{label} (source {hit.concept.source}, matched '{hit.matched}')"
 
 
+# "What is the ICD-10 code for X?", "HPO term for X", "look up X": the system (if any) and the term, read by code.
+_SYSTEMS = {"icd10": "icd10", "icd10cm": "icd10cm", "snomed": "snomed", "snomedct": "snomed", "hpo": "hpo",
+            "radlex": "radlex", "loinc": "loinc"}
+_PLAIN_REQUESTS = (
+    re.compile(r"^(?:(?:what(?:'s| is)|give me|find|get|tell me|which is)\s+)?(?:the\s+|an?\s+)?"
+               r"(?:(?P<system>ICD-?10(?:-?CM)?|SNOMED(?:[- ]?CT)?|HPO|RadLex|LOINC)\s+)?(?:code|term|concept)\s+"
+               r"(?:for|of)\s+(?P<query>.+?)[\s?.!]*$", re.I),
+    re.compile(r"^(?:please\s+)?(?:look\s*up|search for|define)\s+(?:the\s+term\s+)?(?P<query>.+?)[\s?.!]*$", re.I),
+)
+_QUERY_WORDS = 6  # a longer "query" is a sentence, not a term: the model reads it
+# How requests name each terminology (letters and digits only): a source restriction the request does not name is
+# one the model copied from its examples ("pulmonary embolism in Spanish" restricted to HPO found no Spanish label).
+_SOURCE_WORDS = {"icd10": ("icd10",), "icd10cm": ("icd10cm",), "hpo": ("hpo", "phenotype"),
+                 "dicom": ("dicom", "radlex", "loinc", "snomed"), "drugs": ("drug", "medication", "medicine"),
+                 GLOSSARY_SOURCE: ("glossary",)}
+
 # A search restricted to one coding terminology is a request for that system's code.
 _CODING_SOURCES = {"icd10": "ICD-10", "icd10cm": "ICD-10-CM", "hpo": "HPO"}
 
@@ -164,6 +181,32 @@ class LookupTermTool(ScanTool):
     name: str = "lookup_term"
     args_schema: type[BaseModel] = LookupTermArgs
     needs_scan: ClassVar[bool] = False
+    action: ClassVar[re.Pattern[str] | None] = re.compile(
+        r"\b(ICD-?10\w*|SNOMED|HPO|RadLex|LOINC|code|look\s*up|define)\b", re.IGNORECASE)
+
+    @classmethod
+    def read_arguments(cls, request: str) -> dict[str, Any] | None:
+        """"ICD-10 code for a heart attack", "look up pneumonia": the term and the code system, when the request is
+        only that (a language, a number of results or a longer sentence is for the model to read)."""
+        if languages_named(request):
+            return None
+        for pattern in _PLAIN_REQUESTS:
+            if match := pattern.match(request.strip()):
+                query = match.group("query").strip(" '\"")
+                if not query or len(query.split()) > _QUERY_WORDS:
+                    return None
+                system = match.groupdict().get("system")
+                key = re.sub(r"[^a-z0-9]", "", system.lower()) if system else None
+                return {"query": query} | ({"system": _SYSTEMS[key]} if key else {})
+        return None
+
+    def with_request(self, arguments: dict[str, Any], request: str) -> dict[str, Any]:
+        """Sources the request does not name are dropped: every terminology is searched."""
+        sources = arguments.get("sources")
+        said = re.sub(r"[^a-z0-9]", "", request.casefold())
+        if sources and not any(word in said for source in sources for word in _SOURCE_WORDS.get(source, (source,))):
+            return {k: v for k, v in arguments.items() if k != "sources"}
+        return arguments
 
     def users_words(self, field: str, request: str) -> str:
         """For the query: the first term the index finds mentioned in the request ("give me the HPO term

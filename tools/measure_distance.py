@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from assistant.findings import Finding, Quantity, meaning
+from assistant.grounding import coordinate_triples
 from assistant.volume import Volume
 from tools.base import ScanTool, ToolError, ToolResult
 from tools.probe_intensity import Units, parse_triple
@@ -73,6 +76,15 @@ def measure_distance(volume: Volume, args: MeasureDistanceArgs) -> DistanceMeasu
 class MeasureDistanceTool(ScanTool):
     name: str = "measure_distance"
     args_schema: type[BaseModel] = MeasureDistanceArgs
+    action: ClassVar[re.Pattern[str] | None] = re.compile(r"\b(distance|how far)\b", re.IGNORECASE)
+
+    @classmethod
+    def read_arguments(cls, request: str) -> dict[str, Any] | None:
+        """"Distance from 10,20,30 to 40,50,60": the two voxel points written; millimetres are for the model to read."""
+        points = coordinate_triples(request)
+        if not cls.action.search(request) or len(points) != 2 or re.search(r"\b(mm|millimet\w*|world)\b", request, re.I):
+            return None
+        return {"point_a": points[0], "point_b": points[1]}
 
     def execute(self, args: MeasureDistanceArgs) -> DistanceMeasurement:
         return measure_distance(self.session.require_volume(), args)

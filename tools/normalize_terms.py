@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 from pydantic import BaseModel, Field
@@ -72,6 +73,8 @@ class NormalizeTermsTool(ScanTool):
     name: str = "normalize_terms"
     args_schema: type[BaseModel] = NormalizeTermsArgs
     needs_scan: ClassVar[bool] = False
+    action: ClassVar[re.Pattern[str] | None] = re.compile(
+        r"\b(normali[sz]e|code (this|the) (report|note|text)|extract (the )?terms)\b", re.IGNORECASE)
 
     def execute(self, args: NormalizeTermsArgs) -> NormalizedTerms:
         return normalize_terms(args.text, args.language)

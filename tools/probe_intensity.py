@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Literal
+import re
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from assistant.findings import Finding, Quantity, meaning, not_an_answer
+from assistant.grounding import coordinate_triples
 from assistant.volume import Volume
 from tools.base import ScanTool, ToolError, ToolResult
 from tools.describe_scan import IntensityStats, intensity_stats
@@ -95,9 +97,25 @@ def sphere_mask(volume: Volume, center: np.ndarray, radius_mm: float) -> np.ndar
     return mask
 
 
+_REGION_WORDS = re.compile(r"\b(sphere|radius|box|mean|average|around|within|mm|millimet\w*|world)\b", re.IGNORECASE)
+_CENTRE = re.compile(r"\b(cent(re|er|ral voxel)|middle)\b", re.IGNORECASE)
+
+
 class ProbeIntensityTool(ScanTool):
     name: str = "probe_intensity"
     args_schema: type[BaseModel] = ProbeIntensityArgs
+    action: ClassVar[re.Pattern[str] | None] = re.compile(r"\b(intensity|density|hounsfield|HU|signal)\b", re.IGNORECASE)
+
+    @classmethod
+    def read_arguments(cls, request: str) -> dict[str, Any] | None:
+        """"Intensity at the centre", "HU at 120, 80, 40": one voxel, at the centre or at the one voxel point written;
+        a region (sphere, radius, box, mean), millimetres or several points are for the model to read."""
+        if not cls.action.search(request) or _REGION_WORDS.search(request):
+            return None
+        points = coordinate_triples(request)
+        if len(points) == 1:
+            return {"point": points[0]}
+        return {} if not points and _CENTRE.search(request) else None
 
     def execute(self, args: ProbeIntensityArgs) -> IntensityProbe:
         return probe_intensity(self.session.require_volume(), args)

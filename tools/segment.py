@@ -8,7 +8,7 @@ import re
 import signal
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field, model_validator
 from tqdm import tqdm
@@ -137,11 +137,25 @@ _REFINEMENT_WORDS = [  # a follow-up on the last mask, in the words clinicians u
     ("shrink", re.compile(r"\b(shrink|erode|contract|tighten|smaller|thinner)\b", re.I)),
 ]
 _SIDE_WORDS = re.compile(r"\b(left|right)\b\s*", re.I)
+_SEGMENT_VERBS = re.compile(r"\b(segment|segmentation of|outline|delineate|contour)\b", re.I)
+_BACKEND_WORDS = re.compile(r"\b(classical|medsam|sam|atlas|checkpoint)\b", re.I)
 
 
 class SegmentTool(ScanTool):
     name: str = "segment"
     args_schema: type[BaseModel] = SegmentArgs
+    action: ClassVar[re.Pattern[str] | None] = _SEGMENT_VERBS
+
+    @classmethod
+    def read_arguments(cls, request: str) -> dict[str, Any] | None:
+        """"Segment the left hippocampus": the structure the request names, when it names one and asks for nothing
+        else of the tool (no points, box, follow-up on the last mask or method, which the model fills in)."""
+        if not _SEGMENT_VERBS.search(request) or coordinate_triples(request) or _BACKEND_WORDS.search(request):
+            return None
+        if any(pattern.search(request) for _, pattern in _REFINEMENT_WORDS):
+            return None
+        named = structure_named(request)
+        return {"structure": named} if named else None
 
     def _previous(self, volume: Volume) -> Segmentation | None:
         """The last mask shown, with its name when the segment tool made it."""

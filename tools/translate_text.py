@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import ClassVar
@@ -83,6 +84,7 @@ class TranslateTextTool(ScanTool):
     name: str = "translate_text"
     args_schema: type[BaseModel] = TranslateTextArgs
     needs_scan: ClassVar[bool] = False
+    action: ClassVar[re.Pattern[str] | None] = re.compile(r"\b(translat\w*)\b", re.IGNORECASE)
 
     def execute(self, args: TranslateTextArgs) -> TranslateTextResult:
         """The model or the message named the glossary: it must lie in the glossary folder or an upload."""

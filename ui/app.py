@@ -68,8 +68,9 @@ class ChatState:
         return folder
 
     def close(self) -> None:
-        """The session ended (tab closed or expired): its exported files go with it."""
+        """The session ended (tab closed or expired): its exported files and its scan's cached results go with it."""
         self.cancel.set()
+        self.session.close()
         if self.exports_root is not None:
             shutil.rmtree(self.exports_root / self.export_id, ignore_errors=True)
 

@@ -34,6 +34,7 @@ from assistant.anomaly.result import AnomalyResult
 from assistant.anomaly.template import TEMPLATE_RESOLUTION_MM, TemplateSpace, template_space
 from assistant.config import Settings, get_settings
 from assistant.imaging.progress import ProgressCallback, report, within
+from assistant.imaging.scan_cache import get_or_compute
 from assistant.volume import Modality, Volume
 from tools.base import ToolError
 
@@ -429,7 +430,8 @@ def detect_anomalies(volume: Volume, method: str | None = None, settings: Settin
     model = get_normal_model(method, settings, progress)
     space = template_space()
     report(progress, 0.1, "registering the scan to the brain template")
-    warped = warp_to_template(volume, space)
+    warped = get_or_compute(volume.fingerprint, f"{space.template.name}-affine/1", "anomaly warp",
+                            lambda: warp_to_template(volume, space))
     if warped.template_correlation < MIN_TEMPLATE_CORRELATION:
         raise ToolError(
             f"The scan does not match the brain template (correlation {warped.template_correlation:.2f} after "

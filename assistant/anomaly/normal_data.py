@@ -45,6 +45,10 @@ class WarpedScan:
     template_correlation: float
     registration: Registration
 
+    @property
+    def nbytes(self) -> int:
+        return int(self.image.nbytes) + self.registration.nbytes
+
 
 def _aligned(volume: Volume, registration: Registration, space: TemplateSpace) -> WarpedScan:
     warped = registration.warp_to_template(np.nan_to_num(volume.data)).astype(np.float32)

@@ -272,6 +272,14 @@ class Registration:
     bspline: sitk.BSplineTransform | None = None
     registration_grid: sitk.Image | None = None  # the downsampled scan the B-spline was estimated on
 
+    @property
+    def nbytes(self) -> int:
+        """Memory of what the registration holds of its own (the template is shared), for the scan cache."""
+        grid = self.registration_grid
+        pixels = grid.GetNumberOfPixels() * grid.GetNumberOfComponentsPerPixel() * 4 if grid is not None else 0
+        parameters = sum(t.GetNumberOfParameters() for t in (self.forward, self.inverse, self.bspline) if t is not None)
+        return pixels + 8 * parameters + 4096
+
     def inverse_transform(self) -> sitk.Transform:
         if self.inverse is None:
             assert self.affine is not None and self.bspline is not None and self.registration_grid is not None

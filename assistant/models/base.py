@@ -37,6 +37,7 @@ class Usage:
     completion_tokens: int = 0
     seconds: float = 0.0
     first_token_seconds: float | None = None
+    cached_prompt_tokens: int | None = None  # prompt tokens the runtime reused from its prompt/KV cache; None: not reported
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
+
+import numpy as np
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -66,6 +68,7 @@ class LlamaCppChatModel(ChatModel):
         if json_schema is not None:
             request["response_format"] = {"type": "json_object", "schema": json_schema}
         with self._generating:
+            before = np.array(self.llm.input_ids)  # the evaluated tokens llama.cpp reuses where the new prompt starts alike
             try:
                 for chunk in self.llm.create_chat_completion(**request):
                     piece = chunk["choices"][0]["delta"].get("content")
@@ -76,9 +79,18 @@ class LlamaCppChatModel(ChatModel):
             except ValueError as exc:  # context overflow and invalid schemas arrive as ValueError
                 raise ModelError(f"{self.name} could not answer: {exc}") from exc
             prompt_tokens = max(self.llm.n_tokens - completion_tokens, 0)
+            cached = _common_prefix(before, np.array(self.llm.input_ids[:prompt_tokens]))
         self.last_usage = Usage(
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             seconds=time.perf_counter() - started,
             first_token_seconds=first_token_at - started if first_token_at else None,
+            cached_prompt_tokens=min(cached, max(prompt_tokens - 1, 0)),  # llama.cpp evaluates the last prompt token again
         )
+
+
+def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    """How many leading tokens two token sequences share."""
+    n = min(len(a), len(b))
+    differ = np.flatnonzero(a[:n] != b[:n])
+    return int(differ[0]) if differ.size else n

@@ -111,6 +111,7 @@ class OpenAIChatModel(ChatModel):
             completion_tokens=usage.completion_tokens if usage else pieces,
             seconds=time.perf_counter() - started,
             first_token_seconds=first_token_at - started if first_token_at else None,
+            cached_prompt_tokens=_cached_tokens(usage),
         )
 
     def _create(self, request: dict[str, Any], json_schema: dict[str, Any] | None) -> Any:
@@ -133,6 +134,13 @@ class OpenAIChatModel(ChatModel):
                 if "response_format" in _detail(exc):
                     self.schema_format, self.schema_format_known = "json_object", True
         return self.client.chat.completions.create(**request, response_format=_response_format(self.schema_format, json_schema))
+
+
+def _cached_tokens(usage: Any) -> int | None:
+    """Prompt tokens the server says it served from its prefix cache (vLLM, the OpenAI API); None when not reported."""
+    details = getattr(usage, "prompt_tokens_details", None)
+    cached = getattr(details, "cached_tokens", None)
+    return int(cached) if cached is not None else None
 
 
 def _response_format(kind: str, schema: dict[str, Any]) -> dict[str, Any]:

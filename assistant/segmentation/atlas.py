@@ -1,8 +1,9 @@
 """Named brain structures on MRI: register the scan to Colin27 and bring the AAL labels back.
 
-The registration is the slow part (tens of seconds), so it is kept per `Volume` object: asking
-for the left and then the right hippocampus of the same scan registers once. The cache is keyed
-by the volume object itself and forgets it when the session drops it, so users never share one.
+The registration is the slow part (tens of seconds), and warping the label maps onto the scan takes
+seconds more, so both are kept in the per-scan cache (`assistant.imaging.scan_cache`, keyed by the
+scan's content and `ATLAS_METHOD`): asking for the left and then the right hippocampus of the same
+scan registers and warps once. The session drops them when it closes.
 
 Two structures are not AAL labels. The brain is Colin27's ch2bet mask made into the envelope that
 skull-strip masks describe (sulci closed, the subarachnoid CSF under the skull included). The
@@ -15,7 +16,6 @@ than that are cut at the limit).
 from __future__ import annotations
 
 import re
-import weakref
 from functools import cache
 
 import numpy as np
@@ -25,6 +25,7 @@ from skimage.filters import threshold_multiotsu
 
 from assistant.imaging.progress import ProgressCallback, report
 from assistant.imaging.registration import Registration, array_to_sitk, load_template, register_to_template, sitk_to_array
+from assistant.imaging.scan_cache import get_or_compute
 from assistant.segmentation.classical import head_mask
 from assistant.segmentation.prompts import Structure
 from assistant.segmentation.result import keep_largest_component, label_components
@@ -37,18 +38,14 @@ VENTRICLE_DEPTH_MM = 15.0  # ventricles lie this deep in the brain; sulcal and s
 VENTRICLE_OPENING_MM = 2.0  # cisterns and the cerebral aqueduct are thinner than this; lateral ventricles are not
 VENTRICLE_SEARCH_MM = 5.0  # how far beyond the template's ventricles an enlarged ventricle is followed
 MIN_VENTRICLE_ML = 0.1  # smaller dark specks are noise or vessels, not ventricle
-_registrations: "weakref.WeakKeyDictionary[Volume, Registration]" = weakref.WeakKeyDictionary()
-_regions: "weakref.WeakKeyDictionary[Volume, np.ndarray]" = weakref.WeakKeyDictionary()
+ATLAS_METHOD = f"{ATLAS_TEMPLATE}-aal/affine+bspline/1"  # a change to the registration or the warps bumps it
 _ENVELOPE, _VENTRICLES, _RIGHT = 1, 2, 4  # bits of the template region map warped once per scan
 
 
 def registration_for(volume: Volume, progress: ProgressCallback | None = None) -> Registration:
-    """Affine + B-spline registration of `volume` to Colin27, computed once per volume object."""
-    if volume not in _registrations:
-        _registrations[volume] = register_to_template(
-            volume, load_template(ATLAS_TEMPLATE), kind="affine+bspline", progress=progress
-        )
-    return _registrations[volume]
+    """Affine + B-spline registration of `volume` to Colin27, computed once per scan."""
+    return get_or_compute(volume.fingerprint, ATLAS_METHOD, "registration", lambda: register_to_template(
+        volume, load_template(ATLAS_TEMPLATE), kind="affine+bspline", progress=progress))
 
 
 def aal_label_ids(structure: Structure) -> list[int]:
@@ -113,9 +110,13 @@ def _template_regions() -> np.ndarray:
 
 def _regions_on(volume: Volume, registration: Registration) -> np.ndarray:
     """The template region map on the scan grid: one B-spline resampling per scan, shared by every request."""
-    if volume not in _regions:
-        _regions[volume] = registration.warp_labels(_template_regions())
-    return _regions[volume]
+    return get_or_compute(volume.fingerprint, ATLAS_METHOD, "regions", lambda: registration.warp_labels(_template_regions()))
+
+
+def _aal_labels_on(volume: Volume, registration: Registration) -> np.ndarray:
+    """The AAL label map on the scan grid: one resampling per scan, whichever structures are asked for."""
+    labels = load_template(ATLAS_TEMPLATE).labels
+    return get_or_compute(volume.fingerprint, ATLAS_METHOD, "aal labels", lambda: registration.warp_labels(labels))
 
 
 def _brain(volume: Volume, registration: Registration) -> np.ndarray:
@@ -170,7 +171,7 @@ def segment_structure(volume: Volume, structure: Structure, progress: ProgressCa
         ids = aal_label_ids(structure)
         if not ids:
             raise ValueError(f"The AAL atlas has no label for {structure.name!r}.")
-        mask = np.isin(registration.warp_labels(template.labels), ids)
+        mask = np.isin(_aal_labels_on(volume, registration), ids)
         source = f"AAL labels {', '.join(template.label_names[i] for i in ids)}"
     notes = [
         f"Atlas-based: {source} mapped through {registration.kind} registration to Colin27 "

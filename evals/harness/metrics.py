@@ -69,6 +69,8 @@ class RunMetrics(BaseModel):
     first_token_p50_s: float | None
     prompt_tokens: int
     completion_tokens: int
+    cached_prompt_tokens: int = 0
+    stage_seconds: dict[str, float] = {}  # summed over the run's turns, by stage (assistant.agent.STAGES)
 
 
 def pass_rate(results: Sequence[ScenarioResult]) -> Rate:
@@ -165,4 +167,15 @@ def compute_metrics(results: Sequence[ScenarioResult]) -> RunMetrics:
         first_token_p50_s=_percentile(first_tokens, 50),
         prompt_tokens=sum(t.prompt_tokens for t in turns),
         completion_tokens=sum(t.completion_tokens for t in turns),
+        cached_prompt_tokens=sum(t.cached_prompt_tokens for t in turns),
+        stage_seconds=stage_totals(turns),
     )
+
+
+def stage_totals(turns: Sequence[TurnRecord]) -> dict[str, float]:
+    """Seconds by stage summed over `turns`, largest first."""
+    totals: dict[str, float] = {}
+    for turn in turns:
+        for stage, seconds in turn.stages.items():
+            totals[stage] = totals.get(stage, 0.0) + seconds
+    return {stage: round(seconds, 2) for stage, seconds in sorted(totals.items(), key=lambda kv: -kv[1])}

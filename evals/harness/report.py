@@ -192,6 +192,8 @@ def _metric_rows(m: RunMetrics) -> list[tuple[str, str]]:
         ("Latency per turn p50 / p95 (s)", f"{_fmt(m.latency_p50_s, False)} / {_fmt(m.latency_p95_s, False)} over {m.turns} turns"),
         ("First token p50 (s)", _fmt(m.first_token_p50_s, False)),
         ("Tokens (prompt / completion)", f"{m.prompt_tokens:,} / {m.completion_tokens:,}"),
+        ("Prompt tokens reused from the runtime's cache", f"{m.cached_prompt_tokens:,}"),
+        ("Time by stage (s, summed over turns)", ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in m.stage_seconds.items()) or "n/a"),
     ]
 
 

@@ -53,7 +53,7 @@ class MeteredModel(ChatModel):
         self.lock = lock
         self.sampling = sampling
         self.name, self.runtime, self.sees_volumes = inner.name, inner.runtime, inner.sees_volumes
-        self.prompt_tokens = self.completion_tokens = self.calls = 0
+        self.prompt_tokens = self.completion_tokens = self.cached_prompt_tokens = self.calls = 0
         self.total_calls = 0
 
     def stream(self, messages, **kwargs: Any) -> Iterator[str]:
@@ -63,15 +63,16 @@ class MeteredModel(ChatModel):
             yield from self.inner.stream(messages, **kwargs)
             usage = self.inner.last_usage
         self.last_usage = Usage(**vars(usage))
+        self.cached_prompt_tokens += usage.cached_prompt_tokens or 0
         self.prompt_tokens += usage.prompt_tokens
         self.completion_tokens += usage.completion_tokens
         self.calls += 1
         self.total_calls += 1
 
-    def take_counts(self) -> tuple[int, int, int]:
-        """Tokens and calls since the last take (one turn's worth)."""
-        counts = (self.prompt_tokens, self.completion_tokens, self.calls)
-        self.prompt_tokens = self.completion_tokens = self.calls = 0
+    def take_counts(self) -> tuple[int, int, int, int]:
+        """Tokens (prompt, completion, cached prompt) and calls since the last take (one turn's worth)."""
+        counts = (self.prompt_tokens, self.completion_tokens, self.cached_prompt_tokens, self.calls)
+        self.prompt_tokens = self.completion_tokens = self.cached_prompt_tokens = self.calls = 0
         return counts
 
 
@@ -253,6 +254,7 @@ class EvalRunner:
         metered: MeteredModel = agent.model  # type: ignore[assignment]
         metered.take_counts()
         started = time.perf_counter()
+        turns_before = len(agent.traces)
         try:
             for event in agent.run(message):
                 if isinstance(event, TokenEvent) and record.first_token_seconds is None:
@@ -269,7 +271,9 @@ class EvalRunner:
             if type(exc).__name__ != turn.expect.error:
                 record.traceback = traceback.format_exc()
         record.seconds = round(time.perf_counter() - started, 3)
-        record.prompt_tokens, record.completion_tokens, record.model_calls = metered.take_counts()
+        record.prompt_tokens, record.completion_tokens, record.cached_prompt_tokens, record.model_calls = metered.take_counts()
+        if len(agent.traces) > turns_before:  # the turn finished: its time by stage
+            record.stages = {stage: round(seconds, 3) for stage, seconds in agent.traces[-1].stages.items()}
         record.checks = check_turn(turn.expect, record, [*earlier, record])
         if turn.expect.rubric and not record.error:
             record.checks += self.judge.score(turn.expect.rubric, record) if self.judge else unjudged(turn.expect.rubric)

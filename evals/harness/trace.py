@@ -45,7 +45,9 @@ class TurnRecord(BaseModel):
     first_token_seconds: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
     model_calls: int = 0
+    stages: dict[str, float] = Field(default_factory=dict, description="seconds by stage (assistant.agent.STAGES)")
     expected_tools: list[str] | None = Field(None, description="None when the turn does not say which tools to call")
     checks: list[CheckResult] = Field(default_factory=list)
 
