@@ -115,6 +115,8 @@ class TurnTrace:
     seconds: float = 0.0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    looked_at_volume: bool = False  # a vision model wrote the answer looking at the scan
+    volume_note: str | None = None  # why a vision model did not look at it
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -425,7 +427,7 @@ class Agent:
                 problems = check_claims(draft, earlier, conversation) if draft else ["empty answer"]
                 replaced = bool(problems)
                 text = _no_claim_answer(draft, problems)
-        if getattr(self.model, "last_looked_at_volume", False) and draft and not replaced:
+        if self._turn.looked_at_volume and draft and not replaced:
             from assistant.vlm.backends import model_observation
 
             self.session.observations.append(model_observation(draft, self.model.name, request))
@@ -446,6 +448,9 @@ class Agent:
         for piece in self.model.stream(messages, volume=self.session.volume, max_new_tokens=ANSWER_TOKENS):
             pieces.append(piece)
         self._count_usage()
+        # read in the thread that streamed: the model is shared, these flags are per thread
+        self._turn.looked_at_volume = getattr(self.model, "last_looked_at_volume", False)
+        self._turn.volume_note = getattr(self.model, "last_volume_note", None)
         return "".join(pieces).strip()
 
     def _count_usage(self) -> None:
