@@ -255,10 +255,10 @@ class ScanChatApp:
                 source = str(sample_path(sample))
             except (OSError, ValueError) as exc:
                 gr.Warning(str(exc))
-                return (state or self.new_state(request), *[gr.update()] * 8)
+                return _unchanged(state or self.new_state(request))
         else:
             gr.Warning("Choose a file to upload or a sample scan first.")
-            return (state or self.new_state(request), *[gr.update()] * 8)
+            return _unchanged(state or self.new_state(request))
         return self._show(state, source, window, request, progress)
 
     def open_from_pacs(self, state: ChatState | None, study_uid: str | None, series_uid: str | None, window: str,
@@ -266,7 +266,7 @@ class ScanChatApp:
         """A series chosen in the study browser, retrieved over DICOMweb into the same viewer and chat."""
         if not study_uid:
             gr.Warning("Search the PACS and choose a study first.")
-            return (state or self.new_state(request), *[gr.update()] * 8)
+            return _unchanged(state or self.new_state(request))
         progress(0.2, desc="Retrieving the series from the PACS")
         return self._show(state, f"dicomweb:{study_uid}" + (f"/{series_uid}" if series_uid else ""), window, request,
                           progress)
@@ -281,7 +281,7 @@ class ScanChatApp:
             self.limits.charge(state.export_id, volume.data.nbytes)
         except (ScanLoadError, AuthError, LimitError, OSError, ValueError) as exc:
             gr.Warning(str(exc))
-            return (state, *[gr.update()] * 8)
+            return _unchanged(state)
         state.agent, state.restored_history = None, []
         state.conversation_id, state.scan_path, state.user = uuid.uuid4().hex, source, user
         state.session.load(volume)
@@ -527,6 +527,11 @@ class ScanChatApp:
             cancel.click(self.cancel, [state], None, queue=False)
             demo.unload(self.close_session)
         return demo
+
+
+def _unchanged(state: ChatState) -> tuple:
+    """What a refused load returns: the state, and every shown output (window, views, sliders, info, chat) as it was."""
+    return (state, *[gr.update()] * (2 + 2 * len(PLANES) + 2))
 
 
 def _tool_result_markdown(record) -> str:
