@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -58,6 +59,21 @@ class _ScanNotHeld(LookupError):
 # --- in the worker process -----------------------------------------------------------------------------------
 
 _volumes: OrderedDict[str, Volume] = OrderedDict()  # this worker process's scans, by fingerprint
+
+
+def _end_with(web_process: int) -> None:
+    """Initializer: the worker ends when the web process does. A web process killed or stopped by SIGTERM never tells
+    its executor's workers to stop, and each worker holds its own end of its call queue, so it would wait forever."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(1)
+            try:
+                os.kill(web_process, 0)
+            except ProcessLookupError:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="end-with-web-process", daemon=True).start()
 
 
 def _started() -> int:
@@ -215,7 +231,8 @@ class WorkerPool:
                 raise
 
     def _new_slot(self, index: int) -> _Slot:
-        executor = ProcessPoolExecutor(max_workers=1, mp_context=get_context("forkserver"))
+        executor = ProcessPoolExecutor(max_workers=1, mp_context=get_context("forkserver"), initializer=_end_with,
+                                       initargs=(os.getpid(),))
         return _Slot(index=index, executor=executor, pid=executor.submit(_started))
 
     def _replace(self, slot: _Slot, *, kill: bool) -> None:

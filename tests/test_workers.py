@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -128,6 +130,19 @@ def test_two_sessions_share_no_state_and_the_last_one_out_drops_the_scan(scan):
         assert second.compute(scans_held) == [second.fingerprint]
     finally:
         pool.close()
+
+
+def test_the_workers_end_when_the_web_process_is_killed(tmp_path):
+    script = ("import os, signal; from assistant.workers import WorkerPool; pool = WorkerPool(2); "
+              "print(*pool.pids(), flush=True); os.kill(os.getpid(), signal.SIGKILL)")
+    with open(tmp_path / "pids", "w") as out:  # a file, not a pipe: the workers inherit it
+        returncode = subprocess.run([sys.executable, "-c", script], stdout=out, timeout=300).returncode
+    workers = [int(pid) for pid in (tmp_path / "pids").read_text().split()]
+    assert len(workers) == 2 and returncode == -signal.SIGKILL
+    deadline = time.time() + 15
+    while any(_alive(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not any(_alive(pid) for pid in workers)
 
 
 def _alive(pid: int) -> bool:
