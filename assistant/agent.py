@@ -123,6 +123,8 @@ class TurnTrace:
     first_token_seconds: float | None = None  # from the message to the first text shown
     # seconds by stage (STAGES; "tool:<name>" per tool); "other" is what no stage took (graph, checks, logging)
     stages: dict[str, float] = field(default_factory=dict)
+    looked_at_volume: bool = False  # a vision model wrote the answer looking at the scan
+    volume_note: str | None = None  # why a vision model did not look at it
 
     def add_time(self, stage: str, seconds: float) -> None:
         self.stages[stage] = self.stages.get(stage, 0.0) + seconds
@@ -497,7 +499,7 @@ class Agent:
                 problems = check_claims(draft, earlier, conversation) if draft else ["empty answer"]
                 replaced = bool(problems)
                 text = _no_claim_answer(draft, problems)
-        if getattr(self.model, "last_looked_at_volume", False) and draft and not replaced:
+        if self._turn.looked_at_volume and draft and not replaced:
             from assistant.vlm.backends import model_observation
 
             self.session.observations.append(model_observation(draft, self.model.name, request))
@@ -524,6 +526,9 @@ class Agent:
         self._turn.add_time("answer_prefill", (first or ended) - started)  # the prompt read, up to the first token
         self._turn.add_time("answer_decode", ended - (first or ended))
         self._count_usage()
+        # read in the thread that streamed: the model is shared, these flags are per thread
+        self._turn.looked_at_volume = getattr(self.model, "last_looked_at_volume", False)
+        self._turn.volume_note = getattr(self.model, "last_volume_note", None)
         return "".join(pieces).strip()
 
     def _count_usage(self) -> None:

@@ -8,13 +8,15 @@ reports, as before); anything reachable from the network needs users (`check_can
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from enum import Enum
@@ -189,11 +191,25 @@ def check_can_bind(host: str, users_table: Users, trusted_header: str | None = N
             "stdin) or listen on 127.0.0.1.")
 
 
-def gradio_auth(users_table: Users, trusted_header: str | None) -> Callable[[str, str], bool] | None:
-    """What to pass as ``launch(auth=...)``: the password check when users exist and no proxy authenticates."""
+_CHECKS_AT_ONCE = threading.BoundedSemaphore(2)  # each scrypt check takes 128 MiB: a login burst stays bounded
+
+
+def gradio_auth(users_table: Users, trusted_header: str | None) -> Callable[[str, str], Awaitable[bool]] | None:
+    """What to pass as ``launch(auth=...)``: the password check when users exist and no proxy authenticates.
+
+    Gradio awaits a coroutine function on its event loop; the scrypt check (about half a second of CPU) runs in a
+    thread, so a login never stalls the chats and viewers of users already in."""
     if trusted_header or not users_table.any_enabled():
         return None
-    return users_table.authenticate
+
+    def check(name: str, password: str) -> bool:
+        with _CHECKS_AT_ONCE:
+            return users_table.authenticate(name, password)
+
+    async def authenticate(name: str, password: str) -> bool:
+        return await asyncio.to_thread(check, name, password)
+
+    return authenticate
 
 
 def command_line_user(users_table: Users, name: str | None) -> User:

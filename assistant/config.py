@@ -103,6 +103,8 @@ class Settings(BaseSettings):
         None, ge=1, description="Saved conversations not updated for this many days are deleted; None keeps them.")
     session_ttl_s: int = Field(4 * 3600, ge=60, description="An idle browser session expires (its uploads and exports deleted) after this.")
     max_sessions_per_user: int = Field(4, ge=1, description="Concurrent browser sessions one user may hold.")
+    tool_workers: int = Field(2, ge=0, description="Worker processes running heavy tools (segmentation, registration, "
+                              "anomaly detection) outside the web process; 0 runs them in it (the CLI always does).")
     max_session_bytes: int = Field(2 * 1024**3, ge=1, description="Memory one user's sessions may hold in loaded volumes.")
 
     # --- PACS (DICOMweb) ----------------------------------------------------------------

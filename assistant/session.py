@@ -6,8 +6,9 @@ is module-level, so two users never see each other's data.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -15,6 +16,11 @@ from assistant.findings import Finding
 from assistant.imaging.progress import ProgressCallback
 from assistant.volume import Volume
 from tools.base import NoScanError, ToolResult
+
+if TYPE_CHECKING:
+    from assistant.workers import WorkerPool
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -49,6 +55,25 @@ class ScanSession:
     observations: list[Finding] = field(default_factory=list)  # what a vision model said it saw, not measured
     # set by the front end for a turn: long tool runs report here, and stop when it returns False
     progress: ProgressCallback | None = None
+    workers: WorkerPool | None = None  # the web app's tool worker processes; None runs heavy work in this thread
+    _fingerprint: tuple[Volume, str] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def fingerprint(self) -> str:
+        """The loaded scan's content hash, computed once per scan (it reads every voxel)."""
+        volume = self.require_volume()
+        if self._fingerprint is None or self._fingerprint[0] is not volume:
+            from assistant.reports.collect import scan_fingerprint
+
+            self._fingerprint = (volume, scan_fingerprint(volume))
+        return self._fingerprint[1]
+
+    def compute(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``work(volume, *args, progress=..., **kwargs)`` on the loaded scan: heavy tools (segmentation,
+        registration, anomaly detection) call through here so that the web app runs them in its worker pool."""
+        if self.workers is not None:
+            return self.workers.run(self, work, *args, **kwargs)
+        return work(self.require_volume(), *args, progress=self.progress, **kwargs)
 
     def require_volume(self) -> Volume:
         if self.volume is None:

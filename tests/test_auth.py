@@ -4,6 +4,7 @@ network address with nobody to log in."""
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import json
 import os
@@ -78,7 +79,9 @@ def test_a_network_address_needs_users(users):
     assert gradio_auth(users, trusted_header=None) is None
     users.add("alice", "clinician", "alice-password")
     check_can_bind("0.0.0.0", users)
-    assert gradio_auth(users, trusted_header=None)("alice", "alice-password")
+    check = gradio_auth(users, trusted_header=None)
+    assert asyncio.iscoroutinefunction(check)  # gradio awaits it: the scrypt check runs off the event loop
+    assert asyncio.run(check("alice", "alice-password")) and not asyncio.run(check("alice", "wrong-password"))
     assert gradio_auth(users, trusted_header="X-Forwarded-User") is None  # the proxy logs people in
 
 

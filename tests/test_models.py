@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Literal
@@ -208,6 +209,30 @@ def test_llamacpp_streams_and_follows_the_schema():
 
     assert "Paris" in "".join(model.stream(QUESTION, max_new_tokens=24))
     ToolChoice.model_validate(model.complete_json(PICK_TOOL, TOOL_CHOICE_SCHEMA, max_new_tokens=40))  # the grammar held
+
+
+@pytest.mark.usefixtures("llama_cpp")
+def test_each_thread_counts_its_own_tokens_on_a_shared_model():
+    """Two users' turns on one loaded model: a turn's token count is its own generation's, whatever the other did."""
+    model = load_chat_model(get_settings(), name="smollm2-135m", runtime="llamacpp")
+    other_done, counted = threading.Event(), {}
+
+    def turn(name: str, tokens: int, wait: bool) -> None:
+        model.complete(QUESTION, max_new_tokens=tokens)
+        if wait:  # the other turn generates after this one and before this one reads its count
+            other_done.wait(120)
+        else:
+            other_done.set()
+        counted[name] = model.last_usage.completion_tokens
+
+    first = threading.Thread(target=turn, args=("short", 2, True))
+    first.start()
+    time.sleep(0.5)
+    second = threading.Thread(target=turn, args=("long", 16, False))
+    second.start()
+    first.join(180)
+    second.join(180)
+    assert counted["short"] <= 2 < counted["long"]
 
 
 @pytest.mark.usefixtures("llama_cpp")

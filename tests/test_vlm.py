@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import nibabel as nib
 import numpy as np
@@ -367,5 +368,16 @@ def test_trained_vlm_answers_from_the_volume_and_falls_back_on_a_2d_image(tmp_pa
     flat = _volume(np.random.default_rng(0).normal(size=(64, 64, 2)))
     text = "".join(model.stream([Message(role="user", content="Describe this scan.")], volume=flat, max_new_tokens=4))
     assert text and not model.last_looked_at_volume and "at least 8" in model.last_volume_note
+    other: dict = {}  # another user's turn on the same model, in its own thread, meanwhile
+
+    def other_turn() -> None:
+        "".join(model.stream([Message(role="user", content="Is there a lesion?")], volume=_blob_on_right(), max_new_tokens=4))
+        other.update(looked=model.last_looked_at_volume, note=model.last_volume_note)
+
+    thread = threading.Thread(target=other_turn)
+    thread.start()
+    thread.join()
+    assert other == {"looked": True, "note": None}
+    assert not model.last_looked_at_volume and "at least 8" in model.last_volume_note  # this turn's flags stay
     fallback, note = load_vision_model_or_text(f"m3d:{tmp_path / 'missing'}", settings)
     assert not fallback.sees_volumes and "does not exist" in note

@@ -35,7 +35,7 @@ class DetectAnomaliesTool(ScanTool):
     action: ClassVar[re.Pattern[str] | None] = re.compile(r"\b(anomal\w*|abnormal\w*|lesions?|screen\w*|unusual)\b", re.IGNORECASE)
 
     def execute(self, args: DetectAnomaliesArgs) -> AnomalyResult:
-        result = detect_anomalies(self.session.require_volume(), method=args.method, max_regions=args.max_regions)
+        result = self.session.compute(detect_anomalies, method=args.method, max_regions=args.max_regions)
         self.session.add_overlay(Overlay(name="anomaly", data=result.anomaly_map, kind="heatmap"))
         return result
 

@@ -199,7 +199,7 @@ class SegmentTool(ScanTool):
     def execute(self, args: SegmentArgs) -> SegmentResult:
         volume = self.session.require_volume()
         previous = self._previous(volume) if args.refine else None
-        segmentation = run_segmentation(volume, args, previous, progress=self.session.progress)
+        segmentation = self.session.compute(run_segmentation, args, previous)
         self.session.add_overlay(Overlay(name=OVERLAY_NAME, data=segmentation.mask, kind="mask"))
         return SegmentResult(segmentation=segmentation)
 

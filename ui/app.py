@@ -23,8 +23,8 @@ from assistant.agent import Agent, AnswerEvent, InputError, TokenEvent, ToolCall
 from assistant.auth import AuthError, User, check_can_bind, gradio_auth, request_user
 from assistant.config import Settings, get_settings
 from assistant.imaging.progress import cancel_on
+from assistant.lifecycle import LimitError, SessionLimits
 from assistant.models.base import Message
-from assistant.reports.collect import scan_fingerprint
 from assistant.reports.conversations import conversation_of, restore_session
 from assistant.reports.model import ReportError
 from assistant.reports.store import ReportStore
@@ -33,6 +33,7 @@ from assistant.scans.loading import load_scan
 from assistant.scans.samples import SAMPLES, sample_path
 from assistant.session import ScanSession
 from assistant.volume import ScanLoadError
+from assistant.workers import WorkerPool
 from ui.report_panel import build_report_panel
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,18 @@ class ChatState:
     exports_root: Path | None = None  # Settings.exports_dir, the only folder whose files the UI offers
     turns: int = 0  # chat turns answered in this session
     last_turn_seconds: float = 0.0
+    limits: SessionLimits | None = None  # the app's per-user limits, where this session holds a slot
+    workers: WorkerPool | None = None  # the app's tool workers, which keep this session's scan while it is open
+    held_scan: str | None = None  # fingerprint of the scan this session holds in the workers
+
+    def hold_scan(self, fingerprint: str | None) -> None:
+        """The scan this session shows from now on (None: none); the workers drop a scan no session shows."""
+        if self.workers is not None and fingerprint != self.held_scan:
+            if fingerprint is not None:
+                self.workers.hold(fingerprint)
+            if self.held_scan is not None:
+                self.workers.release(self.held_scan)
+        self.held_scan = fingerprint
 
     @property
     def export_folder(self) -> Path:
@@ -71,6 +84,9 @@ class ChatState:
         """The session ended (tab closed or expired): its exported files and its scan's cached results go with it."""
         self.cancel.set()
         self.session.close()
+        self.hold_scan(None)
+        if self.limits is not None:
+            self.limits.close(self.export_id)
         if self.exports_root is not None:
             shutil.rmtree(self.exports_root / self.export_id, ignore_errors=True)
 
@@ -87,6 +103,8 @@ class ScanChatApp:
         self._store: ReportStore | None = None
         # Open browser sessions by Gradio session hash, so that closing the tab can delete their files at once.
         self._open: weakref.WeakValueDictionary[str, ChatState] = weakref.WeakValueDictionary()
+        self.limits = SessionLimits.from_settings(self.settings)
+        self.workers = WorkerPool(self.settings.tool_workers)  # processes start with the first heavy tool call
 
     @property
     def store(self) -> ReportStore:
@@ -98,7 +116,7 @@ class ScanChatApp:
     # -- helpers -------------------------------------------------------------------------
 
     def new_state(self, request: gr.Request | None = None) -> ChatState:
-        state = ChatState(exports_root=self.settings.exports_dir)
+        state = ChatState(exports_root=self.settings.exports_dir, limits=self.limits, workers=self.workers)
         if request is not None and request.session_hash:
             self._open[request.session_hash] = state
         return state
@@ -126,6 +144,7 @@ class ScanChatApp:
 
             if progress is not None:
                 progress(0.1, desc=f"Starting the model {self.settings.llm} (first start takes a while)")
+            state.session.workers = self.workers
             state.agent = Agent(load_chat_model(self.settings), state.session, self.settings)
             state.agent.history = list(state.restored_history)
         return state.agent
@@ -145,7 +164,7 @@ class ScanChatApp:
     def _restore_conversation(self, state: ChatState, volume) -> list[gr.ChatMessage]:
         """Pick up this user's last saved conversation about this very scan: its findings and its chat."""
         try:
-            saved = self.store.latest_conversation(state.user, scan_fingerprint(volume), warn=gr.Warning)
+            saved = self.store.latest_conversation(state.user, state.session.fingerprint, warn=gr.Warning)
         except ReportError as exc:
             gr.Warning(f"Saved conversations could not be read: {exc}")
             return []
@@ -178,13 +197,14 @@ class ScanChatApp:
         return [str(f) for f in files]
 
     def _model_info(self, agent: Agent) -> str:
-        model = agent.model
+        model, turn = agent.model, agent.traces[-1] if agent.traces else None  # this session's turn, not the model's
         if not model.sees_volumes:
             sees = "reads the tools' results (it does not see the image)"
-        elif getattr(model, "last_looked_at_volume", False):
+        elif turn is not None and turn.looked_at_volume:
             sees = "looked at the volume for this answer; its statements are model observations, not measurements"
         else:
-            sees = f"did not look at the volume this time ({getattr(model, 'last_volume_note', None) or 'no answer yet'})"
+            why = "no answer yet" if turn is None else turn.volume_note or "the answer came from the tools' results"
+            sees = f"did not look at the volume this time ({why})"
         return f"Model: **{model.name}** ({model.runtime}) — {sees}."
 
     def _views(self, state: ChatState, window: str, show_overlays: bool):
@@ -236,10 +256,10 @@ class ScanChatApp:
                 source = str(sample_path(sample))
             except (OSError, ValueError) as exc:
                 gr.Warning(str(exc))
-                return (state or self.new_state(request), *[gr.update()] * 8)
+                return _unchanged(state or self.new_state(request))
         else:
             gr.Warning("Choose a file to upload or a sample scan first.")
-            return (state or self.new_state(request), *[gr.update()] * 8)
+            return _unchanged(state or self.new_state(request))
         return self._show(state, source, window, request, progress)
 
     def open_from_pacs(self, state: ChatState | None, study_uid: str | None, series_uid: str | None, window: str,
@@ -247,7 +267,7 @@ class ScanChatApp:
         """A series chosen in the study browser, retrieved over DICOMweb into the same viewer and chat."""
         if not study_uid:
             gr.Warning("Search the PACS and choose a study first.")
-            return (state or self.new_state(request), *[gr.update()] * 8)
+            return _unchanged(state or self.new_state(request))
         progress(0.2, desc="Retrieving the series from the PACS")
         return self._show(state, f"dicomweb:{study_uid}" + (f"/{series_uid}" if series_uid else ""), window, request,
                           progress)
@@ -258,13 +278,16 @@ class ScanChatApp:
             user = self._user(request)
             progress(0.5, desc="Reading the scan")
             volume = load_scan(source if source.startswith("dicomweb:") else Path(source), self.settings)
-        except (ScanLoadError, AuthError, OSError, ValueError) as exc:
+            self.limits.open(user.name, state.export_id)  # refused past the user's sessions or memory
+            self.limits.charge(state.export_id, volume.data.nbytes)
+        except (ScanLoadError, AuthError, LimitError, OSError, ValueError) as exc:
             gr.Warning(str(exc))
-            return (state, *[gr.update()] * 8)
+            return _unchanged(state)
         state.agent, state.restored_history = None, []
         state.conversation_id, state.scan_path, state.user = uuid.uuid4().hex, source, user
         state.session.load(volume)
-        self._audit(user, "load_scan", scan_fingerprint(volume), source_format=volume.metadata.source_format)
+        state.hold_scan(state.session.fingerprint)
+        self._audit(user, "load_scan", state.session.fingerprint, source_format=volume.metadata.source_format)
         chat = self._restore_conversation(state, volume)
         state.cursor = {plane: display.slice_count(volume, plane) // 2 for plane in PLANES}
         sliders = [_slider(display.slice_count(volume, plane), state.cursor[plane]) for plane in PLANES]
@@ -423,7 +446,7 @@ class ScanChatApp:
             state.turns += 1
             state.last_turn_seconds = time.monotonic() - started
         if state.session.volume is not None:
-            self._audit(user, "ask", scan_fingerprint(state.session.volume), question=message,
+            self._audit(user, "ask", state.session.fingerprint, question=message,
                         tools=[r.name for r in state.session.records[calls_before:]])
         self._save_conversation(state)
         yield state, history, ""
@@ -507,6 +530,11 @@ class ScanChatApp:
         return demo
 
 
+def _unchanged(state: ChatState) -> tuple:
+    """What a refused load returns: the state, and every shown output (window, views, sliders, info, chat) as it was."""
+    return (state, *[gr.update()] * (2 + 2 * len(PLANES) + 2))
+
+
 def _tool_result_markdown(record) -> str:
     """A tool result as shown in its collapsible chat bubble (translations with their terms highlighted)."""
     if record.result is None:
@@ -551,6 +579,7 @@ def launch(settings: Settings | None = None, host: str | None = None, port: int 
     host = host or settings.host
     check_can_bind(host, app.store.users, settings.trusted_user_header)
     settings.exports_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    app.workers.start()  # the tool workers import the heavy modules while the page loads
     app.build().queue(default_concurrency_limit=settings.chat_concurrency).launch(
         server_name=host,
         server_port=port or settings.port,

@@ -11,6 +11,7 @@ never with regexes over free text.
 from __future__ import annotations
 
 import json
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -83,6 +84,19 @@ class ChatModel(ABC):
 
     def __init__(self) -> None:
         self.last_usage = Usage()
+
+    @property
+    def last_usage(self) -> Usage:
+        """The calling thread's last generation: one loaded model answers several users' turns at once, and each
+        turn counts its own tokens (backends set it in the thread that consumed the stream)."""
+        mine = self.__dict__.setdefault("_per_thread", threading.local())
+        if not hasattr(mine, "usage"):
+            mine.usage = Usage()
+        return mine.usage
+
+    @last_usage.setter
+    def last_usage(self, usage: Usage) -> None:
+        self.__dict__.setdefault("_per_thread", threading.local()).usage = usage
 
     @abstractmethod
     def stream(

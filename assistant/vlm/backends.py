@@ -6,7 +6,8 @@
 
 Each looks at the volume when one is given and usable. When it is not (no scan, a 2D image, NaNs),
 the backend answers from the text alone and says so in `last_volume_note`; `last_looked_at_volume`
-tells the UI whether the answer came from looking at the scan. `load_vision_model_or_text` turns a
+tells whether the answer came from looking at the scan. Both are kept per thread, since one loaded model
+answers every user's turns at once; the agent copies them into its turn's trace, which the UI shows. `load_vision_model_or_text` turns a
 load failure (missing weights, a GPU option on a CPU machine) into a fallback to the text model.
 """
 
@@ -56,9 +57,21 @@ class VisionChatModel(ChatModel):
     def __init__(self, settings: Settings) -> None:
         super().__init__()
         self.settings = settings
-        self.last_looked_at_volume = False
-        self.last_volume_note: str | None = None
+        self._volume_use = threading.local()  # per thread: one model serves every user's turn at once
         self._generating = threading.Lock()
+
+    @property
+    def last_looked_at_volume(self) -> bool:
+        """Whether this thread's last answer came from looking at the volume (not another user's answer)."""
+        return getattr(self._volume_use, "looked", False)
+
+    @property
+    def last_volume_note(self) -> str | None:
+        """Why this thread's last answer did not look at the volume."""
+        return getattr(self._volume_use, "note", None)
+
+    def _used_volume(self, looked: bool, note: str | None = None) -> None:
+        self._volume_use.looked, self._volume_use.note = looked, note
 
     def prepare(self, volume: Volume) -> Any:
         """The backend's input from a volume; raises VolumeNotSupported."""
@@ -76,19 +89,18 @@ class VisionChatModel(ChatModel):
 
     def stream(self, messages: Sequence[Message], *, json_schema: dict[str, Any] | None = None,
                max_new_tokens: int | None = None, volume: Volume | None = None) -> Iterator[str]:
-        self.last_looked_at_volume, self.last_volume_note = False, None
         if json_schema is not None:
-            self.last_volume_note = "a structured (JSON) decision: answered by the text model"
+            self._used_volume(False, "a structured (JSON) decision: answered by the text model")
         elif volume is None:
-            self.last_volume_note = "no scan is loaded: answered by the text model"
+            self._used_volume(False, "no scan is loaded: answered by the text model")
         else:
             try:
                 prepared = self.prepare(volume)
             except VolumeNotSupported as exc:
-                self.last_volume_note = f"{exc}: answered by the text model"
+                self._used_volume(False, f"{exc}: answered by the text model")
                 log.info("%s did not look at the volume: %s", self.name, exc)
             else:
-                self.last_looked_at_volume = True
+                self._used_volume(True)
                 yield from self.answer(last_user_question(messages), prepared, max_new_tokens)
                 return
         text = self.text_model()
