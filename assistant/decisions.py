@@ -8,13 +8,11 @@ asking it never saw, measures it (`python -m evals.bench_decisions`). The classi
 
 from __future__ import annotations
 
-import json
 from functools import cache
-from importlib import resources
 
 from pydantic import BaseModel
 
-from assistant.phrasings import PhraseClassifier, cached_classifier
+from assistant.phrasings import PhraseClassifier, cached_classifier, read_bank
 
 # Chosen by template-grouped cross-validation on the development split (`bench_decisions --cv`): at 0.2 a missed
 # decision request is rare (recall 0.90) and a false alarm costs one extra sentence (the clinician notice).
@@ -32,8 +30,7 @@ class DecisionExample(BaseModel):
 
 @cache
 def decision_bank() -> tuple[DecisionExample, ...]:
-    text = resources.files("prompts").joinpath("agent/decision_requests.jsonl").read_text(encoding="utf-8")
-    return tuple(DecisionExample.model_validate(json.loads(line)) for line in text.splitlines() if line.strip())
+    return read_bank("decision_requests.jsonl", DecisionExample)
 
 
 def tool_requests() -> list[DecisionExample]:

@@ -10,14 +10,12 @@ tool is chosen; `python -m evals.bench_fields` measures it on ways of asking it 
 
 from __future__ import annotations
 
-import json
 from functools import cache
-from importlib import resources
 
 from pydantic import BaseModel
 
 from assistant.decisions import tool_requests
-from assistant.phrasings import PhraseClassifier, cached_classifier
+from assistant.phrasings import PhraseClassifier, cached_classifier, read_bank
 
 THRESHOLD = 0.4  # template-grouped CV on the development split (`bench_fields --cv`): recall 0.887, 0/168 false alarms
 
@@ -33,8 +31,7 @@ class NoFieldExample(BaseModel):
 
 @cache
 def no_field_bank() -> tuple[NoFieldExample, ...]:
-    text = resources.files("prompts").joinpath("agent/no_field_questions.jsonl").read_text(encoding="utf-8")
-    return tuple(NoFieldExample.model_validate(json.loads(line)) for line in text.splitlines() if line.strip())
+    return read_bank("no_field_questions.jsonl", NoFieldExample)
 
 
 def training_set(examples: list[NoFieldExample]) -> tuple[list[str], list[bool]]:

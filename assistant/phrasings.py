@@ -11,9 +11,22 @@ import hashlib
 import json
 import pickle
 from collections.abc import Sequence
+from importlib import resources
+from typing import TypeVar
+
+from pydantic import BaseModel
 
 from assistant.config import get_settings
 from assistant.grounding import without_quoted
+
+
+Example = TypeVar("Example", bound=BaseModel)
+
+
+def read_bank(name: str, kind: type[Example]) -> tuple[Example, ...]:
+    """A bank of phrasings shipped with the prompts (`prompts/agent/<name>`), one JSON object per line."""
+    text = resources.files("prompts").joinpath(f"agent/{name}").read_text(encoding="utf-8")
+    return tuple(kind.model_validate(json.loads(line)) for line in text.splitlines() if line.strip())
 
 
 class PhraseClassifier:
