@@ -11,7 +11,9 @@ as errors. `answer` renders the reply from named fields of the typed results (`a
 every figure, code, side and verdict is written by code from the field that answers the question,
 never typed by the model. The model writes only turns that need no tool, and those pass the claim
 check (numbers, codes, verdicts, sides against the conversation's results) or are rebuilt.
-A question the conversation already answered is answered from it, without running tools again;
+A question the conversation already answered is answered from it, without running tools again; one that asks
+for something no tool result holds (the patient's blood pressure, the scanner's price: `assistant.no_field`) is
+answered plainly that the scan and the tools don't give it, without guessing or running tools;
 requests for a diagnosis or a treatment decision (`assistant.decisions`) get the measurements that
 bear on them and leave the decision to the treating clinician.
 
@@ -50,6 +52,7 @@ from assistant.grounding import (
     side_named,
 )
 from assistant.models.base import ChatModel, Message, ModelError
+from assistant.no_field import asks_for_no_field
 from assistant.privacy import PrivacyGate
 from assistant.segmentation.prompts import structure_named
 from assistant.session import ScanSession, ToolRecord
@@ -167,6 +170,7 @@ class _State(TypedDict, total=False):
     steps: int
     quoted: list[ToolRecord]  # earlier turns' results this turn answers from, without running their tools again
     refers_back: bool  # "what did you say?": what earlier answers stated comes first
+    no_field: bool  # asks for something no tool result holds (blood pressure, the scanner's price): said plainly
 
 
 # "again", "remind me", "the number you gave": the answer is already in the conversation (en/es/fr/de/pt).
@@ -261,6 +265,8 @@ class Agent:
         if not state["records"] and earlier and _REFERS_BACK.search(request) and (
                 self._stated() or pick_claims(request, _claims(earlier))[1]):
             return {"pending": None, "quoted": earlier, "refers_back": True}  # "remind me": said before, not measured again
+        if not state["records"] and asks_for_no_field(request):
+            return {"pending": None, "no_field": True}  # no tool can give it: said plainly, nothing guessed or run
         pending = self.decide(state["messages"], state["records"])
         same = next((r for r in reversed(earlier) if pending and (r.name, r.arguments) == pending
                      and not pending[1].get("refine")), None)
@@ -473,6 +479,8 @@ class Agent:
         draft, problems, replaced = "", [], False
         if records and all(direct):  # e.g. a translation: shown exactly, not reworded
             picked, text = now, "\n\n".join(direct)
+        elif state.get("no_field"):
+            picked, text = [], load_prompt("agent/no_field.md")
         elif now or quoted:
             stated = self._stated()
             picked, matched = pick_claims(request, stated) if state.get("refers_back") and stated else ([], False)

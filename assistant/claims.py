@@ -116,9 +116,10 @@ def contradictions(claims: Sequence[Claim]) -> list[str]:
     """Results that contradict themselves, said plainly instead of smoothed over: a verdict flag against its own score
     and threshold, one field given two different values by two calls."""
     problems = []
-    by_path = {(c.tool, c.path): c for c in claims if not c.earlier}
+    by_path = {(c.tool, c.path, c.earlier): c for c in claims}  # a result quoted from earlier is checked like a new one
     for claim in claims:
-        score, threshold = by_path.get((claim.tool, "image_score")), by_path.get((claim.tool, "threshold"))
+        score = by_path.get((claim.tool, "image_score", claim.earlier))
+        threshold = by_path.get((claim.tool, "threshold", claim.earlier))
         if claim.kind == "verdict" and score and threshold and (score.value > threshold.value) != claim.value:
             problems.append(f"The {claim.tool} result contradicts itself: score {score.text} against threshold "
                             f"{threshold.text}, yet flagged {claim.text.split(':')[0]}. Treat this screening as unreliable.")
@@ -126,7 +127,7 @@ def contradictions(claims: Sequence[Claim]) -> list[str]:
         if not claim.earlier and claim.kind in ("quantity", "count", "verdict") and old and old.text != claim.text:
             problems.append(f"{claim.meaning[:1].upper() + claim.meaning[1:]} was {old.text} earlier in this conversation "
                             f"and is {claim.text} now: the results disagree.")
-    return problems
+    return list(dict.fromkeys(problems))
 
 
 def render(claims: Iterable[Claim]) -> str:

@@ -3,23 +3,16 @@
 A keyword pattern let "Is it safe to start heparin? yes or no" through, and the 0.5B model then said "No, it is not
 safe". The classifier is trained on the development half of a bank of phrasings in en/es/fr/de/pt
 (`prompts/agent/decision_requests.jsonl`, written by `evals/make_decision_bank.py`); the held-out half, whole ways of
-asking it never saw, measures it (`python -m evals.bench_decisions`). Features: character 2-5-grams (any language,
-typos, "yes/no") and word 1-2-grams, logistic regression; trained at first use in milliseconds, cached.
+asking it never saw, measures it (`python -m evals.bench_decisions`). The classifier is `assistant.phrasings.PhraseClassifier`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import pickle
-from collections.abc import Sequence
 from functools import cache
-from importlib import resources
 
 from pydantic import BaseModel
 
-from assistant.config import get_settings
-from assistant.grounding import without_quoted
+from assistant.phrasings import PhraseClassifier, cached_classifier, read_bank
 
 # Chosen by template-grouped cross-validation on the development split (`bench_decisions --cv`): at 0.2 a missed
 # decision request is rare (recall 0.90) and a false alarm costs one extra sentence (the clinician notice).
@@ -37,25 +30,7 @@ class DecisionExample(BaseModel):
 
 @cache
 def decision_bank() -> tuple[DecisionExample, ...]:
-    text = resources.files("prompts").joinpath("agent/decision_requests.jsonl").read_text(encoding="utf-8")
-    return tuple(DecisionExample.model_validate(json.loads(line)) for line in text.splitlines() if line.strip())
-
-
-class DecisionClassifier:
-    def __init__(self, examples: Sequence[DecisionExample], C: float = 4.0):
-        from sklearn.feature_extraction.text import TfidfVectorizer
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import FeatureUnion, make_pipeline
-
-        features = FeatureUnion([
-            ("chars", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, lowercase=True)),
-            ("words", TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True, lowercase=True)),
-        ])
-        self.pipeline = make_pipeline(features, LogisticRegression(C=C, max_iter=2000, class_weight="balanced"))
-        self.pipeline.fit([e.text for e in examples], [e.decision for e in examples])
-
-    def probability(self, request: str) -> float:
-        return float(self.pipeline.predict_proba([without_quoted(request)])[0][1])
+    return read_bank("decision_requests.jsonl", DecisionExample)
 
 
 def tool_requests() -> list[DecisionExample]:
@@ -69,19 +44,10 @@ def tool_requests() -> list[DecisionExample]:
 
 
 @cache
-def decision_classifier() -> DecisionClassifier:
+def decision_classifier() -> PhraseClassifier:
     """Trained on the development split only, so that the benchmark's test figures describe this very model."""
     examples = [e for e in decision_bank() if e.split == "dev"] + tool_requests()
-    digest = hashlib.sha256("".join(e.model_dump_json() for e in examples).encode()).hexdigest()[:16]
-    cached = get_settings().cache_dir / "agent" / f"decision-classifier-{digest}.pkl"
-    try:  # our own file in the user's cache, written below
-        return pickle.loads(cached.read_bytes())
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError, AttributeError):
-        pass
-    classifier = DecisionClassifier(examples)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    cached.write_bytes(pickle.dumps(classifier))
-    return classifier
+    return cached_classifier("decision-classifier", [e.text for e in examples], [e.decision for e in examples])
 
 
 def asks_for_a_decision(request: str, bound: float = THRESHOLD) -> bool:

@@ -33,7 +33,8 @@ from tools.segment import SegmentResult
 
 RESULT_TYPES = {"describe_scan": ScanDescription, "probe_intensity": IntensityProbe, "measure_distance": DistanceMeasurement,
                 "detect_anomalies": AnomalyResult, "lookup_term": TermLookup, "normalize_terms": NormalizedTerms}
-_YES_NO = re.compile(r"^\s*(yes|no|sí|si|oui|non|ja|nein|sim|não)\b", re.IGNORECASE)
+# "No confident match for ..." (a look-up's hedge) is not a "no"
+_YES_NO = re.compile(r"^\s*(yes|no|sí|si|oui|non|ja|nein|sim|não)\b(?! confident match)", re.IGNORECASE)
 
 
 def _claims(name: str, result: dict) -> list[Claim]:

@@ -14,7 +14,8 @@ import json
 import re
 from pathlib import Path
 
-from assistant.decisions import THRESHOLD, DecisionClassifier, decision_bank, decision_classifier, tool_requests
+from assistant.decisions import THRESHOLD, decision_bank, decision_classifier, tool_requests
+from assistant.phrasings import PhraseClassifier
 from evals.harness.stats import wilson_interval
 
 RESULTS = Path(__file__).resolve().parent / "results" / "decisions.json"
@@ -65,7 +66,8 @@ def main() -> None:
         predicted, truth = [], []
         for fold in range(5):
             held = set(templates[fold::5])
-            model = DecisionClassifier([e for e in dev if e.template not in held] + tool_requests())
+            train = [e for e in dev if e.template not in held] + tool_requests()
+            model = PhraseClassifier([e.text for e in train], [e.decision for e in train])
             for e in dev:
                 if e.template in held:
                     predicted.append(model.probability(e.text) >= THRESHOLD)

@@ -1,12 +1,16 @@
-"""The agent loop end to end with real models: tool choice, tool results in the answer, bounds."""
+"""The agent loop end to end with real models: tool choice, tool results in the answer, bounds, bad input."""
+
+import re
 
 import pytest
 
 from assistant.agent import Agent, AnswerEvent, InputError, TokenEvent, ToolCallEvent, ToolResultEvent
+from assistant.anomaly.result import AnomalyResult
 from assistant.config import get_settings
 from assistant.models.registry import load_chat_model
 from assistant.scans.samples import load_sample
-from assistant.session import ScanSession
+from assistant.session import ScanSession, ToolRecord
+from prompts import load_prompt
 
 pytestmark = pytest.mark.slow
 
@@ -118,3 +122,30 @@ def test_every_figure_of_a_tool_answer_is_a_named_field(ct):
     assert [c.path for c in trace.claims][:1] == ["dimensions"]
     assert " x ".join(map(str, record.result.dimensions)) in trace.answer
     assert f"{record.result.field_of_view_mm[0]:.1f}" not in trace.answer  # the field of view is not the matrix
+
+
+@pytest.mark.parametrize("question", ["what is the weight of the person in this scan?", "patient's blood pressure?"])
+def test_a_question_no_field_answers_is_answered_plainly_without_tools(ct, question):
+    trace = _agent(ct, model_name="smollm2-135m").ask(question)
+    assert trace.tool_calls == []  # nothing run, nothing to misread as the answer (the field of view was)
+    assert load_prompt("agent/no_field.md") in trace.answer
+    assert not re.search(r"\d", trace.answer) and trace.claims == []
+
+
+def test_a_result_that_contradicts_itself_gets_a_plain_answer(ct):
+    agent = _agent(ct, model_name="smollm2-135m")
+    broken = AnomalyResult(method="ensemble", body_model="brain MR (T1)", image_score=0.3, threshold=2.1,
+                           exceeds_threshold=True, voxel_threshold=1.0)  # flagged above its threshold, scored below it
+    agent.session.records.append(ToolRecord(name="detect_anomalies", arguments={}, result=broken))
+    trace = agent.ask("remind me the anomaly score?")
+    assert trace.tool_calls == []
+    assert "0.30" in trace.answer and "2.10" in trace.answer
+    assert "contradicts itself" in trace.answer and "unreliable" in trace.answer
+
+
+def test_a_failed_tool_gets_a_plain_answer_without_a_figure(ct):
+    trace = _agent(ct, model_name="smollm2-135m").ask("What is the intensity at voxel 5000, 5000, 5000?")
+    failed = [r for r in trace.tool_calls if r.error]
+    assert [r.name for r in failed] == ["probe_intensity"]  # the point is outside the scan
+    assert failed[0].error in trace.answer
+    assert not any(r.result for r in trace.tool_calls) and trace.claims == []

@@ -138,3 +138,42 @@ def test_a_result_that_contradicts_itself_is_said_plainly():
     [problem] = contradictions(broken.claims("detect_anomalies"))
     assert "contradicts itself" in problem and "9.00" in problem
     assert contradictions(_screen(True).claims("detect_anomalies")) == []
+
+
+def test_an_earlier_result_that_contradicts_itself_is_said_plainly_when_quoted():
+    from assistant.claims import contradictions
+
+    broken = _screen(True).model_copy(update={"image_score": 0.3})  # flagged above, scored below
+    quoted = [c.model_copy(update={"earlier": True}) for c in broken.claims("detect_anomalies")]
+    [problem] = contradictions(quoted)
+    assert "contradicts itself" in problem and "0.30" in problem and "2.10" in problem
+    assert contradictions([c.model_copy(update={"earlier": True}) for c in _screen(True).claims("detect_anomalies")]) == []
+
+
+def test_one_field_with_two_values_from_two_calls_is_said_plainly():
+    from assistant.claims import contradictions
+
+    now = _description().claims("describe_scan")
+    before = [c.model_copy(update={"earlier": True}) for c in _description(slice_thickness_mm=5.0).claims("describe_scan")]
+    problems = contradictions([*now, *before])
+    assert len(problems) == 1 and "5.00 mm earlier" in problems[0] and "2.50 mm now" in problems[0]
+
+
+@pytest.mark.parametrize("question", [
+    "what is the patient's blood pressure?", "how much did the scanner cost?", "¿Cuál es el peso del paciente?",
+    "Wie ist der Blutzucker?",
+])
+def test_a_question_no_field_holds_is_recognised(question):
+    from assistant.no_field import asks_for_no_field
+
+    assert asks_for_no_field(question)
+
+
+@pytest.mark.parametrize("question", [
+    "what is the slice thickness?", "how far apart are the slices?", "volume of the left hippocampus?",
+    "ICD-10 code for stroke?", "¿Cuál es el grosor de corte?", "Wie groß ist das Sichtfeld?",
+])
+def test_a_question_a_field_answers_is_not_refused(question):
+    from assistant.no_field import asks_for_no_field
+
+    assert not asks_for_no_field(question)
