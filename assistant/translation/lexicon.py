@@ -112,3 +112,33 @@ def to_spanish(word: str) -> str | None:
     if word.isupper() and len(word) > 1:
         return found.upper()
     return found[:1].upper() + found[1:] if word[:1].isupper() else found
+
+
+_ARTICLE_GENDER = {"el": "m", "del": "m", "un": "m", "la": "f", "una": "f"}  # not "al": "al ser trasladado"
+_MIN_VOTES, _MIN_AGREEMENT = 2, 0.9
+
+
+@cache
+def spanish_genders() -> dict[str, str]:
+    """Lower-case Spanish noun -> "m" or "f", from the articles before it in the Spanish ICD-10
+    titles ("de la rodilla", "del hemisferio"): at least two articles, nine in ten agreeing."""
+    from assistant.translation.icd10 import icd10_titles
+
+    try:
+        titles = icd10_titles("es")
+    except FileNotFoundError:
+        return {}
+    votes: dict[str, Counter[str]] = {}
+    for title in titles:
+        words = _WORD.findall(title.translated.casefold())
+        for article, noun in zip(words, words[1:]):
+            if article in _ARTICLE_GENDER and len(noun) >= _MIN_LENGTH:
+                votes.setdefault(noun, Counter())[_ARTICLE_GENDER[article]] += 1
+    genders = {}
+    for noun, counted in votes.items():
+        (gender, count), total = counted.most_common(1)[0], sum(counted.values())
+        if total >= _MIN_VOTES and count / total >= _MIN_AGREEMENT:
+            genders[noun] = gender
+    # a word whose other-gender form also takes articles is an adjective or determiner ("el otro", "la otra")
+    return {noun: gender for noun, gender in genders.items()
+            if not (noun[-1:] in "oa" and noun[:-1] + ("a" if noun.endswith("o") else "o") in votes)}

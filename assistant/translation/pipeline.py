@@ -37,6 +37,7 @@ from assistant.translation.terms import (
     TermSpan,
     resolve_terms,
     term_present,
+    term_span,
 )
 
 log = logging.getLogger(__name__)
@@ -234,6 +235,9 @@ def _draft(text: str, sentences: Sequence[_Sentence], engine: TranslationEngine,
         assert output is not None
         steps = ["placeholders"] if protected[index].spans else []
         translated = output.text
+        if use_placeholders and engine.selective_placeholders:
+            rendered = [span for span in sentence.spans if span not in protected[index].spans]
+            translated = _agree_rendered(translated, rendered, _placeholder(prefix, len(sentence.spans)), target_lang)
         if steps:
             restored = _restore(translated, protected[index], prefix, target_lang)
             if restored is None:
@@ -282,6 +286,21 @@ def _protect(text: str, sentence: _Sentence, prefix: str) -> str:
         cursor = span.end
     pieces.append(text[cursor:sentence.end])
     return "".join(pieces)
+
+
+def _agree_rendered(translated: str, spans: Sequence[TermSpan], placeholder: str, target_lang: str) -> str:
+    """Articles and adjectives made to agree with the terms the engine rendered by itself (a pivot
+    language can give a noun another gender: 'una pequeña derrame pleural')."""
+    for span in spans:
+        found = term_span(span.constraint.target, translated)
+        if found is None or span.constraint.gender is None:
+            continue
+        start, end = found
+        surface = translated[start:end]
+        marked = agree(translated[:start] + placeholder + translated[end:], placeholder, span.constraint.gender,
+                       target_lang, plural=is_plural(surface))
+        translated = marked.replace(placeholder, surface, 1)
+    return translated
 
 
 def _restore(translated: str, sentence: _Sentence, prefix: str, target_lang: str) -> str | None:

@@ -182,7 +182,3 @@ def english_leftovers(source: str, text: str, lang: str, allowed: Iterable[str] 
             found.append(word)
     return found
 
-
-def repair_pivot(source: str, portuguese: str) -> str:
-    """The Bergamot Portuguese before it is carried on to Spanish: its 'não' for 'in the' undone."""
-    return _fix_spurious_negation(source, portuguese)
