@@ -83,6 +83,14 @@ def test_only_terms_the_engine_breaks_are_protected_and_they_agree():
 
 
 @needs_pivot
+def test_a_sentence_initial_article_and_opening_adjectives_agree_with_the_noun():
+    result = translate_text("Small left pleural effusion. The pleural effusion is unchanged.", "es", term_sources=[])
+    first, second = (sentence.text for sentence in result.sentences)
+    assert first.startswith("Pequeño derrame pleural izquierdo")  # Bergamot's Portuguese had 'Pequena'
+    assert second.startswith("El derrame pleural")  # Apertium pt->es read 'O derrame' as 'Lo derrame' (spill it)
+
+
+@needs_pivot
 def test_pivot_is_the_default_for_spanish_and_bergamot_for_portuguese():
     assert pick_engine("en", "es").name == "bergamot+apertium"
     assert pick_engine("en", "pt").name == "bergamot"

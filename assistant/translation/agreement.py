@@ -167,6 +167,8 @@ def agree(text: str, placeholder: str, gender: Gender | None, lang: str, plural:
         return " ".join([_match_case(det, determiners[det.lower()]), *adjectives]) + " "
 
     text = before.sub(fix_before, text)
+    opening = re.compile(rf"^(?P<adjs>(?:\w+[oa]s?\s+){{1,2}})(?={placeholder}\b)")  # 'Pequeña ZXTERM0 ...'
+    text = opening.sub(lambda m: " ".join(_swap_ending(word, gender) for word in m.group("adjs").split()) + " ", text)
     after = re.compile(rf"(?<={placeholder})(?P<words>(?:\s+\w+){{1,2}})")
     movable = set(_POSTNOMINAL.get(lang, ()))
 

@@ -196,8 +196,11 @@ class PivotEngine(TranslationEngine):
         # the Portuguese repair rules (its 'não' for 'in the', 'é aumentado' -> 'está aumentado'), before Spanish
         repaired = [post_edit(source, pivot.text, self.PIVOT) for source, pivot in zip(sentences, pivots, strict=True)]
         outputs = []
-        for output in self.second.translate_batch(repaired, self.PIVOT, target_lang):
+        for portuguese, output in zip(repaired, self.second.translate_batch(repaired, self.PIVOT, target_lang),
+                                      strict=True):
             text, unknown = output.text, []
+            if portuguese.startswith("O ") and text.startswith("Lo "):  # Apertium read the article as 'it'
+                text = "El " + text[3:]
             for word in dict.fromkeys(output.unknown_words):
                 spanish = to_spanish(word)
                 if spanish is None:
