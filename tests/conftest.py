@@ -34,6 +34,16 @@ def apertium() -> str:
 
 
 @pytest.fixture
+def apertium_pt_es(apertium: str) -> str:
+    """Apertium with the pt->es mode (Debian apertium-es-pt), the second step of the default en->es engine."""
+    from assistant.translation.engines import ApertiumEngine
+
+    if not ApertiumEngine().has_mode("pt", "es"):
+        _missing("Apertium's pt->es pair (Debian package apertium-es-pt)")
+    return apertium
+
+
+@pytest.fixture
 def llama_cpp():
     """The llama-cpp-python module (built from source by scripts/setup)."""
     if importlib.util.find_spec("llama_cpp") is None:

@@ -37,7 +37,8 @@ def glossary(tmp_path: Path):
 
 @needs_apertium
 def test_apertium_enforces_every_glossary_and_icd10_term(glossary):
-    result = translate_text(REPORT, "es", glossary=glossary, term_sources=[GlossaryTermSource(glossary), Icd10TitleSource()])
+    result = translate_text(REPORT, "es", glossary=glossary, term_sources=[GlossaryTermSource(glossary), Icd10TitleSource()],
+                            engine="apertium")
     assert result.engine == "apertium"
     assert result.term_success_rate == 1.0 and not result.flagged_sentences
     assert {"derrame pleural", "tratamiento anticoagulante", "TC", "embolia pulmonar"} <= {t.target for t in result.terms}
@@ -49,7 +50,7 @@ def test_apertium_enforces_every_glossary_and_icd10_term(glossary):
 @needs_apertium
 def test_unconstrained_apertium_misses_terms_that_the_pipeline_enforces(glossary):
     sources = [GlossaryTermSource(glossary)]
-    plain = translate_text(REPORT, "es", term_sources=sources, protect_terms=False)
+    plain = translate_text(REPORT, "es", term_sources=sources, protect_terms=False, engine="apertium")
     assert plain.flagged_sentences, "without placeholders Apertium leaves 'pleural effusion' untranslated"
     assert any("derrame pleural" in sentence.missing for sentence in plain.flagged_sentences)
 
@@ -57,7 +58,7 @@ def test_unconstrained_apertium_misses_terms_that_the_pipeline_enforces(glossary
 @needs_apertium
 def test_one_source_term_gets_one_target_term_throughout():
     text = "Pulmonary embolism was suspected. The scan confirmed a pulmonary embolism. No new pulmonary embolism."
-    result = translate_text(text, "es", term_sources=[Icd10TitleSource()])
+    result = translate_text(text, "es", term_sources=[Icd10TitleSource()], engine="apertium")  # placeholders throughout
     term = next(t for t in result.terms if t.source.casefold() == "pulmonary embolism")
     assert term.found and term.sentences == [0, 1, 2]
     assert all("embolia pulmonar" in s.text.casefold() for s in result.sentences)
@@ -192,10 +193,10 @@ def test_llm_refiner_runs_on_missed_terms_and_a_non_repair_is_refused_and_flagge
     refiner = load_chat_model(get_settings(), name="qwen2.5-coder-0.5b")
     text = "A small pleural effusion."
     sources = [GlossaryTermSource(glossary)]
-    plain = translate_text(text, "es", term_sources=sources, protect_terms=False)
+    plain = translate_text(text, "es", term_sources=sources, protect_terms=False, engine="apertium")
     [draft] = plain.sentences
     assert draft.missing == ["derrame pleural"] and "pleural effusion" in draft.text  # the broken draft
-    result = translate_text(text, "es", term_sources=sources, protect_terms=False, refiner=refiner)
+    result = translate_text(text, "es", term_sources=sources, protect_terms=False, refiner=refiner, engine="apertium")
     [sentence] = result.sentences
     assert sentence.steps == ["refine"], "the model must answer with the JSON the schema asks for"
     assert sentence.text == draft.text and sentence.missing == ["derrame pleural"]
@@ -237,11 +238,11 @@ def test_tool_and_cli_report_engine_terms_and_flags(glossary, capsys, monkeypatc
                            "args": {"text": "A small pleural effusion.", "target_language": "es",
                                     "glossary_path": glossary.path}})
     assert json.loads(message.content)["required_terms"]["pleural effusion"] == {"target": "derrame pleural", "found": True}
-    assert message.artifact.engine == "apertium"
+    assert message.artifact.engine == "bergamot+apertium"  # the en->es default
 
     assert main(["translate", "A small pleural effusion.", "--to", "es", "--glossary", glossary.path, "--json"]) == 0
     output = json.loads(capsys.readouterr().out)
-    assert output["engine"] == "apertium" and output["flagged_sentences"] == []
+    assert output["engine"] == "bergamot+apertium" and output["flagged_sentences"] == []
     assert output["terms"][0]["found"] is True and "derrame pleural" in output["translation"]
     assert main(["translate", "Pulmonary embolism.", "--to", "fr"]) == 1
 

@@ -102,7 +102,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--from", default="en", dest="source_language", help="source language code (default en)")
     p.add_argument("--glossary", help="glossary whose terms are enforced: CSV or TSV with a header source,target[,lang] "
                    "(the language defaults to --to) or en,es; or TBX")
-    p.add_argument("--engine", help="apertium, bergamot, or the folder of a local Marian/NLLB/M2M100 model")
+    p.add_argument("--engine", help="apertium, bergamot, bergamot+apertium (the en->es default), or the folder of a "
+                   "local Marian/NLLB/M2M100 model")
     p.add_argument("--refine", action="store_true", help="let the configured LLM repair sentences missing a term")
     p.add_argument("--json", action="store_true", help="print the typed result as JSON")
     p.set_defaults(func=_cli)

@@ -167,6 +167,8 @@ def agree(text: str, placeholder: str, gender: Gender | None, lang: str, plural:
         return " ".join([_match_case(det, determiners[det.lower()]), *adjectives]) + " "
 
     text = before.sub(fix_before, text)
+    opening = re.compile(rf"^(?P<adjs>(?:\w+[oa]s?\s+){{1,2}})(?={placeholder}\b)")  # 'Pequeña ZXTERM0 ...'
+    text = opening.sub(lambda m: " ".join(_swap_ending(word, gender) for word in m.group("adjs").split()) + " ", text)
     after = re.compile(rf"(?<={placeholder})(?P<words>(?:\s+\w+){{1,2}})")
     movable = set(_POSTNOMINAL.get(lang, ()))
 
@@ -183,3 +185,18 @@ def agree(text: str, placeholder: str, gender: Gender | None, lang: str, plural:
         return " " + " ".join(fixed)
 
     return after.sub(fix_after, text, count=1)
+
+
+def agree_with_nouns(text: str, genders: dict[str, Gender], lang: str) -> str:
+    """Articles and adjectives around each noun of known gender made to agree with it, for text whose
+    words were inflected for another language's nouns ('la rodilla derecho': Portuguese 'joelho' is
+    masculine)."""
+    marker = next(m for m in ("ZQNOUN", "QZNOUN", "XZNOUN") if m not in text)
+    for match in reversed(list(re.finditer(r"[^\W\d_]+", text))):
+        gender = genders.get(match.group().casefold())
+        if gender is None:
+            continue
+        marked = agree(text[:match.start()] + marker + text[match.end():], marker, gender, lang,
+                       plural=is_plural(match.group()))
+        text = marked.replace(marker, match.group(), 1)
+    return text

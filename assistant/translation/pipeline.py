@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pydantic import BaseModel, Field, computed_field
 
@@ -21,7 +21,8 @@ from assistant.models.base import ChatModel, ModelError
 from assistant.terminology.glossary import Glossary
 from assistant.terminology.languages import normalize_lang
 from assistant.translation.agreement import agree, is_plural, plural_determiner
-from assistant.translation.engines import TranslationEngine, TranslationError, local_model_dir, pick_engine
+from assistant.translation.engines import (EngineOutput, TranslationEngine, TranslationError, local_model_dir,
+                                           pick_engine)
 from assistant.translation.phrasebook import PhrasebookSource
 from assistant.translation.postedit import english_leftovers, post_edit
 from assistant.translation.refine import LANGUAGE_NAMES, refine_translation
@@ -36,6 +37,7 @@ from assistant.translation.terms import (
     TermSpan,
     resolve_terms,
     term_present,
+    term_span,
 )
 
 log = logging.getLogger(__name__)
@@ -214,15 +216,30 @@ def _draft(text: str, sentences: Sequence[_Sentence], engine: TranslationEngine,
            target_lang: str, use_placeholders: bool, repair: bool = False) -> list[SentenceTranslation]:
     prefix = next((p for p in _PLACEHOLDER_PREFIXES if p.casefold() not in text.casefold()), None)
     use_placeholders = use_placeholders and prefix is not None
-    engine_inputs = [_protect(text, sentence, prefix) if use_placeholders and sentence.spans
-                     else text[sentence.start:sentence.end] for sentence in sentences]
-    outputs = engine.translate_batch(engine_inputs, source_lang, target_lang)
+    protected = list(sentences) if use_placeholders else [replace(s, spans=()) for s in sentences]
+    outputs: list[EngineOutput | None] = [None] * len(sentences)
+    if use_placeholders and engine.selective_placeholders:
+        # translate plainly first; protect only the terms the engine itself did not render
+        outputs = list(engine.translate_batch([text[s.start:s.end] for s in sentences], source_lang, target_lang))
+        protected = [replace(sentence, spans=tuple(span for span in sentence.spans
+                                                   if not term_present(span.constraint.target, output.text)))
+                     for sentence, output in zip(sentences, outputs, strict=True)]
+    redo = [i for i, sentence in enumerate(protected) if outputs[i] is None or sentence.spans]
+    redone = engine.translate_batch([_protect(text, protected[i], prefix) if protected[i].spans
+                                     else text[protected[i].start:protected[i].end] for i in redo],
+                                    source_lang, target_lang) if redo else []
+    for i, output in zip(redo, redone, strict=True):
+        outputs[i] = output
     results, lost = [], []
     for index, (sentence, output) in enumerate(zip(sentences, outputs, strict=True)):
-        steps = ["placeholders"] if use_placeholders and sentence.spans else []
+        assert output is not None
+        steps = ["placeholders"] if protected[index].spans else []
         translated = output.text
+        if use_placeholders and engine.selective_placeholders:
+            rendered = [span for span in sentence.spans if span not in protected[index].spans]
+            translated = _agree_rendered(translated, rendered, _placeholder(prefix, len(sentence.spans)), target_lang)
         if steps:
-            restored = _restore(translated, sentence, prefix, target_lang)
+            restored = _restore(translated, protected[index], prefix, target_lang)
             if restored is None:
                 lost.append(index)
                 steps.append("placeholder-lost")
@@ -269,6 +286,21 @@ def _protect(text: str, sentence: _Sentence, prefix: str) -> str:
         cursor = span.end
     pieces.append(text[cursor:sentence.end])
     return "".join(pieces)
+
+
+def _agree_rendered(translated: str, spans: Sequence[TermSpan], placeholder: str, target_lang: str) -> str:
+    """Articles and adjectives made to agree with the terms the engine rendered by itself (a pivot
+    language can give a noun another gender: 'una pequeña derrame pleural')."""
+    for span in spans:
+        found = term_span(span.constraint.target, translated)
+        if found is None or span.constraint.gender is None:
+            continue
+        start, end = found
+        surface = translated[start:end]
+        marked = agree(translated[:start] + placeholder + translated[end:], placeholder, span.constraint.gender,
+                       target_lang, plural=is_plural(surface))
+        translated = marked.replace(placeholder, surface, 1)
+    return translated
 
 
 def _restore(translated: str, sentence: _Sentence, prefix: str, target_lang: str) -> str | None:

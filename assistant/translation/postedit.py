@@ -95,7 +95,7 @@ def _plural_adjective(word: str, lang: str) -> str:
 
     return _plural_word(word, lang) if re.fullmatch(r"[a-záéíóúâêôãõç]+", word) else word
 _SPURIOUS_NAO = re.compile(r"(?<=\w )não (?=(?:o|a|os|as)?\s*(?!é\b|está\b|há\b|se\b|foi\b|são\b|estão\b|mostra|"
-                           r"tem\b|têm\b|pode|deve|houve|apresenta|identific|observ|visualiz)[a-zà-ú]{3,})")
+                           r"tem\b|têm\b|pode|deve|houve|apresenta|identific|observ|visualiz)(?:[a-zà-ú]{3,}|(?:ZX|QX|ZQ)TERM\d))")
 
 
 def post_edit(source: str, text: str, lang: str) -> str:
@@ -181,3 +181,4 @@ def english_leftovers(source: str, text: str, lang: str, allowed: Iterable[str] 
                 and folded not in names and word not in found:
             found.append(word)
     return found
+

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from assistant.terminology.glossary import Glossary
 from assistant.terminology.variants import uk_spelling, us_spelling
-from assistant.translation.agreement import Gender, guess_gender
+from assistant.translation.agreement import Gender, guess_gender, is_plural
 from assistant.translation.engines import TranslationError
 
 log = logging.getLogger(__name__)
@@ -206,15 +206,16 @@ def variant_pattern(term: str) -> re.Pattern[str]:
 
 def resolve_terms(text: str, sources: Sequence[TermSource], source_lang: str, target_lang: str) -> list[TermSpan]:
     """Non-overlapping required-term spans of `text`; the more authoritative source, then the
-    longer match, wins an overlap; one target per source term throughout the document."""
+    longer match, wins an overlap; one target per source term (and number) throughout the document."""
     candidates = [span for source in sources for span in source.find(text, source_lang, target_lang)]
     candidates.sort(key=lambda span: (_ORIGIN_RANK[span.constraint.origin], span.start - span.end, span.start))
-    chosen_target: dict[str, TermConstraint] = {}
+    chosen_target: dict[tuple[str, bool], TermConstraint] = {}
     taken: list[TermSpan] = []
     for span in candidates:
         if any(span.start < other.end and other.start < span.end for other in taken):
             continue
-        constraint = chosen_target.setdefault(span.constraint.key, span.constraint)
+        # one target per source term and number: 'nodules' elsewhere must not make this 'nodule' plural
+        constraint = chosen_target.setdefault((span.constraint.key, is_plural(span.constraint.target)), span.constraint)
         taken.append(TermSpan(span.start, span.end, constraint))
     return sorted(taken, key=lambda span: span.start)
 
@@ -246,3 +247,12 @@ def _inflection_pattern(target: str) -> re.Pattern[str]:
 
 def term_present(target: str, translation: str) -> bool:
     return bool(target.strip()) and bool(_inflection_pattern(target).search(_strip_accents(translation.casefold())))
+
+
+def term_span(target: str, translation: str) -> tuple[int, int] | None:
+    """Where `target` (in any inflection, as `term_present` matches it) first occurs in `translation`."""
+    folded = _strip_accents(translation.casefold())
+    if len(folded) != len(translation) or not target.strip():
+        return None
+    match = _inflection_pattern(target).search(folded)
+    return match.span() if match else None
