@@ -248,7 +248,10 @@ def evaluate(method: str, cases_by_subject: dict[str, list[Case]], baseline: lis
 
 
 def end_to_end_seconds(method: str) -> float:
-    """Full tool path on a native scan: registration, scoring, warping back and regions (model already cached)."""
+    """Full tool path on a native scan: registration, scoring, warping back and regions (model already cached).
+
+    Fits the default normal model first if it is not cached; in the process that fitted the fold models that reuses
+    their fits (one subject held out of five is the default model's calibration fold)."""
     volume = load_normal_scan("mr-t1-colin27")
     detect_anomalies(volume, method=method)  # fits and caches the model if missing; not timed
     started = time.perf_counter()
@@ -444,10 +447,12 @@ def run_seed(args: argparse.Namespace, seed: int, cases: dict[str, list[Case]]) 
     output.parent.mkdir(exist_ok=True)
     for method in args.methods:  # the JSON is rewritten after each method, so a long run keeps what it measured
         results["methods"][method] = evaluate(method, cases, args.baseline)
-        if method in args.end_to_end:
-            results["methods"][method]["end_to_end_seconds"] = end_to_end_seconds(method)
         print_method(method, results["methods"][method])
         output.write_text(json.dumps(results, indent=2, default=str))
+        if method in args.end_to_end and seed == args.seed[0]:  # after the first seed's figures are safe
+            results["methods"][method]["end_to_end_seconds"] = end_to_end_seconds(method)
+            print(f"{method:15} end-to-end {results['methods'][method]['end_to_end_seconds']:.1f} s", flush=True)
+            output.write_text(json.dumps(results, indent=2, default=str))
     print(f"seed {seed}:")
     print_table(results)
     print(f"wrote {output}", flush=True)
