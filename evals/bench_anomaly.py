@@ -203,14 +203,15 @@ def fold_model(method: str, held_out: str, subjects: list[str]) -> NormalModel:
     return FOLD_MODELS[method, training]
 
 
-def evaluate(method: str, cases_by_subject: dict[str, list[Case]], baseline: list[str] | None = None) -> dict:
-    """Score every held-out case with its fold's model (and the baseline's), and pool the folds on the calibrated scale."""
+def evaluate(method: str, cases_by_subject: dict[str, list[Case]], subjects: list[str], baseline: list[str] | None = None) -> dict:
+    """Score every held-out case with its fold's model (fitted on the other `subjects`; and the baseline's), and pool
+    the folds on the calibrated scale."""
     space = template_space()
     mask = space.brain_mask
     scored: list[Scored] = []
     score_seconds = []
     for subject, cases in cases_by_subject.items():
-        model = fold_model(method, subject, list(cases_by_subject))
+        model = fold_model(method, subject, subjects)
         baseline_model = fold_model(method, subject, baseline) if baseline else None
         for case in cases:
             image = space.normalize_intensity(case.warped)
@@ -238,7 +239,7 @@ def evaluate(method: str, cases_by_subject: dict[str, list[Case]], baseline: lis
         "image_auroc_per_component": part_auroc,
         "false_positive_rate_on_held_out_normals": float(np.mean([s.margin > 0.0 for s in normals])),
         "held_out_normals": len(normals),
-        "fit_seconds_per_fold": float(np.mean([FIT_SECONDS[method, tuple(s for s in cases_by_subject if s != subject)]
+        "fit_seconds_per_fold": float(np.mean([FIT_SECONDS[method, tuple(s for s in subjects if s != subject)]
                                                for subject in cases_by_subject])),
         "score_seconds_per_volume": float(np.median(score_seconds)),
         "margins": margins,
@@ -260,7 +261,7 @@ def end_to_end_seconds(method: str) -> float:
 
 
 def print_table(results: dict) -> None:
-    print(f"subjects (leave-one-out folds): {', '.join(results['subjects'])}; "
+    print(f"subjects: {', '.join(results['subjects'])}; held out (one fold each): {', '.join(results['held_out'])}; "
           f"registration {results['registration_seconds_per_volume']:.1f} s/volume")
     print(f"{'method':15} {'lesions':>21} {'cases':>5} {'img AUROC':>9} {'95% interval':>13} {'vox AUROC':>9} {'best Dice':>9} {'det@thr':>7}")
     for method, info in results["methods"].items():
@@ -379,6 +380,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, nargs="+", default=[REPORTED_SEED],
                         help="augmentation and lesion placement seeds, run one after the other on the same fold models: 7 is the "
                              "reported test set; choose anything on other seeds (development sets)")
+    parser.add_argument("--held-out", nargs="+", choices=DEFAULT_NORMAL_SUBJECTS, metavar="SUBJECT",
+                        help="run only these subjects' folds (default: all of --subjects); runs on complementary subsets "
+                             "(e.g. two processes on a 2-core machine) write their own results files and `--pool` joins them")
     parser.add_argument("--folds", type=Path, help="pickle of the fitted fold models: read if present, else written once "
                                                    "they are fitted (a later run on other seeds skips the fitting)")
     parser.add_argument("--baseline", nargs="+", choices=DEFAULT_NORMAL_SUBJECTS, metavar="SUBJECT",
@@ -401,7 +405,7 @@ def main() -> None:
     if not args.cases_only:  # the fold models first: meanwhile `--cases-only` in another process can register the cases
         fit_fold_models(args)
     for seed in args.seed:
-        cases = {subject: stored_cases(args.cases, subject, args.per_size, seed) for subject in args.subjects}
+        cases = {subject: stored_cases(args.cases, subject, args.per_size, seed) for subject in args.held_out or args.subjects}
         if not args.cases_only:
             run_seed(args, seed, cases)
 
@@ -413,7 +417,7 @@ def fit_fold_models(args: argparse.Namespace) -> None:
         FOLD_MODELS.update(stored["models"])
         FIT_SECONDS.update(stored["fit_seconds"])
     for method in args.methods:
-        for subject in args.subjects:
+        for subject in args.held_out or args.subjects:
             fold_model(method, subject, args.subjects)
             if args.baseline:
                 fold_model(method, subject, args.baseline)
@@ -439,14 +443,16 @@ def stored_cases(folder: Path | None, subject: str, per_size: int, seed: int) ->
 
 def run_seed(args: argparse.Namespace, seed: int, cases: dict[str, list[Case]]) -> None:
     results: dict = {
-        "seed": seed, "subjects": list(cases), "per_size": args.per_size, "methods": {},
+        "seed": seed, "subjects": args.subjects, "held_out": list(cases), "per_size": args.per_size, "methods": {},
         "registration_seconds_per_volume": float(np.median([c.registration_seconds for cs in cases.values() for c in cs])),
     }
-    name = "bench_anomaly.json" if seed == REPORTED_SEED else f"bench_anomaly_seed{seed}.json"
-    output = Path(__file__).parent / "results" / name
+    name = "bench_anomaly" + ("" if seed == REPORTED_SEED else f"_seed{seed}")
+    if args.held_out:
+        name += "_held-out-" + "-".join(subject.removeprefix("mr-t1-") for subject in args.held_out)
+    output = Path(__file__).parent / "results" / f"{name}.json"
     output.parent.mkdir(exist_ok=True)
     for method in args.methods:  # the JSON is rewritten after each method, so a long run keeps what it measured
-        results["methods"][method] = evaluate(method, cases, args.baseline)
+        results["methods"][method] = evaluate(method, cases, args.subjects, args.baseline)
         print_method(method, results["methods"][method])
         output.write_text(json.dumps(results, indent=2, default=str))
         if method in args.end_to_end and seed == args.seed[0]:  # after the first seed's figures are safe
