@@ -2,8 +2,8 @@
 
 Cases (all offline): ITK T1 brain vs its skull-strip mask, InVesalius head CT bone and head
 (the "soft tissue" mask is a >= -142 HU threshold, i.e. the whole head) vs its masks, MNI152
-brain vs nilearn's brain mask, Colin27 AAL atlas consistency on a copy deformed by a known
-affine, and the lateral ventricles (no labels exist offline: volume, share inside each
+brain vs nilearn's brain mask, the ROBEX reference head (another real subject, 1.5 mm) vs ROBEX's
+own brain mask, Colin27 AAL atlas consistency on a copy deformed by a known affine, and the lateral ventricles (no labels exist offline: volume, share inside each
 reference's CSF class, and consistency on the deformed Colin27). Every backend is compared with a plain-threshold baseline (Otsu, largest component,
 holes filled; for AAL: the atlas labels without registration) in the same run.
 
@@ -217,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     truth = label("mr-t1-mni152", "brain_mask") > 0
     evaluate(rows, "mni152", "brain", "atlas", mni, truth, structure_mask(mni, "brain"))
     evaluate(rows, "mni152", "brain", "baseline-otsu", mni, truth, lambda: otsu_baseline(mni))
+    robex = load_sample("mr-t1-robex")
+    truth = label("mr-t1-robex", "brain_mask") > 0
+    evaluate(rows, "robex", "brain", "atlas", robex, truth, structure_mask(robex, "brain"))
+    evaluate(rows, "robex", "brain", "baseline-otsu", robex, truth, lambda: otsu_baseline(robex))
     deformed = deformed_colin27()
     bench_aal(rows, deformed)
     bench_ventricles(rows, itk, mni, deformed)
