@@ -238,6 +238,11 @@ class Agent:
         text = json.dumps(trace.to_json(), default=str)[:2000]
         log.info("turn %s", PrivacyGate(self.settings).scrub(text, volume.identifiers if volume else None))
 
+    def warm(self) -> None:
+        """Have the model read this conversation's prompt opening (system prompt, tool menu, scan line, history) before
+        the first question, so that a turn reads only its own words. Called off the turn, when a scan is shown."""
+        self.model.warm(self._context({"messages": []}))
+
     def ask(self, user_message: str) -> TurnTrace:
         """Run a turn to completion and return its trace (for the CLI and evals)."""
         for _ in self.run(user_message):

@@ -56,6 +56,7 @@ class ScanSession:
     # set by the front end for a turn: long tool runs report here, and stop when it returns False
     progress: ProgressCallback | None = None
     workers: WorkerPool | None = None  # the web app's tool worker processes; None runs heavy work in this thread
+    held_scan: str | None = field(default=None, repr=False)  # the fingerprint this session holds in `scan_cache`
     _fingerprint: tuple[Volume, str] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -82,18 +83,24 @@ class ScanSession:
 
     def load(self, volume: Volume) -> None:
         """Switch to a new scan; results about the previous scan no longer apply."""
+        from assistant.imaging.scan_cache import hold
+
         self.close()
         self.volume = volume
+        hold(volume.fingerprint)
+        self.held_scan = volume.fingerprint
         self.records.clear()
         self.overlays.clear()
         self.observations.clear()
 
     def close(self) -> None:
-        """End the session's hold on its scan: the intermediate results cached for it (`scan_cache`) are dropped."""
-        if self.volume is not None:
-            from assistant.imaging.scan_cache import drop
+        """End the session's hold on its scan: the last session showing it drops its cached intermediate results
+        (`scan_cache`). Closing twice lets go once."""
+        if self.held_scan is not None:
+            from assistant.imaging.scan_cache import release
 
-            drop(self.volume.fingerprint)
+            release(self.held_scan)
+            self.held_scan = None
 
     def add_overlay(self, overlay: Overlay) -> None:
         volume = self.require_volume()

@@ -157,6 +157,34 @@ TEMPLATES = [
     ("pt-screen", "pt", False, "Há algo anormal nesta ressonância?"),
     ("pt-code", "pt", False, "Qual é o código CID-10 de {cond}?"),
 ]
+# Small talk (greetings, thanks, acknowledgements): turns with no request in them, which must not draw the notice.
+SOCIAL = {
+    "en": {"greet": ["hi", "hello", "good morning", "hey there", "good afternoon", "hi again", "morning!", "hello, ScanChat"],
+           "thanks": ["thanks", "thank you", "great, thanks", "perfect, thank you", "cheers", "many thanks", "ok, thanks"],
+           "close": ["that helps", "that's all for now", "very useful", "got it", "that answers it", "bye for now",
+                     "that's what I needed", "see you later"],
+           "ack": ["ok", "okay, got it", "understood", "I see", "alright", "makes sense", "noted", "sure"]},
+    "es": {"greet": ["hola", "buenos días", "buenas tardes", "hola de nuevo"],
+           "thanks": ["gracias", "muchas gracias", "perfecto, gracias", "vale, gracias"],
+           "close": ["me sirve", "eso es todo", "muy útil", "entendido", "hasta luego"]},
+    "fr": {"greet": ["bonjour", "salut", "bonsoir", "rebonjour"],
+           "thanks": ["merci", "merci beaucoup", "parfait, merci", "d'accord, merci"],
+           "close": ["ça m'aide", "c'est tout pour l'instant", "très utile", "compris", "à plus tard"]},
+    "de": {"greet": ["hallo", "guten Morgen", "guten Tag", "hallo nochmal"],
+           "thanks": ["danke", "vielen Dank", "perfekt, danke", "ok, danke"],
+           "close": ["das hilft", "das war's fürs Erste", "sehr hilfreich", "verstanden", "bis später"]},
+    "pt": {"greet": ["olá", "bom dia", "boa tarde", "olá de novo"],
+           "thanks": ["obrigado", "muito obrigada", "perfeito, obrigado", "ok, obrigado"],
+           "close": ["isso ajuda", "é tudo por agora", "muito útil", "entendido", "até logo"]},
+}
+TEMPLATES += [
+    ("en-greet", "en", False, "{greet}"), ("en-close", "en", False, "{thanks}, {close}."),
+    ("en-ack", "en", False, "{ack}"), ("en-greet-close", "en", False, "{close}. {thanks}!"),
+    ("es-greet", "es", False, "{greet}"), ("es-close", "es", False, "{thanks}, {close}."),
+    ("fr-greet", "fr", False, "{greet}"), ("fr-close", "fr", False, "{thanks}, {close}."),
+    ("de-greet", "de", False, "{greet}"), ("de-close", "de", False, "{thanks}, {close}."),
+    ("pt-greet", "pt", False, "{greet}"), ("pt-close", "pt", False, "{thanks}, {close}."),
+]
 SIDES = {"side": ["left", "right"], "side_es": ["izquierdo", "derecho"], "side_fr": ["gauche", "droit"],
          "side_de": ["linke", "rechte"], "side_pt": ["esquerdo", "direito"]}
 
@@ -166,12 +194,13 @@ TEST_TEMPLATES = {
     "es-canigive", "es-yesno", "fr-safe", "fr-dose", "de-should", "de-yesno", "pt-has", "pt-canigive",
     "en-above", "en-drugterm", "en-lesionsize", "en-nonnative-fov", "en-remind", "en-report",
     "es-screen", "fr-code", "de-volume", "pt-thick",
+    "en-ack", "en-greet-close", "es-close", "fr-greet", "de-close", "pt-greet",
 }
 PER_TEMPLATE = 8
 
 
 def phrasings(template: str, lang: str, rng: random.Random) -> list[str]:
-    slots = {**SLOTS[lang], **SIDES}
+    slots = {**SLOTS[lang], **SOCIAL[lang], **SIDES}
     names = [name for name in slots if "{" + name + "}" in template]
     combos = list(itertools.product(*(slots[n] for n in names))) or [()]
     rng.shuffle(combos)

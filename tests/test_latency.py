@@ -73,6 +73,21 @@ def test_the_fingerprint_follows_the_voxels_and_the_frame_not_the_name():
     assert moved.fingerprint != a.fingerprint
 
 
+def test_a_scans_entries_stay_while_another_session_shows_it_and_go_with_the_last():
+    from assistant.imaging.scan_cache import scan_cache
+
+    volume = _volume(np.random.default_rng(1).random((4, 4, 4), dtype=np.float32))
+    first, second = ScanSession(), ScanSession()
+    first.load(volume)
+    second.load(volume)
+    scan_cache().get_or_compute(volume.fingerprint, "test", "entry", lambda: np.zeros(8))
+    first.close()
+    first.close()  # closing twice lets go once
+    assert scan_cache().get_or_compute(volume.fingerprint, "test", "entry", lambda: None) is not None
+    second.close()
+    assert scan_cache().drop(volume.fingerprint) == 0
+
+
 def test_closing_or_switching_the_session_drops_its_scans_entries():
     from assistant.imaging.scan_cache import scan_cache
 
@@ -108,6 +123,12 @@ def test_segment_reads_a_named_structure_only(request_, arguments):
     ("what's the code for head and neck cancer?", {"query": "head and neck cancer"}),
     ("What is the ICD-10 code for stroke in Spanish?", None),  # a language: the model reads it
     ("In the ED note it says 'r/o PE'. What does PE stand for here?", None),
+    # in other words: the one term the index finds, when every other word only asks
+    ("Which SNOMED code do we use for atrial fibrillation?", {"query": "atrial fibrillation", "system": "snomed"}),
+    ("What's the code for pneumonia in ICD-10, please", {"query": "pneumonia", "system": "icd10"}),
+    ("What does I21.9 mean?", {"query": "I21.9"}),
+    ("Which ICD-10 code fits a broken hip after a fall?", None),  # words that may change the concept
+    ("ICD-10 and SNOMED codes for asthma", None),  # two systems
 ])
 def test_lookup_term_reads_a_plain_code_or_term_request(request_, arguments):
     assert LookupTermTool.read_arguments(request_) == arguments
@@ -153,13 +174,27 @@ def test_a_model_answer_is_timed_as_prefill_and_decode_and_the_next_step_reuses_
     first = agent.ask("Good morning!")
     assert first.completion_tokens > 0 and first.stages["answer_prefill"] > 0 and first.stages["answer_decode"] > 0
     assert sum(first.stages.values()) == pytest.approx(first.seconds, rel=0.02, abs=0.01)
-    second = agent.ask("Which ICD-10 code is used for a stroke?")  # not read by code: the model fills the arguments
+    second = agent.ask("Which ICD-10 code covers a patient who can't speak after a stroke?")  # the model fills it
     assert "fill_arguments" in second.stages and second.prompt_tokens > 0
     # a different step (filling arguments after answering) still opens with the same system prompt, tool menu and
     # first turn, so llama.cpp evaluates none of them again (with the tool card in the system prompt it re-read them)
     opening = agent.choice_context([])[0].content + "Good morning!"
     assert second.cached_prompt_tokens >= len(agent.model.llm.tokenize(opening.encode()))
     assert second.to_json()["tokens"]["cached"] == second.cached_prompt_tokens
+
+
+@pytest.mark.slow
+def test_warming_at_scan_load_leaves_the_first_answer_only_its_own_words_to_read(llama_cpp):
+    agent = _agent(load_sample("ct-head"))
+    opening = len(agent.model.llm.tokenize(agent.choice_context([])[0].content.encode()))
+    other = [Message(role="user", content="Say one word.")]
+    agent.model.complete(other, max_new_tokens=1)  # the runtime's cache holds another prompt
+    cold = agent.ask("Good morning!")
+    assert cold.cached_prompt_tokens < opening  # read the system prompt and tool menu during the turn
+    agent.model.complete(other, max_new_tokens=1)
+    agent.warm()  # what the UI does when a scan is shown
+    warm = agent.ask("Good afternoon!")
+    assert warm.cached_prompt_tokens >= opening
 
 
 # --- prompts that open alike --------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import re
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from assistant.config import Settings
 from assistant.findings import Claim, Finding, not_an_answer
@@ -149,7 +150,21 @@ _PLAIN_REQUESTS = (
                r"(?:for|of)\s+(?P<query>.+?)[\s?.!]*$", re.I),
     re.compile(r"^(?:please\s+)?(?:look\s*up|search for|define)\s+(?:the\s+term\s+)?(?P<query>.+?)[\s?.!]*$", re.I),
 )
+_SYSTEM_AFTER = re.compile(r"\s+(?:in|from|using|per)\s+(?P<system>ICD-?10(?:-?CM)?|SNOMED(?:[- ]?CT)?|HPO|RadLex|LOINC)$",
+                           re.IGNORECASE)
+_POLITE_END = re.compile(r"[\s,]+(?:please|thanks|thank you)$", re.IGNORECASE)
 _QUERY_WORDS = 6  # a longer "query" is a sentence, not a term: the model reads it
+# A request for a code in other words ("Which ICD-10 code is used for a stroke?") is read when the term index finds
+# exactly one term in it and every other word only asks: stop words, a terminology's name, the thing asked for. Any
+# other word ("the code for a *broken* hip") may change the concept, and the model reads the request.
+_ASKS_FOR_CODE = re.compile(r"\b(ICD-?10\w*|SNOMED|HPO|RadLex|LOINC|codes?|term|concept)\b", re.IGNORECASE)
+_SYSTEM_NAMED = re.compile(r"\b(?P<system>ICD-?10(?:-?CM)?|SNOMED(?:[- ]?CT)?|HPO|RadLex|LOINC)\b", re.IGNORECASE)
+_ASKING_WORDS = ENGLISH_STOP_WORDS | {
+    "code", "codes", "coded", "coding", "term", "concept", "classification", "classify", "classified", "look", "lookup",
+    "search", "define", "tell", "give", "need", "want", "use", "used", "using", "please", "official", "standard",
+    "medical", "diagnosis", "diagnostic", "billing", "number", "does", "mean", "means", "meaning", "stand", "stands", "s", "icd", "icd10", "icd10cm", "10", "cm", "snomed",
+    "snomedct", "ct", "hpo", "radlex", "loinc"}
+_REQUEST_WORDS = 14  # a longer request carries more than a code question
 # How requests name each terminology (letters and digits only): a source restriction the request does not name is
 # one the model copied from its examples ("pulmonary embolism in Spanish" restricted to HPO found no Spanish label).
 _SOURCE_WORDS = {"icd10": ("icd10",), "icd10cm": ("icd10cm",), "hpo": ("hpo", "phenotype"),
@@ -158,6 +173,11 @@ _SOURCE_WORDS = {"icd10": ("icd10",), "icd10cm": ("icd10cm",), "hpo": ("hpo", "p
 
 # A search restricted to one coding terminology is a request for that system's code.
 _CODING_SOURCES = {"icd10": "ICD-10", "icd10cm": "ICD-10-CM", "hpo": "HPO"}
+
+
+def _system_of(named: str | None) -> dict[str, str]:
+    """The `system` argument for a terminology as a request names it ("ICD-10", "SNOMED CT"); none when unnamed."""
+    return {"system": _SYSTEMS[re.sub(r"[^a-z0-9]", "", named.lower())]} if named else {}
 
 
 def lookup_term(query: str, k: int = 5, language: str = "en", sources: list[str] | None = None,
@@ -192,13 +212,35 @@ class LookupTermTool(ScanTool):
             return None
         for pattern in _PLAIN_REQUESTS:
             if match := pattern.match(request.strip()):
-                query = match.group("query").strip(" '\"")
+                query = _POLITE_END.sub("", match.group("query")).strip(" '\"")
                 if not query or len(query.split()) > _QUERY_WORDS:
                     return None
-                system = match.groupdict().get("system")
-                key = re.sub(r"[^a-z0-9]", "", system.lower()) if system else None
-                return {"query": query} | ({"system": _SYSTEMS[key]} if key else {})
-        return None
+                named = match.groupdict().get("system")
+                if tail := _SYSTEM_AFTER.search(query):  # "the code for a stroke in ICD-10"
+                    query, named = query[: tail.start()], named or tail.group("system")
+                return {"query": query} | _system_of(named)
+        return cls._read_by_mention(request)
+
+    @classmethod
+    def _read_by_mention(cls, request: str) -> dict[str, Any] | None:
+        """A code request in other words: its one term, found by the term index, when no other word could change it."""
+        words = list(re.finditer(r"[\w'\-]+(?:\.\w+)*", request))  # "I21.9" is one word
+        systems = {re.sub(r"[^a-z0-9]", "", m.group().lower()) for m in _SYSTEM_NAMED.finditer(request)}
+        codes = [w for w in words if looks_like_code(w.group().strip(".")) and re.search(r"[A-Za-z]", w.group())]
+        if not (_ASKS_FOR_CODE.search(request) or codes) or len(words) > _REQUEST_WORDS or len(systems) > 1:
+            return None
+        mentions = get_term_index().normalize(request)
+        if len(mentions) == 1:
+            term = (mentions[0].start, mentions[0].end)
+        elif not mentions and len(codes) == 1:  # "What does I63 mean?"
+            term = (codes[0].start(), codes[0].end())
+        else:
+            return None
+        outside = [w.group() for w in words if w.end() <= term[0] or w.start() >= term[1]]
+        if any(part not in _ASKING_WORDS for word in outside for part in re.split(r"['\-]", word.lower()) if part):
+            return None
+        named = _SYSTEM_NAMED.search(request)
+        return {"query": request[term[0]:term[1]].strip(".")} | _system_of(named.group() if named else None)
 
     def with_request(self, arguments: dict[str, Any], request: str) -> dict[str, Any]:
         """Sources the request does not name are dropped: every terminology is searched."""

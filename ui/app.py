@@ -105,6 +105,7 @@ class ScanChatApp:
         self._open: weakref.WeakValueDictionary[str, ChatState] = weakref.WeakValueDictionary()
         self.limits = SessionLimits.from_settings(self.settings)
         self.workers = WorkerPool(self.settings.tool_workers)  # processes start with the first heavy tool call
+        self._starting_agent = threading.Lock()  # a chat turn and the warm-up at scan load start one agent
 
     @property
     def store(self) -> ReportStore:
@@ -139,15 +140,27 @@ class ScanChatApp:
             gr.Warning(str(exc))
 
     def _agent(self, state: ChatState, progress: gr.Progress | None = None) -> Agent:
-        if state.agent is None:
-            from assistant.models.registry import load_chat_model
+        with self._starting_agent:
+            if state.agent is None:
+                from assistant.models.registry import load_chat_model
 
-            if progress is not None:
-                progress(0.1, desc=f"Starting the model {self.settings.llm} (first start takes a while)")
-            state.session.workers = self.workers
-            state.agent = Agent(load_chat_model(self.settings), state.session, self.settings)
-            state.agent.history = list(state.restored_history)
-        return state.agent
+                if progress is not None:
+                    progress(0.1, desc=f"Starting the model {self.settings.llm} (first start takes a while)")
+                state.session.workers = self.workers
+                state.agent = Agent(load_chat_model(self.settings), state.session, self.settings)
+                state.agent.history = list(state.restored_history)
+            return state.agent
+
+    def _warm(self, state: ChatState) -> None:
+        """While the clinician looks at the scan just shown, start the model and have it read the conversation's
+        prompt opening, so that the first question does not wait for either (seconds of prefill on a CPU)."""
+        def warm() -> None:
+            try:
+                self._agent(state).warm()
+            except Exception:  # only a head start: the first question starts the model again and reports a failure
+                log.debug("warming the model failed", exc_info=True)
+
+        threading.Thread(target=warm, name="warm-model", daemon=True).start()
 
     def _save_conversation(self, state: ChatState) -> None:
         """After every answer, so that a restart or a closed browser loses nothing."""
@@ -170,7 +183,8 @@ class ScanChatApp:
             return []
         if saved is None:
             return []
-        state.session = restore_session(saved, volume)
+        shown, state.session = state.session, restore_session(saved, volume)
+        shown.close()  # after the restored session holds the scan: its cached registration stays
         state.conversation_id, state.restored_history = saved.conversation_id, list(saved.messages)
         return [_chat_message(m) for m in saved.messages if m.role != "system"]
 
@@ -289,6 +303,7 @@ class ScanChatApp:
         state.hold_scan(state.session.fingerprint)
         self._audit(user, "load_scan", state.session.fingerprint, source_format=volume.metadata.source_format)
         chat = self._restore_conversation(state, volume)
+        self._warm(state)
         state.cursor = {plane: display.slice_count(volume, plane) // 2 for plane in PLANES}
         sliders = [_slider(display.slice_count(volume, plane), state.cursor[plane]) for plane in PLANES]
         if window == "auto" or volume.modality.value != "CT":

@@ -3,15 +3,15 @@ once and shared by every tool and turn that needs them.
 
 Entries are keyed by the scan's content (`Volume.fingerprint`), the method's version (a changed method never
 reads an older result) and a name. The cache is bounded by `Settings.scan_cache_bytes` (least recently used
-entries go first) and a session drops its scan's entries when it closes (`ScanSession.close`). Keyed by content,
-two sessions that open the same scan share its registration: both computed it from the same voxels.
+entries go first). Keyed by content, two sessions that open the same scan share its registration (both computed it
+from the same voxels), so a scan's entries go when the last session showing it lets go (`hold` / `release`).
 """
 
 from __future__ import annotations
 
 import sys
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -52,6 +52,7 @@ class ScanCache:
         self._entries: OrderedDict[tuple[str, str, str], tuple[Any, int]] = OrderedDict()
         self._lock = threading.Lock()
         self._computing: dict[tuple[str, str, str], threading.Lock] = {}
+        self._holders: Counter[str] = Counter()
         self._stats = CacheStats()
 
     def get_or_compute(self, fingerprint: str, method_version: str, key: str, fn: Callable[[], T]) -> T:
@@ -84,6 +85,20 @@ class ScanCache:
                 self._entries.popitem(last=False)
                 self._stats.evictions += 1
 
+    def hold(self, fingerprint: str) -> None:
+        """A session shows this scan."""
+        with self._lock:
+            self._holders[fingerprint] += 1
+
+    def release(self, fingerprint: str) -> int:
+        """A session showing this scan closed or moved on; the last one out drops its entries (how many went)."""
+        with self._lock:
+            self._holders[fingerprint] -= 1
+            if self._holders[fingerprint] > 0:
+                return 0
+            del self._holders[fingerprint]
+        return self.drop(fingerprint)
+
     def drop(self, fingerprint: str) -> int:
         """Forget every entry of one scan; how many went."""
         with self._lock:
@@ -110,3 +125,11 @@ def get_or_compute(fingerprint: str, method_version: str, key: str, fn: Callable
 
 def drop(fingerprint: str) -> int:
     return scan_cache().drop(fingerprint)
+
+
+def hold(fingerprint: str) -> None:
+    scan_cache().hold(fingerprint)
+
+
+def release(fingerprint: str) -> int:
+    return scan_cache().release(fingerprint)

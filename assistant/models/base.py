@@ -81,6 +81,7 @@ class ChatModel(ABC):
     runtime: str = "unknown"
     sees_volumes: bool = False  # True for vision-language backends that consume the Volume
     supports_sampling: bool = False  # True when `stream` accepts `sampling=Sampling(...)`
+    reuses_prompt_prefix: bool = False  # True where the runtime keeps evaluated prompt tokens for the next call to reuse
 
     def __init__(self) -> None:
         self.last_usage = Usage()
@@ -113,6 +114,13 @@ class ChatModel(ABC):
         Fills `self.last_usage` when the stream is exhausted. Backends with `supports_sampling`
         also take `sampling: Sampling | None` (None: greedy).
         """
+
+    def warm(self, messages: Sequence[Message]) -> None:
+        """Read a prompt now (one token is generated), so that a later prompt opening the same way reads only what
+        follows: prefill dominates a turn on a CPU. Nothing to do where the runtime keeps no prompt cache."""
+        if self.reuses_prompt_prefix:
+            for _ in self.stream(messages, max_new_tokens=1):
+                pass
 
     def complete(self, messages: Sequence[Message], **kwargs: Any) -> str:
         return "".join(self.stream(messages, **kwargs))

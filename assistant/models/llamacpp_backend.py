@@ -22,6 +22,7 @@ from assistant.volume import Volume
 class LlamaCppChatModel(ChatModel):
     runtime = "llamacpp"
     supports_sampling = True
+    reuses_prompt_prefix = True  # llama.cpp reuses the evaluated tokens a new prompt starts with
 
     def __init__(self, resolved: ResolvedModel, settings: Settings) -> None:
         super().__init__()

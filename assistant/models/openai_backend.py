@@ -34,6 +34,7 @@ _NO_KEY = "none"  # the SDK insists on a key; servers without authentication ign
 class OpenAIChatModel(ChatModel):
     runtime = "openai"
     supports_sampling = True
+    reuses_prompt_prefix = True  # llama_cpp.server keeps the last prompt's tokens; vLLM and others cache prefixes
 
     def __init__(self, settings: Settings, model: str) -> None:
         super().__init__()
