@@ -68,6 +68,7 @@ def _worker() -> int:
         def __init__(self, inner: ChatModel):
             super().__init__()
             self.inner, self.name, self.runtime, self.sees_volumes = inner, inner.name, inner.runtime, inner.sees_volumes
+            self.reuses_prompt_prefix = getattr(inner, "reuses_prompt_prefix", False)  # so that `warm` reaches it
             self.stages: dict[str, float] = {}
             self.calls = self.cached = 0
 
@@ -269,8 +270,9 @@ def run_runtime(runtime: str, env: dict[str, str], trees: dict[str, Path], conve
     workers = {variant: Worker(tree, env, logs / f"{runtime}-{variant}.log") for variant, tree in trees.items()}
     try:
         warm = {"id": "warm-up", "scan": "ct-head", "turns": [{"user": "What is the slice thickness?"},
-                                                              {"user": "look up pneumonia"}, {"user": "hello"}]}
-        for worker in workers.values():  # model, term index, router and embedder loaded before any timing
+                                                              {"user": "look up pneumonia"}, {"user": "hello"},
+                                                              {"user": "Translate 'no acute findings' into Portuguese."}]}
+        for worker in workers.values():  # model, term index, router, embedder, translation engines loaded before timing
             worker.ask({"conversation": warm})
         bare_s = {variant: float(np.median(w.ask({"bare": bare})["seconds"])) for variant, w in workers.items()}
         played: dict[str, list[dict]] = {variant: [] for variant in workers}

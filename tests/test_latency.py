@@ -134,6 +134,20 @@ def test_lookup_term_reads_a_plain_code_or_term_request(request_, arguments):
     assert LookupTermTool.read_arguments(request_) == arguments
 
 
+@pytest.mark.parametrize(("request_", "arguments"), [
+    ("Translate 'mild white matter changes' into German.", {"text": "mild white matter changes", "target_language": "de"}),
+    ("Please translate into Portuguese: no midline shift.", {"text": "no midline shift.", "target_language": "pt"}),
+    ("Translate 'French fries' into Spanish", {"text": "French fries", "target_language": "es"}),  # a language quoted
+    ("Translate 'hemorragia' from Spanish into English", None),  # a source language: the model reads it
+    ("Translate 'no bleed' into Spanish with my glossary", None),
+    ("Translate the impression into French", None),  # which text: the model decides
+])
+def test_translate_text_reads_a_handed_over_text_and_one_language(request_, arguments):
+    from tools.translate_text import TranslateTextTool
+
+    assert TranslateTextTool.read_arguments(request_) == arguments
+
+
 def _agent(volume=None, **overrides) -> Agent:
     settings = get_settings().model_copy(update=overrides)
     session = ScanSession()

@@ -7,17 +7,18 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 from tqdm import tqdm
 
 from assistant.config import Settings, get_settings
 from assistant.findings import Claim
-from assistant.grounding import VERBATIM
+from assistant.grounding import VERBATIM, users_passage
 from assistant.imaging.progress import ProgressCallback
 from assistant.models.base import ChatModel
 from assistant.terminology.glossary import Glossary, load_glossary, load_named_glossary
+from assistant.terminology.languages import languages_named
 from assistant.translation import TranslationResult, translate_text
 from tools.base import ScanTool, ToolError, ToolResult
 
@@ -85,6 +86,20 @@ class TranslateTextTool(ScanTool):
     args_schema: type[BaseModel] = TranslateTextArgs
     needs_scan: ClassVar[bool] = False
     action: ClassVar[re.Pattern[str] | None] = re.compile(r"\b(translat\w*)\b", re.IGNORECASE)
+
+    @classmethod
+    def read_arguments(cls, request: str) -> dict[str, Any] | None:
+        """"Translate 'no acute bleed' into Spanish", "Translate into Portuguese: ...": the handed-over text and the one
+        language named outside it. A glossary, a source language or a text without quotes or colon is for the model."""
+        passage = users_passage(request)
+        if passage == request.strip():
+            return None
+        outside = request.replace(passage, " ")
+        languages = languages_named(outside)
+        if (not cls.action.search(outside) or len(languages) != 1
+                or re.search(r"\b(glossar\w*|from)\b", outside, re.IGNORECASE)):
+            return None
+        return {"text": passage, "target_language": languages[0]}
 
     def execute(self, args: TranslateTextArgs) -> TranslateTextResult:
         """The model or the message named the glossary: it must lie in the glossary folder or an upload."""
