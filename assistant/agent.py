@@ -575,14 +575,16 @@ class Agent:
         return PrivacyGate(self.settings).messages(messages, volume.identifiers if volume else None)
 
     def _history_window(self) -> list[Message]:
-        """The last HISTORY_WINDOW messages or fewer, starting at a user message; the start moves by whole blocks of
-        HISTORY_BLOCK messages, so successive turns open with the same history (a sliding window would change the
-        prompt from its first history message on, and with it everything the cache holds after it)."""
+        """The last HISTORY_WINDOW messages or fewer, starting at a user message, without tool results; the start moves
+        by whole blocks of HISTORY_BLOCK messages, so successive turns open with the same history (a sliding window would
+        change the prompt from its first history message on, and with it everything the cache holds after it)."""
         excess = len(self.history) - HISTORY_WINDOW
         start = 0 if excess <= 0 else (excess // HISTORY_BLOCK + 1) * HISTORY_BLOCK
         while start < len(self.history) and self.history[start].role != "user":
             start += 1
-        return self.history[start:]
+        # earlier turns' tool results stay out: their answers state what counts, the records keep the rest (for "remind
+        # me", "the other side"), and a conversation of look-ups would otherwise make every prompt hundreds of tokens longer
+        return [m for m in self.history[start:] if m.role != "tool"]
 
     def _tool_menu(self) -> str:
         return "Tools you can call:\n" + "\n".join(

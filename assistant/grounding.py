@@ -102,17 +102,25 @@ def invented_texts(arguments: dict[str, object], verbatim_fields: Iterable[str],
     nowhere in the conversation: a small model tends to copy its few-shot example's text, or to
     blend it with the user's ("Mild generalised cerebral atrophy" for "Mild cerebral atrophy").
 
-    A word counts as present when it shares its first four letters with a word of the conversation
-    ("seizure" / "seizures", "hippocampus" / "hippo").
+    A word counts as present when a word of the conversation shares all but its last three letters with it (an
+    ending: "seizure" / "seizures") or is a shortening of it of five letters or more ("hippocampus" / "hippo"); "head"
+    in the scan's name does not make "headache" said.
     """
-    stems = {w[:4] for text in sources for w in _words(text)}
+    said = {w for text in sources for w in _words(text)}
     invented = []
     for name in verbatim_fields:
         value = arguments.get(name)
         words = _words(value) if isinstance(value, str) else []
-        if any(w[:4] not in stems for w in words):
+        if any(not _said_word(w, said) for w in words):
             invented.append(name)
     return invented
+
+
+def _said_word(word: str, said: set[str]) -> bool:
+    if word in said:
+        return True
+    stem = word[: max(4, len(word) - 3)]
+    return any(w.startswith(stem) or (len(w) >= 5 and word.startswith(w)) for w in said)
 
 
 _QUOTED = re.compile(r"(?<!\w)[\"“'‘]([^\"”'’]{3,})[\"”'’](?!\w)")

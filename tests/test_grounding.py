@@ -49,6 +49,8 @@ def test_verbatim_texts_copied_from_a_few_shot_example_are_invented():
     request = ["Give me the HPO term for seizures."]
     assert invented_texts({"query": "cerebral oedema"}, ["query"], request) == ["query"]
     assert invented_texts({"query": "seizure"}, ["query"], request) == []  # plural and singular share the stem
+    assert invented_texts({"query": "headache"}, ["query"], ["Loaded scan: ct-head"]) == ["query"]  # not an ending
+    assert invented_texts({"query": "hippocampus"}, ["query"], ["segment the left hippo"]) == []  # a shortening
     assert invented_texts({"query": "seizure", "language": "hpo"}, ["query"], request) == []  # only verbatim fields count
     report = ["Which diagnoses are here? 'Known type 2 diabetes and hypertension, on metformin.'"]
     assert invented_texts({"text": "Chronic small vessel ischaemic changes."}, ["text"], report) == ["text"]

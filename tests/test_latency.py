@@ -224,6 +224,16 @@ def test_every_step_opens_with_the_same_system_prompt_and_the_step_text_comes_la
     assert filling[-1].content.startswith("The tool probe_intensity:")
 
 
+def test_earlier_tool_results_stay_out_of_the_prompt_and_their_answers_stay_in(llama_cpp):
+    agent = _agent()
+    agent.history += [Message(role="user", content="look up pneumonia"),
+                      Message(role="tool", name="lookup_term", content="Pneumonia [ICD-10 J18.9, ...five hits...]"),
+                      Message(role="assistant", content="ICD-10 code for 'pneumonia': J18.9.")]
+    prompt = agent._context({"messages": [Message(role="user", content="thanks")]})
+    assert [m.role for m in prompt] == ["system", "user", "assistant", "user"]
+    assert prompt[2].content == "ICD-10 code for 'pneumonia': J18.9."
+
+
 def test_the_history_window_moves_in_whole_blocks(llama_cpp):
     agent = _agent()
     starts = []
