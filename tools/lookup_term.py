@@ -144,26 +144,26 @@ class TermLookup(ToolResult):
 # "What is the ICD-10 code for X?", "HPO term for X", "look up X": the system (if any) and the term, read by code.
 _SYSTEMS = {"icd10": "icd10", "icd10cm": "icd10cm", "snomed": "snomed", "snomedct": "snomed", "hpo": "hpo",
             "radlex": "radlex", "loinc": "loinc"}
+_SYSTEM = r"(?P<system>ICD-?10(?:-?CM)?|SNOMED(?:[- ]?CT)?|HPO|RadLex|LOINC)"  # a terminology as requests name it
 _PLAIN_REQUESTS = (
     re.compile(r"^(?:(?:what(?:'s| is)|give me|find|get|tell me|which is)\s+)?(?:the\s+|an?\s+)?"
-               r"(?:(?P<system>ICD-?10(?:-?CM)?|SNOMED(?:[- ]?CT)?|HPO|RadLex|LOINC)\s+)?(?:code|term|concept)\s+"
+               rf"(?:{_SYSTEM}\s+)?(?:code|term|concept)\s+"
                r"(?:for|of)\s+(?P<query>.+?)[\s?.!]*$", re.I),
     re.compile(r"^(?:please\s+)?(?:look\s*up|search for|define)\s+(?:the\s+term\s+)?(?P<query>.+?)[\s?.!]*$", re.I),
 )
-_SYSTEM_AFTER = re.compile(r"\s+(?:in|from|using|per)\s+(?P<system>ICD-?10(?:-?CM)?|SNOMED(?:[- ]?CT)?|HPO|RadLex|LOINC)$",
-                           re.IGNORECASE)
+_SYSTEM_AFTER = re.compile(rf"\s+(?:in|from|using|per)\s+{_SYSTEM}$", re.IGNORECASE)
 _POLITE_END = re.compile(r"[\s,]+(?:please|thanks|thank you)$", re.IGNORECASE)
 _QUERY_WORDS = 6  # a longer "query" is a sentence, not a term: the model reads it
 # A request for a code in other words ("Which ICD-10 code is used for a stroke?") is read when the term index finds
 # exactly one term in it and every other word only asks: stop words, a terminology's name, the thing asked for. Any
 # other word ("the code for a *broken* hip") may change the concept, and the model reads the request.
 _ASKS_FOR_CODE = re.compile(r"\b(ICD-?10\w*|SNOMED|HPO|RadLex|LOINC|codes?|term|concept)\b", re.IGNORECASE)
-_SYSTEM_NAMED = re.compile(r"\b(?P<system>ICD-?10(?:-?CM)?|SNOMED(?:[- ]?CT)?|HPO|RadLex|LOINC)\b", re.IGNORECASE)
+_SYSTEM_NAMED = re.compile(rf"\b{_SYSTEM}\b", re.IGNORECASE)
 _ASKING_WORDS = ENGLISH_STOP_WORDS | {
     "code", "codes", "coded", "coding", "term", "concept", "classification", "classify", "classified", "look", "lookup",
     "search", "define", "tell", "give", "need", "want", "use", "used", "using", "please", "official", "standard",
-    "medical", "diagnosis", "diagnostic", "billing", "number", "does", "mean", "means", "meaning", "stand", "stands", "s", "icd", "icd10", "icd10cm", "10", "cm", "snomed",
-    "snomedct", "ct", "hpo", "radlex", "loinc"}
+    "medical", "diagnosis", "diagnostic", "billing", "number", "does", "mean", "means", "meaning", "stand", "stands",
+    "s", "icd", "icd10", "icd10cm", "10", "cm", "snomed", "snomedct", "ct", "hpo", "radlex", "loinc"}
 _REQUEST_WORDS = 14  # a longer request carries more than a code question
 # How requests name each terminology (letters and digits only): a source restriction the request does not name is
 # one the model copied from its examples ("pulmonary embolism in Spanish" restricted to HPO found no Spanish label).
