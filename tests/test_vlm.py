@@ -14,11 +14,11 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from assistant.anomaly.lesions import LesionSpec, insert_lesion
 from assistant.config import get_settings
 from assistant.models.base import Message, ModelError
-from assistant.vlm.cases import read_cases
+from assistant.vlm.cases import QUESTION_WORDINGS, LesionFacts, held_out_wording, read_cases, training_wordings
 from assistant.vlm.data import base_volume, case_questions, generate_cases, lobe_of, volume_world_x
 from assistant.vlm.encoder import SymmetryGridEncoder
 from assistant.vlm.m3d import M3DLaMed, M3DVisionConfig, load_m3d_checkpoint
-from assistant.vlm.model import VisualProjector, VLMConfig, left_minus_right, load_llm
+from assistant.vlm.model import VisualProjector, VLMConfig, left_minus_right, load_llm, load_vlm
 from assistant.vlm.preprocess import SliceSelection, VolumeNotSupported, axial_slices, check_volume, m3d_input
 from assistant.volume import Modality, ScanLoadError, ScanMetadata, Volume
 
@@ -103,31 +103,88 @@ def test_ct_window_saturates_bone_and_keeps_blood_apart_from_brain():
 # --- in-silico cases -----------------------------------------------------------------------
 
 
+def _lesion_facts(side: str, diameter_mm: float, lobe: str | None) -> LesionFacts:
+    return LesionFacts(kind="mass", appearance="bright", diameter_mm=diameter_mm, side=side, lobe=lobe,
+                       center_mm=(0.0, 0.0, 0.0), contrast=0.4)
+
+
 def test_questions_follow_the_facts():
-    qa = {pair.topic: pair for pair in case_questions("CT", whole_head=False, lesion=None)}
+    qa = {pair.topic: pair for pair in case_questions("CT", whole_head=False, lesions=[])}
     assert qa["modality"].answer == "CT" and qa["presence"].answer == "no" and qa["coverage"].answer == "no"
-    assert "side" not in qa and "size" not in qa
+    assert not {"side", "size", "count", "size_band", "lobe"} & set(qa)
     assert lobe_of("Frontal_Sup_L") == "frontal" and lobe_of("Thalamus_R") == "other"
+    lesions = [_lesion_facts("left", 27.0, "temporal"), _lesion_facts("right", 12.0, "frontal")]
+    qa = {pair.topic: pair for pair in case_questions("MR", whole_head=True, lesions=lesions)}
+    assert (qa["count"].answer, qa["side"].answer, qa["size_band"].answer, qa["lobe"].answer) == ("two", "both", "large", "temporal")
+    assert "27 mm" in qa["caption"].answer and "Two lesions" in qa["caption"].answer
+    qa = {pair.topic: pair for pair in case_questions("MR", whole_head=True, lesions=[_lesion_facts("right", 15.0, None)])}
+    assert (qa["count"].answer, qa["side"].answer, qa["size_band"].answer) == ("one", "right", "medium") and "lobe" not in qa
+    assert all(pair.answer in pair.options for pair in qa.values() if pair.kind == "closed")
+
+
+def test_benchmark_wordings_are_never_trained_on():
+    for topic, (trained, held_out) in QUESTION_WORDINGS.items():
+        assert trained and held_out and not set(trained) & set(held_out), topic
+    assert held_out_wording("presence", 0) not in training_wordings("presence")
+
+
+def test_cases_written_by_an_older_version_are_refused_with_the_remedy(tmp_path):
+    old = {"case_id": "x", "base": "mr-t1-mni152", "split": "train", "image": "v.nii.gz", "modality": "MR", "whole_head": True,
+           "lesion": None, "qa": []}
+    (tmp_path / "cases.jsonl").write_text(json.dumps(old) + "\n")
+    with pytest.raises(ValueError, match="scanchat vlm data"):
+        read_cases(tmp_path / "cases.jsonl")
 
 
 @pytest.mark.slow
 def test_generated_lesions_are_on_their_stated_side_and_split_by_base(tmp_path):
-    cases = generate_cases(tmp_path, cases_per_base=4, seed=3, bases=("mr-t1-mni152", "mr-t1-colin27"))
+    cases = generate_cases(tmp_path, cases_per_base=6, seed=3, bases=("mr-t1-mni152", "mr-t1-colin27"))
     assert {c.split for c in cases if c.base == "mr-t1-colin27"} == {"eval"}
     assert {c.split for c in cases if c.base == "mr-t1-mni152"} == {"train"}
-    lesions = [c for c in cases if c.lesion]
-    assert lesions, "every second case carries a lesion"
-    for case in lesions:
-        x_mm = case.lesion.center_mm[0]
-        assert (x_mm > 0) == (case.lesion.side == "right")  # MNI space: x > 0 is the patient's right
-        assert 15 <= case.lesion.diameter_mm <= 30
-        base = base_volume(case.base).volume
+    lesioned = [c for c in cases if c.lesions]
+    assert lesioned, "every second case carries lesions"
+    for case in lesioned:
         image = nib.load(tmp_path / case.image)
-        centre = np.round(np.linalg.solve(image.affine, [*case.lesion.center_mm, 1])[:3]).astype(int)
-        base_centre = np.round(base.world_to_voxel(case.lesion.center_mm)).astype(int)
-        assert abs(float(image.dataobj[tuple(centre)]) - float(base.data[tuple(base_centre)])) > 0.1 * np.percentile(base.data, 99)
-        assert case.qa[0].answer.count(case.lesion.side) == 1
+        base = base_volume(case.base).volume
+        assert [lesion.diameter_mm for lesion in case.lesions] == sorted((lesion.diameter_mm for lesion in case.lesions), reverse=True)
+        for lesion in case.lesions:
+            assert (lesion.center_mm[0] > 0) == (lesion.side == "right")  # MNI space: x > 0 is the patient's right
+            assert 9 <= lesion.diameter_mm <= 35 and lesion.lobe is not None
+            centre = np.round(np.linalg.solve(image.affine, [*lesion.center_mm, 1])[:3]).astype(int)
+            base_centre = np.round(base.world_to_voxel(lesion.center_mm)).astype(int)
+            if lesion.appearance != "ring":  # a ring's centre may sit where rim and core blend back to the tissue
+                assert abs(float(image.dataobj[tuple(centre)]) - float(base.data[tuple(base_centre)])) > 0.1 * np.percentile(base.data, 99)
+        qa = {pair.topic: pair.answer for pair in case.qa}
+        assert qa["count"] == ("one", "two", "three")[len(case.lesions) - 1]
+        assert qa["side"] == (case.lesion.side if len({lesion.side for lesion in case.lesions}) == 1 else "both")
     assert read_cases(tmp_path / "cases.jsonl") == cases
+
+
+@pytest.mark.slow
+def test_heads_outside_mni_space_get_lobes_and_a_brain_mask_through_registration():
+    """pycortex ships no brain mask and no atlas: both come from Colin27 through the registration. Its lesions'
+    lobes agree with where they lie (frontal lesions in front of occipital ones), and its brain is a head's brain."""
+    base = base_volume("mr-t1-pycortex")
+    brain_ml = base.brain.sum() * np.prod(base.volume.spacing) / 1000
+    assert 900 < brain_ml < 1900
+    assert base.aal is not None and (base.aal[base.brain] > 0).mean() > 0.3
+    lobes = {lobe_of(base.aal_names.get(int(label))) for label in np.unique(base.aal[base.aal > 0])}
+    assert {"frontal", "temporal", "parietal", "occipital"} <= lobes
+    y_of = {lobe: np.mean([base.volume.voxel_to_world(ijk)[1] for ijk in np.argwhere(np.isin(base.aal, [
+        label for label, name in base.aal_names.items() if lobe_of(name) == lobe]))[::50]]) for lobe in ("frontal", "occipital")}
+    assert y_of["frontal"] > y_of["occipital"] + 40  # RAS: y grows anterior
+
+
+def test_a_ring_lesion_has_a_bright_rim_round_a_dark_core():
+    image = np.full((40, 40, 40), 100.0, dtype=np.float32)
+    image[0, 0, 0] = 0.0  # lesions never darken below the image's minimum
+    region = np.ones_like(image, dtype=bool)
+    lesion = insert_lesion(image, region, (1.0, 1.0, 1.0), LesionSpec(diameter_mm=20.0, pattern="ring", contrast=0.5),
+                           np.random.default_rng(0))
+    centre = np.asarray(lesion.center_voxel)
+    rim = lesion.image[tuple(centre + [8, 0, 0])]  # 8 mm out on a 10 mm radius: in the rim
+    core = lesion.image[tuple(centre)]
+    assert rim > 120 and core < 90  # rim +50%, core -25% of the 99th percentile
 
 
 # --- M3D-LaMed-compatible model ----------------------------------------------------------------
@@ -273,7 +330,7 @@ def test_weight_free_features_show_presence_and_side_on_a_held_out_base():
                                                               for seed, (side, contrast) in enumerate(lesions)]
 
     normal, with_lesions = features("mr-t1-mni152")
-    assert normal.shape == (7, 3, 2, 3)  # [C, z, x, y]; x cell 0 is the patient's left
+    assert normal.shape == (12, 3, 2, 3)  # [C, z, x, y]; x cell 0 is the patient's left
     assert float(normal[6].max()) == 0.0 and float(encoder.features(base_volume("ct-head").volume)[6].min()) > 0.3  # air in HU: CT only
     threshold = (float(normal[0].max()) + min(float(f[0].max()) for f in with_lesions)) / 2
     normal, with_lesions = features("mr-t1-colin27")
@@ -281,6 +338,40 @@ def test_weight_free_features_show_presence_and_side_on_a_held_out_base():
     for (side, _), grid in zip(lesions, with_lesions):
         assert ("left", "right")[int(grid[1].amax(dim=(0, 2)).argmax())] == side
         assert (float(left_minus_right(grid[None])[0, 1]) > 0) == (side == "left")  # the VLM's hemisphere token
+
+
+def _lesions_at(centres_mm: list[tuple[float, float, float]], diameter_mm: float) -> Volume:
+    """MNI152 at 2 mm with bright spheres centred on the given MNI points."""
+    base = base_volume("mr-t1-mni152")
+    image = base.volume.data
+    for seed, centre in enumerate(centres_mm):
+        offsets = np.indices(base.brain.shape).T - base.volume.world_to_voxel(centre)
+        reach_mm = np.linalg.norm(offsets * np.asarray(base.volume.spacing), axis=-1).T
+        region = reach_mm <= 0.7 * diameter_mm + 3  # just room for the lesion: insert_lesion keeps 0.7 diameters inside
+        image = insert_lesion(image, region, base.volume.spacing, LesionSpec(diameter_mm=diameter_mm, contrast=0.5),
+                              np.random.default_rng(seed)).image
+    return Volume(image, base.volume.affine, base.volume.metadata)
+
+
+@pytest.mark.slow
+def test_blob_channels_say_where_the_largest_lesion_is_how_large_and_how_many():
+    """Channels 7-11: a frontal lesion lies further forward than an occipital one, a lateral one further from the
+    plane than a deep one; the diameter reads close to the lesion's; two lesions count two."""
+    encoder = SymmetryGridEncoder()
+    front, back = (encoder.features(_lesions_at([centre], 20.0)) for centre in [(30, 40, 20), (-25, -80, 10)])
+    assert float(front[7, 0, 0, 0]) > float(back[7, 0, 0, 0]) + 0.3
+    lateral, deep = (encoder.features(_lesions_at([centre], 16.0)) for centre in [(46, -20, 10), (16, -20, 10)])
+    assert float(lateral[9, 0, 0, 0]) > float(deep[9, 0, 0, 0]) + 0.2
+    assert 0.12 <= float(front[10, 0, 0, 0]) <= 0.30  # dm: a 20 mm lesion
+    assert float(front[11, 0, 0, 0]) == 1.0
+    two = encoder.features(_lesions_at([(30, 40, 20), (-30, -70, 10)], 20.0))
+    assert float(two[11, 0, 0, 0]) == 2.0
+
+
+def test_a_model_trained_on_older_features_is_refused_with_the_remedy(tmp_path):
+    VLMConfig(encoder="symmetry-grid", feature_dim=7, grid=(3, 2, 3), llm_folder="unused").save(tmp_path)
+    with pytest.raises(ModelError, match="older version.*scanchat vlm train"):
+        load_vlm(tmp_path)
 
 
 def test_presence_token_reads_the_largest_finding_value_wherever_it_is(tmp_path):

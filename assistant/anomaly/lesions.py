@@ -1,6 +1,7 @@
 """Synthetic lesions with known ground truth, for evaluation and tests (always labelled synthetic).
 
-Controlled in-silico abnormalities: a hyper- or hypo-intense blob of a chosen size and shape, blended
+Controlled in-silico abnormalities: a hyper- or hypo-intense blob of a chosen size and shape, or a ring
+(a rim of the chosen polarity around a core of the other, as in a ring-enhancing lesion), blended
 smoothly into real tissue, optionally pushing the surrounding anatomy outwards (mass effect).
 """
 
@@ -14,6 +15,9 @@ from scipy import ndimage
 
 LesionShape = Literal["sphere", "ellipsoid", "irregular"]
 Polarity = Literal["hyper", "hypo"]
+LesionPattern = Literal["solid", "ring"]
+RING_RIM_FRACTION = 0.3  # the rim's thickness as a share of the radius
+RING_CORE_CONTRAST = 0.5  # the core's opposite change, as a share of the rim's
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,7 @@ class LesionSpec:
     polarity: Polarity = "hyper"
     contrast: float = 0.3  # intensity change as a fraction of the brain's 99th-percentile intensity
     mass_effect_mm: float = 0.0  # peak outward displacement of the tissue around the lesion
+    pattern: LesionPattern = "solid"
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,12 @@ def insert_lesion(image: np.ndarray, region: np.ndarray, spacing: tuple[float, f
     lesioned = _mass_effect(image, center, spacing_arr, spec) if spec.mass_effect_mm > 0 else image.astype(np.float32)
     scale = float(np.percentile(image[region], 99))
     sign = 1.0 if spec.polarity == "hyper" else -1.0
-    blend = ndimage.gaussian_filter(mask.astype(np.float32), 0.7)
+    change = mask.astype(np.float32)
+    if spec.pattern == "ring":
+        depth_mm = ndimage.distance_transform_edt(mask, sampling=spacing_arr)
+        core = depth_mm > RING_RIM_FRACTION * spec.diameter_mm / 2
+        change[core] = -RING_CORE_CONTRAST
+    blend = ndimage.gaussian_filter(change, 0.7)
     texture = 1.0 + 0.1 * rng.standard_normal(image.shape).astype(np.float32)
     lesioned = np.maximum(lesioned + sign * spec.contrast * scale * blend * texture, image.min())
     return SyntheticLesion(image=lesioned.astype(np.float32), mask=mask, center_voxel=tuple(int(c) for c in center), spec=spec)

@@ -1,11 +1,12 @@
 """Controlled in-silico cases for training and evaluating the 3D VLM, from the real bundled volumes.
 
-No labelled 3D VQA data installs offline, so every case is a real base volume with known,
-generated variations: modality facts, field of view (whole head or a superior crop) and, in half
-of the cases, one synthetic lesion of known diameter, hemisphere and AAL region inserted with
-`assistant.anomaly.lesions` (a hyperdense, blood-like one in CT). Each case carries a caption,
-closed questions with their options and open questions with reference answers, in an
-M3D-Data-like JSONL (`{"image": ..., "conversations": [...]}` plus the typed facts).
+No labelled 3D VQA data installs offline, so every case is a real base volume (five T1 heads and a
+head CT) with known, generated variations: modality facts, field of view (whole head or a superior
+crop) and, in half of the cases, one to three synthetic lesions (bright, dark or ring-shaped, some
+pushing the tissue aside) of known diameter, hemisphere and AAL region, inserted with
+`assistant.anomaly.lesions`. Each case carries a caption, closed questions (modality, presence,
+count, side, lobe, size band, coverage) with their options and open questions with reference
+answers, in an M3D-Data-like JSONL (`{"image": ..., "conversations": [...]}` plus the typed facts).
 
 The split is by base volume: the evaluation bases are never seen in training.
 """
@@ -25,15 +26,25 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from assistant.anomaly.lesions import LesionSpec, insert_lesion
-from assistant.imaging.registration import TemplateUnavailableError, load_template
+from assistant.imaging.registration import Template, TemplateUnavailableError, load_template, register_to_template
 from assistant.scans.samples import load_sample, sample_labels
-from assistant.vlm.cases import Case, LesionFacts, QuestionAnswer, Side, default_data_dir, write_cases
+from assistant.vlm.cases import Case, LesionFacts, QuestionAnswer, Side, default_data_dir, training_wordings, write_cases
 from assistant.volume import Modality, Volume
 
 CASE_SPACING_MM = 2.0  # cases are stored at 2 mm: the encoder sees 64 voxels per axis anyway
-TRAIN_BASES = ("mr-t1-mni152", "mr-t1-itk", "ct-head")
+MR_HEADS = ("mr-t1-mni152", "mr-t1-colin27", "mr-t1-itk", "mr-t1-pycortex", "mr-t1-robex")  # every real T1 head that installs offline
+TRAIN_BASES = ("mr-t1-mni152", "mr-t1-itk", "mr-t1-pycortex", "mr-t1-robex", "ct-head")
 EVAL_BASES = ("mr-t1-colin27",)
 LOBES = ("frontal", "temporal", "parietal", "occipital", "other")
+SIZE_BANDS = ("small", "medium", "large")  # under 15 mm, 15 to 25 mm, over 25 mm
+LESION_COUNTS = ("one", "two", "three")
+SIDES = ("left", "right", "both")
+LESION_DIAMETER_MM = (10.0, 35.0)
+_BRAIN_MASK_LABEL = {"mr-t1-mni152": "brain_mask", "mr-t1-colin27": "brain", "mr-t1-itk": "skull_strip", "mr-t1-robex": "brain_mask"}
+
+
+def size_band(diameter_mm: float) -> str:
+    return SIZE_BANDS[0] if diameter_mm < 15 else SIZE_BANDS[1] if diameter_mm <= 25 else SIZE_BANDS[2]
 
 
 @dataclass(frozen=True)
@@ -94,31 +105,45 @@ def _ct_brain(hu: np.ndarray) -> np.ndarray:
 
 @cache
 def base_volume(name: str) -> BaseVolume:
-    """A base volume at 2 mm with its brain mask and (MNI-space bases only) AAL labels."""
+    """A base volume at 2 mm with its brain mask and, for T1 heads, AAL labels.
+
+    MNI-space heads take AAL as it is; the others (ITK, pycortex, ROBEX) get it through a deformable
+    registration to Colin27, and so does the pycortex head's brain mask (it ships none).
+    """
     volume = load_sample(name)
     data, affine = _resampled(volume, CASE_SPACING_MM)
-    labels = sample_labels(name)
-    aal, aal_names = None, {}
+    resampled = Volume(data, affine, volume.metadata, name=name)
+    aal, aal_names, midline = None, {}, None
     if name == "ct-head":
         brain = _ct_brain(data)
     else:
-        mask_label = {"mr-t1-mni152": "brain_mask", "mr-t1-colin27": "brain", "mr-t1-itk": "skull_strip"}[name]
-        brain = _on_grid(nib.load(labels[mask_label]), data.shape, affine) > 0
-        if name in ("mr-t1-mni152", "mr-t1-colin27"):  # both in MNI space: AAL applies directly
-            aal, aal_names = _aal_on(data.shape, affine)
-    centre_x = float(volume_world_x(affine, np.argwhere(brain)).mean())
-    midline = 0.0 if aal is not None else centre_x
-    resampled = Volume(data, affine, volume.metadata, name=name)
+        colin = _colin27()
+        in_mni = name in ("mr-t1-mni152", "mr-t1-colin27")
+        registration = None if in_mni or colin is None else register_to_template(resampled, colin, kind="affine+bspline")
+        if name in _BRAIN_MASK_LABEL:
+            brain = _on_grid(nib.load(sample_labels(name)[_BRAIN_MASK_LABEL[name]]), data.shape, affine) > 0
+        elif registration is not None:
+            brain = registration.warp_labels(colin.brain_mask.astype(np.uint8)) > 0
+        else:
+            raise TemplateUnavailableError(f"{name} has no brain mask of its own and Colin27 is not installed (mricron-data).")
+        if in_mni:
+            midline = 0.0
+            if colin is not None:
+                aal = _on_grid(nib.Nifti1Image(colin.labels, colin.volume.affine), data.shape, affine)
+        elif registration is not None:
+            aal = registration.warp_labels(colin.labels)
+        aal_names = colin.label_names if aal is not None else {}
+    if midline is None:
+        midline = float(volume_world_x(affine, np.argwhere(brain)).mean())
     return BaseVolume(name, resampled, brain, midline, aal, aal_names)
 
 
-def _aal_on(shape: tuple[int, ...], affine: np.ndarray) -> tuple[np.ndarray | None, dict[int, str]]:
-    """AAL (from mricron's Colin27) on a 2 mm MNI-space grid; without mricron-data, no region facts."""
+def _colin27() -> Template | None:
+    """Colin27 with AAL (mricron-data); without it, no region facts."""
     try:
-        colin = load_template("colin27")
+        return load_template("colin27")
     except TemplateUnavailableError:
-        return None, {}
-    return _on_grid(nib.Nifti1Image(colin.labels, colin.volume.affine), shape, affine), colin.label_names
+        return None
 
 
 def volume_world_x(affine: np.ndarray, ijk: np.ndarray) -> np.ndarray:
@@ -132,30 +157,47 @@ def _hemisphere(base: BaseVolume, side: Side) -> np.ndarray:
     return base.brain & ((x > base.midline_x_mm + margin) if side == "right" else (x < base.midline_x_mm - margin))
 
 
-def _lesion(base: BaseVolume, rng: np.random.Generator, min_mm: float, max_mm: float) -> tuple[np.ndarray, LesionFacts]:
-    side: Side = "left" if rng.random() < 0.5 else "right"
-    diameter = float(np.round(rng.uniform(min_mm, max_mm), 1))
-    ct = base.volume.modality is Modality.CT
-    spec = LesionSpec(diameter_mm=diameter, shape=str(rng.choice(["sphere", "ellipsoid", "irregular"])),
-                      polarity="hyper" if ct or rng.random() < 0.5 else "hypo",
-                      contrast=float(rng.uniform(0.5, 0.8) if ct else rng.uniform(0.3, 0.6)))
-    hemisphere = _hemisphere(base, side)
-    while True:  # a small hemisphere (the ITK T1's) may not fit the largest diameters: shrink until it does
-        try:
-            inserted = insert_lesion(base.volume.data, hemisphere, base.volume.spacing, spec, rng)
-            break
-        except ValueError:
-            if spec.diameter_mm * 0.9 < min_mm:
-                raise
-            spec = replace(spec, diameter_mm=round(spec.diameter_mm * 0.9, 1))
-    diameter = spec.diameter_mm
-    centre = np.asarray(inserted.center_voxel)
-    region = aal_region_near(base, centre, diameter)
-    facts = LesionFacts(kind="hemorrhage" if ct else "mass", diameter_mm=diameter, side=side, aal_region=region,
-                        lobe=lobe_of(region) if base.aal is not None else None,
-                        center_mm=tuple(float(v) for v in base.volume.voxel_to_world(centre)),
-                        contrast=round(spec.contrast * (1 if spec.polarity == "hyper" else -1), 3))
-    return inserted.image, facts
+def _lesion_spec(ct: bool, diameter_mm: float, rng: np.random.Generator) -> tuple[LesionSpec, str]:
+    """A lesion's look and the kind it stands for: bright, dark or ring-shaped, with mass effect in a third of them."""
+    appearance = str(rng.choice(["bright", "dark", "ring"]))
+    kind = {("bright", True): "hemorrhage", ("dark", True): "infarct", ("bright", False): "mass",
+            ("dark", False): "cyst"}.get((appearance, ct), "ring-enhancing")
+    spec = LesionSpec(diameter_mm=diameter_mm, shape=str(rng.choice(["sphere", "ellipsoid", "irregular"])),
+                      polarity="hypo" if appearance == "dark" else "hyper", pattern="ring" if appearance == "ring" else "solid",
+                      contrast=float(rng.uniform(0.5, 0.8) if ct else rng.uniform(0.3, 0.6)),
+                      mass_effect_mm=float(rng.choice([0.0, 0.0, 3.0])))
+    return spec, kind
+
+
+def _lesions(base: BaseVolume, rng: np.random.Generator, min_mm: float, max_mm: float) -> tuple[np.ndarray, list[LesionFacts]]:
+    """One to three lesions (half the lesioned cases hold one), each in a hemisphere drawn on its own, apart from each other."""
+    count = int(rng.choice([1, 1, 2, 3]))
+    image = base.volume.data
+    taken = np.zeros(base.brain.shape, dtype=bool)
+    facts = []
+    for _ in range(count):
+        side: Side = "left" if rng.random() < 0.5 else "right"
+        spec, kind = _lesion_spec(base.volume.modality is Modality.CT, float(np.round(rng.uniform(min_mm, max_mm), 1)), rng)
+        region = _hemisphere(base, side) & ~taken
+        while True:  # a small hemisphere (the ITK T1's) may not fit the largest diameters: shrink until it does
+            try:
+                inserted = insert_lesion(image, region, base.volume.spacing, spec, rng)
+                break
+            except ValueError:
+                if spec.diameter_mm * 0.9 < min_mm:
+                    raise
+                spec = replace(spec, diameter_mm=round(spec.diameter_mm * 0.9, 1))
+        image = inserted.image
+        taken |= ndimage.binary_dilation(inserted.mask, iterations=int(np.ceil(spec.diameter_mm / CASE_SPACING_MM)))
+        centre = np.asarray(inserted.center_voxel)
+        region_name = aal_region_near(base, centre, spec.diameter_mm)
+        facts.append(LesionFacts(kind=kind, appearance="ring" if spec.pattern == "ring" else "dark" if spec.polarity == "hypo" else "bright",
+                                 diameter_mm=spec.diameter_mm, side=side, aal_region=region_name,
+                                 lobe=lobe_of(region_name) if base.aal is not None else None,
+                                 center_mm=tuple(float(v) for v in base.volume.voxel_to_world(centre)),
+                                 contrast=round(spec.contrast * (1 if spec.polarity == "hyper" else -1), 3),
+                                 mass_effect_mm=spec.mass_effect_mm))
+    return image, sorted(facts, key=lambda lesion: -lesion.diameter_mm)
 
 
 def aal_region_near(base: BaseVolume, centre_voxel: np.ndarray, diameter_mm: float) -> str | None:
@@ -175,41 +217,54 @@ def _superior_crop(data: np.ndarray, fraction: float) -> np.ndarray:
     return data[:, :, start:]
 
 
-def case_questions(modality: str, whole_head: bool, lesion: LesionFacts | None) -> list[QuestionAnswer]:
-    """Caption, closed and open questions with reference answers derived only from the case facts."""
+_WHAT = {"mass": "bright focal lesion", "cyst": "dark focal lesion", "ring-enhancing": "ring-shaped lesion",
+         "hemorrhage": "hyperdense, blood-like lesion", "infarct": "hypodense lesion"}
+
+
+def lesions_side(lesions: list[LesionFacts]) -> str:
+    sides = {lesion.side for lesion in lesions}
+    return sides.pop() if len(sides) == 1 else "both"
+
+
+def case_questions(modality: str, whole_head: bool, lesions: list[LesionFacts]) -> list[QuestionAnswer]:
+    """Caption, closed and open questions with reference answers derived only from the case facts (largest lesion first)."""
     name = "head CT" if modality == "CT" else "brain MR (T1-weighted)"
     coverage = "whole head" if whole_head else "upper part of the head only"
-    if lesion is None:
+    largest = lesions[0] if lesions else None
+    if largest is None:
         finding = "No focal lesion."
     else:
-        what = "hyperdense, blood-like lesion" if lesion.kind == "hemorrhage" else "focal lesion"
-        where = f"{lesion.side} {lesion.lobe} lobe" if lesion.lobe not in (None, "other") else f"{lesion.side} hemisphere"
-        finding = f"A {lesion.diameter_mm:.0f} mm {what} in the {where}."
+        where = f"{largest.side} {largest.lobe} lobe" if largest.lobe not in (None, "other") else f"{largest.side} hemisphere"
+        finding = f"A {largest.diameter_mm:.0f} mm {_WHAT[largest.kind]} in the {where}."
+        if len(lesions) > 1:
+            finding += f" {LESION_COUNTS[len(lesions) - 1].capitalize()} lesions in all, {lesions_side(lesions)} side{'s' if lesions_side(lesions) == 'both' else ''}."
+
+    def ask(kind: str, topic: str, answer: str, options: list[str] = []) -> QuestionAnswer:
+        return QuestionAnswer(kind=kind, topic=topic, question=training_wordings(topic)[0], answer=answer, options=options)
+
     qa = [
-        QuestionAnswer(kind="caption", topic="caption", question="Describe this scan.",
-                       answer=f"Non-contrast {name}, {coverage}. {finding}"),
-        QuestionAnswer(kind="closed", topic="modality", question="Is this a CT or an MR scan?", answer=modality,
-                       options=["CT", "MR"]),
-        QuestionAnswer(kind="closed", topic="presence", question="Is there a focal lesion in this scan?",
-                       answer="yes" if lesion else "no", options=["yes", "no"]),
-        QuestionAnswer(kind="closed", topic="coverage", question="Does the scan cover the whole head?",
-                       answer="yes" if whole_head else "no", options=["yes", "no"]),
+        ask("caption", "caption", f"Non-contrast {name}, {coverage}. {finding}"),
+        ask("closed", "modality", modality, ["CT", "MR"]),
+        ask("closed", "presence", "yes" if lesions else "no", ["yes", "no"]),
+        ask("closed", "coverage", "yes" if whole_head else "no", ["yes", "no"]),
     ]
-    if lesion is not None:
-        qa.append(QuestionAnswer(kind="closed", topic="side", question="Which side is the lesion on?",
-                                 answer=lesion.side, options=["left", "right"]))
-        if lesion.lobe is not None:
-            qa.append(QuestionAnswer(kind="closed", topic="lobe", question="Which lobe is the lesion in?",
-                                     answer=lesion.lobe, options=list(LOBES)))
-        qa.append(QuestionAnswer(kind="open", topic="size", question="How large is the lesion?",
-                                 answer=f"About {lesion.diameter_mm:.0f} mm in diameter."))
+    if largest is not None:
+        qa += [ask("closed", "count", LESION_COUNTS[len(lesions) - 1], list(LESION_COUNTS)),
+               ask("closed", "side", lesions_side(lesions), list(SIDES)),
+               ask("closed", "size_band", size_band(largest.diameter_mm), list(SIZE_BANDS))]
+        if largest.lobe is not None:
+            qa.append(ask("closed", "lobe", largest.lobe, list(LOBES)))
+        qa.append(ask("open", "size", f"About {largest.diameter_mm:.0f} mm in diameter."))
     return qa
 
 
-def generate_cases(folder: Path, cases_per_base: int = 40, seed: int = 0, min_mm: float = 15.0, max_mm: float = 30.0,
-                   bases: tuple[str, ...] = TRAIN_BASES + EVAL_BASES,
-                   progress: Callable[[float, str], None] | None = None) -> list[Case]:
-    """Write case volumes (NIfTI at 2 mm) and `cases.jsonl` into `folder`; returns the cases."""
+def generate_cases(folder: Path, cases_per_base: int = 40, seed: int = 0, min_mm: float = LESION_DIAMETER_MM[0],
+                   max_mm: float = LESION_DIAMETER_MM[1], bases: tuple[str, ...] = TRAIN_BASES + EVAL_BASES,
+                   eval_bases: tuple[str, ...] = EVAL_BASES, progress: Callable[[float, str], None] | None = None) -> list[Case]:
+    """Write case volumes (NIfTI at 2 mm) and `cases.jsonl` into `folder`; returns the cases.
+
+    `eval_bases` are marked for evaluation only; leave-one-subject-out runs pass none and hold a head out per fold.
+    """
     if cases_per_base < 1:
         raise ValueError("cases_per_base must be at least 1.")
     rng = np.random.default_rng(seed)
@@ -219,19 +274,18 @@ def generate_cases(folder: Path, cases_per_base: int = 40, seed: int = 0, min_mm
     for done, (base_name, index) in enumerate(tqdm(plan, desc="in-silico cases", unit="case")):
         base = base_volume(base_name)
         has_lesion = index % 2 == 1
-        data, lesion = _lesion(base, rng, min_mm, max_mm) if has_lesion else (base.volume.data, None)
+        data, lesions = _lesions(base, rng, min_mm, max_mm) if has_lesion else (base.volume.data, [])
         whole_head = rng.random() >= 0.25
         if not whole_head:
             data = _superior_crop(data, float(rng.uniform(0.45, 0.65)))
-            if lesion is not None:  # keep the lesion's centre inside the crop, else call the case lesion-free
-                lesion_k = base.volume.world_to_voxel(lesion.center_mm)[2] - (base.volume.shape[2] - data.shape[2])
-                lesion = lesion if lesion_k >= 2 else None
+            removed = base.volume.shape[2] - data.shape[2]  # keep the lesions whose centre lies inside the crop
+            lesions = [lesion for lesion in lesions if base.volume.world_to_voxel(lesion.center_mm)[2] - removed >= 2]
         case_id = f"{base_name}-{index:03d}"
         image = Path("volumes") / f"{case_id}.nii.gz"
         nib.save(nib.Nifti1Image(data.astype(np.float32), _cropped_affine(base.volume, data.shape)), folder / image)
         modality = "CT" if base.volume.modality is Modality.CT else "MR"
-        case = Case(case_id=case_id, base=base_name, split="eval" if base_name in EVAL_BASES else "train", image=str(image),
-                    modality=modality, whole_head=whole_head, lesion=lesion, qa=case_questions(modality, whole_head, lesion))
+        case = Case(case_id=case_id, base=base_name, split="eval" if base_name in eval_bases else "train", image=str(image),
+                    modality=modality, whole_head=whole_head, lesions=lesions, qa=case_questions(modality, whole_head, lesions))
         cases.append(case)
         if progress:
             progress((done + 1) / len(plan), case_id)

@@ -95,9 +95,16 @@ class SymmetryGridEncoder(VolumeEncoder):
     cell: a CT's air lies near -1000 HU while MR intensities are never negative, so this tells the
     modality from the stored values themselves (the normalised intensities of channel 4 do not:
     a head CT's brain window and a T1's scaled range overlap).
+
+    Channels 7-11 describe the most asymmetric blob, the same in every cell (a cell grid cannot say where
+    inside a third of the head a blob lies, nor how large it is): (7) its centre's front-back position in
+    the head (0 back, 1 front), (8) its height (0 bottom, 1 top), (9) its distance from the mid-sagittal
+    plane as a share of the head's half-width, (10) its equivalent diameter in dm, (11) how many separate
+    blobs reach half the strongest asymmetry, counted on one side of the plane (the difference from the
+    mirror image shows every blob on both sides).
     """
 
-    info = EncoderInfo("symmetry-grid (weight-free)", 7, pretrained=False, version=3, finding_channels=(0,),
+    info = EncoderInfo("symmetry-grid (weight-free)", 12, pretrained=False, version=4, finding_channels=(0,),
                        side_channels=(0, 1, 2, 3))
     cells = (3, 3)  # (y, z) cells per hemisphere
     spacing_mm = 2.0
@@ -115,6 +122,7 @@ class SymmetryGridEncoder(VolumeEncoder):
         evidence = _odd_blob_evidence(image, asymmetry, brain, right)
         grid = np.zeros((self.info.feature_dim, self.cells[1], 2, self.cells[0]), dtype=np.float32)  # [C, z, x, y]
         grid[6] = float(np.mean(volume.data < -500))
+        grid[7:12] = _strongest_blob(evidence[2], right, head, plane, self.spacing_mm)[:, None, None, None]
         y_edges, z_edges = (_thirds(np.nonzero(head.any(axis=axes))[0], count) for axes, count in (((0, 2), self.cells[0]), ((0, 1), self.cells[1])))
         for side, hemisphere in enumerate((~right, right)):
             for j, (y0, y1) in enumerate(y_edges):
@@ -217,6 +225,32 @@ def _odd_blob_evidence(image: np.ndarray, asymmetry: np.ndarray, brain: np.ndarr
         shell = ndimage.binary_dilation(part, iterations=4) & ~ndimage.binary_dilation(part, iterations=1) & brain & hemisphere
         contrast.append(abs(float(smooth[part].mean() - smooth[shell].mean())) if part.any() and shell.any() else 0.0)
     return contrast[0] - contrast[1], contrast[1] - contrast[0], region
+
+
+MIN_BLOB_MM = 6.0  # blobs smaller than a sphere of this diameter are not counted
+
+
+def _strongest_blob(region: np.ndarray, right: np.ndarray, head: np.ndarray, plane: _MirrorPlane, spacing_mm: float) -> np.ndarray:
+    """Where the largest asymmetric blob lies in the head, how large it is and how many blobs there are (channels 7-11).
+
+    `region` (voxels at half the strongest asymmetry or more) is nearly mirror-symmetric, so its blobs are read on
+    the right of the plane only; a blob on the left shows there as its mirror image, at the same place and size.
+    """
+    blobs, count = ndimage.label(region & right)
+    if count == 0:
+        return np.zeros(5, dtype=np.float32)
+    sizes = ndimage.sum(np.ones_like(region), blobs, range(1, count + 1))
+    min_voxels = (4 / 3) * np.pi * (MIN_BLOB_MM / 2) ** 3 / spacing_mm**3
+    largest = 1 + int(np.argmax(sizes))
+    centre = np.argwhere(blobs == largest).mean(axis=0)
+    occupied = [np.nonzero(head.any(axis=axes))[0] for axes in ((1, 2), (0, 2), (0, 1))]
+    span = [(float(index.min()), float(index.max()) + 1) for index in occupied]
+    front_back = (centre[1] - span[1][0]) / (span[1][1] - span[1][0])
+    height = (centre[2] - span[2][0]) / (span[2][1] - span[2][0])
+    half_width = (span[0][1] - span[0][0]) / 2
+    from_plane = abs((centre[0] - plane.offset) * np.cos(plane.yaw) + (centre[1] - right.shape[1] / 2) * np.sin(plane.yaw)) / half_width
+    diameter_dm = 2 * (3 * sizes[largest - 1] * spacing_mm**3 / (4 * np.pi)) ** (1 / 3) / 100
+    return np.array([front_back, height, from_plane, diameter_dm, float(np.sum(sizes >= min_voxels))], dtype=np.float32)
 
 
 def _thirds(indices: np.ndarray, count: int) -> list[tuple[int, int]]:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from assistant.models.base import ModelError
+from assistant.vlm.encoder import encoder_info
 
 IMAGE_TOKEN = "<|image_pad|>"
 
@@ -27,6 +28,7 @@ IMAGE_TOKEN = "<|image_pad|>"
 @dataclass
 class VLMConfig:
     encoder: str = "merlin"
+    encoder_version: int | None = None  # the encoder's feature version at training (None: not recorded, older models)
     feature_dim: int = 2048
     grid: tuple[int, int, int] = (3, 2, 2)  # (z, x, y) cells of the encoder output
     llm_folder: str = ""
@@ -244,6 +246,10 @@ def load_vlm(folder: Path, quantization: str = "none") -> ScanChatVLM:
     from peft import PeftModel
 
     config = VLMConfig.load(folder)
+    info = encoder_info(config.encoder)
+    if config.feature_dim != info.feature_dim or config.encoder_version not in (None, info.version):
+        raise ModelError(f"the VLM in {folder} was trained on an older version of the {info.name} features "
+                         f"({config.feature_dim} channels, now {info.feature_dim}, version {info.version}); retrain it with `scanchat vlm train`")
     projector_file, adapter = folder / "projector.pt", folder / "adapter"
     missing = [str(path.name) for path in (projector_file, adapter / "adapter_config.json") if not path.exists()]
     if missing:

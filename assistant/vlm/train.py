@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from assistant.config import Settings, get_settings
 from assistant.models.base import ModelError
-from assistant.vlm.cases import Case, default_data_dir, load_case_volume, read_cases
+from assistant.vlm.cases import Case, default_data_dir, load_case_volume, read_cases, training_wordings
 from assistant.vlm.encoder import cached_features, encoder_info, feature_cache_name
 from assistant.vlm.model import ScanChatVLM, VLMConfig, load_llm, prompt_text
 
@@ -58,8 +58,9 @@ def case_features(data_dir: Path, cases: list[Case], encoder: str) -> dict[str, 
 
 
 def examples_for(cases: list[Case], visual_tokens: int) -> list[Example]:
-    return [Example(case.case_id, pair.topic, prompt_text(pair.question, visual_tokens), pair.answer)
-            for case in cases for pair in case.qa]
+    """Every question in each of its training wordings (benchmarks ask in other words)."""
+    return [Example(case.case_id, pair.topic, prompt_text(wording, visual_tokens), pair.answer)
+            for case in cases for pair in case.qa for wording in training_wordings(pair.topic)]
 
 
 def topic_balanced_batch(examples: list[Example], batch_size: int, rng: random.Random) -> list[Example]:
@@ -137,7 +138,8 @@ def train(data_dir: Path, out: Path, *, encoder: str = "merlin", align_steps: in
         raise ValueError(f"{data_dir / 'cases.jsonl'} has no training cases outside {', '.join(exclude_bases) or 'the held-out bases'}")
     features = case_features(data_dir, cases, encoder)
     sample_grid = next(iter(features.values()))
-    config = VLMConfig(encoder=encoder, feature_dim=int(sample_grid.shape[0]), grid=tuple(sample_grid.shape[1:]),
+    config = VLMConfig(encoder=encoder, encoder_version=encoder_info(encoder).version, feature_dim=int(sample_grid.shape[0]),
+                       grid=tuple(sample_grid.shape[1:]),
                        llm_folder=llm_folder or default_llm_folder(settings),
                        presence_channels=encoder_info(encoder).finding_channels if presence_token else (),
                        hemisphere_channels=encoder_info(encoder).side_channels if side_channels else ())
