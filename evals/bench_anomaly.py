@@ -231,7 +231,7 @@ def evaluate(method: str, cases_by_subject: dict[str, list[Case]], subjects: lis
                          for size in SIZES_MM for sized in [[s for s in lesioned if s.case.size_mm == size]]}
                   for part in scored[0].parts}
     margins = [{"subject": s.case.subject, "lesion": None if s.case.spec is None else dataclasses.asdict(s.case.spec),
-                "margin": s.margin} | ({"baseline_margin": s.baseline_margin} if baseline else {})
+                "margin": s.margin, "parts": s.parts} | ({"baseline_margin": s.baseline_margin} if baseline else {})
                for s in scored]  # per case, so runs on several seeds can be pooled
     return {
         "per_size": per_size,

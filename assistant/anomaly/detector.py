@@ -199,6 +199,8 @@ class NormalModel:
     calibration_scores: tuple[float, ...]  # image scores of the held-out normal scans
     calibration: str  # how the thresholds were calibrated, for the result and the report
     cannot_detect: tuple[str, ...]
+    # each held-out normal scan's standardised components, so a benchmark can compare ways of combining them
+    calibration_parts: tuple[dict[str, float], ...] = ()
     version: int = MODEL_VERSION
 
     def score(self, image: np.ndarray) -> tuple[float, dict[str, float], np.ndarray]:
@@ -339,17 +341,18 @@ def fit_normal_model(method_name: str, scans: tuple[str, ...] = DEFAULT_NORMAL_S
     maps, calibration = held_out_normal_maps(method_name, names, within(progress, 0.2, 0.6))
     voxel_threshold = float(np.percentile(np.concatenate([m[space.brain_mask] for m in maps]), VOXEL_PERCENTILE))
     components = calibrated_components(maps)
-    scores = tuple(max(score_parts(score_map, components, method_name).values()) for score_map in maps)
+    parts = tuple(score_parts(score_map, components, method_name) for score_map in maps)
     report(progress, 0.8, f"fitting {method_name} on {len(usable)} normal subjects")
     method = fitted_method(method_name, names, within(progress, 0.8, 0.2))
     report(progress, 1.0, "normal model ready")
     return NormalModel(
         members=(MemberModel(method, voxel_threshold, components),),
         training_scans=tuple(names),
-        image_threshold=max(scores),
-        calibration_scores=scores,
+        image_threshold=max(max(scan_parts.values()) for scan_parts in parts),
+        calibration_scores=tuple(max(scan_parts.values()) for scan_parts in parts),
         calibration=calibration,
         cannot_detect=method.cannot_detect,
+        calibration_parts=parts,
     )
 
 
@@ -368,6 +371,8 @@ def ensemble_model(name: str, models: list[NormalModel]) -> NormalModel:
         calibration_scores=scores,
         calibration=models[0].calibration,
         cannot_detect=ENSEMBLES[name].cannot_detect,
+        calibration_parts=tuple(dict(pair for parts in scan_parts for pair in parts.items())
+                                for scan_parts in zip(*(model.calibration_parts for model in models))),
     )
 
 
