@@ -11,7 +11,7 @@ from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
 from assistant.anomaly.detector import (AUGMENTATIONS_PER_SCAN, CALIBRATION_AUGMENTATIONS, DEFAULT_METHOD, blob_peaks,
-                                        check_scan, compact_area_excesses, detect_anomalies, ENSEMBLES, ensemble_model,
+                                        check_scan, compact_area_excesses, detect_anomalies, Ensemble, ENSEMBLES, ensemble_model,
                                         fit_normal_model, model_path, normal_images, one_sided_deviation,
                                         save_normal_model, standout)
 from assistant.anomaly.lesions import LesionSpec, insert_lesion
@@ -241,6 +241,26 @@ def test_ensemble_flags_what_either_member_flags(normative_without_colin):
     assert ensemble.cannot_detect == ENSEMBLES["ensemble"].cannot_detect
     with pytest.raises(ValueError, match="same normal subjects"):
         ensemble_model("mismatch", [zscore, fit_normal_model("zscore", scans=("mr-t1-mni152", "mr-t1-colin27"))])
+
+
+@pytest.mark.slow
+def test_an_ensembles_left_out_component_neither_scores_nor_sets_the_threshold(normative_without_colin, monkeypatch):
+    """The shipped ensemble leaves out feature_memory's bilateral deviation; the same rule on a cheaper pair of members."""
+    monkeypatch.setitem(ENSEMBLES, "pair", Ensemble(("zscore", "normative"), cannot_detect=(), left_out=("normative: deviation",)))
+    zscore = fit_normal_model("zscore", scans=normative_without_colin.training_scans)
+    pair = ensemble_model("pair", [zscore, normative_without_colin])
+    counted = [{name: value for name, value in parts.items() if name != "normative: deviation"}
+               for parts in (zscore_parts | normative_parts for zscore_parts, normative_parts
+                             in zip(zscore.calibration_parts, normative_without_colin.calibration_parts))]
+    assert pair.calibration_parts == tuple(counted)
+    assert pair.calibration_scores == tuple(max(parts.values()) for parts in counted)
+    assert pair.image_threshold == max(pair.calibration_scores)
+    assert normative_without_colin.image_threshold == max(max(parts.values()) for parts in normative_without_colin.calibration_parts)
+    image = template_space().normalize_intensity(warped_normal_scan("mr-t1-colin27").image)
+    score, parts, _ = pair.score(image)
+    assert "normative: deviation" not in parts and "normative: one-sided deviation" in parts
+    assert score == max(parts.values())
+    assert "deviation" in normative_without_colin.members[0].components  # the member model itself is left whole
 
 
 # --- the typed result and its regions, checked against hand-computed values ----------------------
