@@ -2,6 +2,7 @@
 
     python evals/bench_vlm.py [--data DIR] [--model DIR] [--limit N] [--open-limit N] [--dev-base BASE --no-text-baseline]
     python evals/bench_vlm.py --loso [--data DIR] [--cases-per-base N] [--align-steps N --tune-steps N]
+    python evals/bench_vlm.py --loso --encoder normal-model --normal-folds FOLDS_PICKLE ...   # bench_anomaly.py --folds files
 
 M3D-Bench-style metrics on base volumes never seen in training, asked in wordings never seen in
 training (`assistant.vlm.cases.QUESTION_WORDINGS`): closed-question accuracy by topic (modality,
@@ -13,15 +14,17 @@ that `describe_scan` would give (modality, grid, spacing, field of view; no imag
 size, the training-set mean diameter). Latency per answer and peak memory are measured here.
 
 `--loso` is leave-one-subject-out over the five T1 heads (`MR_HEADS`; the head CT always trains):
-one model per held-out head, trained on the other heads with the weight-free encoder, each case
-scored once by the fold that never saw its head, figures pooled over the folds.
-Writes evals/results/bench_vlm.json (bench_vlm_loso.json with --loso).
+one model per held-out head, trained on the other heads with the weight-free encoder (or `normal-model`: the
+symmetry grid plus the anomaly screener's normal-model deviation, each head's cases encoded by a normal model
+fitted without that head), each case scored once by the fold that never saw its head, figures pooled over the folds.
+Writes evals/results/bench_vlm.json (bench_vlm_loso.json with --loso, bench_vlm_loso_normal-model.json with that encoder).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import re
 import resource
 import statistics
@@ -37,9 +40,12 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from assistant.anomaly.detector import DEFAULT_METHOD, ENSEMBLES, ensemble_model, fit_normal_model  # noqa: E402
+from assistant.anomaly.normal_data import DEFAULT_NORMAL_SUBJECTS  # noqa: E402
 from assistant.config import get_settings  # noqa: E402
 from assistant.vlm.cases import Case, default_data_dir, held_out_wording, load_case_volume, read_cases  # noqa: E402
 from assistant.vlm.data import MR_HEADS, generate_cases  # noqa: E402
+from assistant.vlm.encoder import NormalModelEncoder, cached_features, encoder_info, feature_cache_name  # noqa: E402
 from assistant.vlm.model import load_vlm  # noqa: E402
 from assistant.vlm.train import case_features, default_output, train  # noqa: E402
 from evals.harness.stats import wilson_interval  # noqa: E402
@@ -176,19 +182,47 @@ def _answers_by_topic(cases: list[Case]) -> dict[str, list[str]]:
     return answers
 
 
+def encode_without_own_head(data_dir: Path, fold_files: list[Path]) -> None:
+    """Fill the normal-model feature cache so that each T1 head's cases are encoded by a normal model fitted without that head.
+
+    The encoder's default normal model was fitted on all five heads: with it every fold would have seen its held-out
+    head. The anomaly benchmark's fold models (`bench_anomaly.py --folds FILE`) are exactly the ones needed; a missing
+    one is fitted here (about ten minutes on this CPU). Training cases are encoded the same way, as a new patient would be.
+    """
+    stored: dict = {}
+    for path in fold_files:
+        stored |= pickle.loads(path.read_bytes())["models"]  # our own files, written by bench_anomaly.py
+    cases = read_cases(data_dir / "cases.jsonl")
+    for head in sorted({case.base for case in cases}):
+        encoder = NormalModelEncoder()  # the head CT: no normal model applies, the default is never loaded
+        if head in DEFAULT_NORMAL_SUBJECTS:
+            training = tuple(subject for subject in DEFAULT_NORMAL_SUBJECTS if subject != head)
+            members = [stored.get((member, training)) or fit_normal_model(member, scans=training)
+                       for member in ENSEMBLES[DEFAULT_METHOD].members]
+            encoder = NormalModelEncoder(ensemble_model(DEFAULT_METHOD, members))
+        items = [(case.case_id, lambda case=case: load_case_volume(data_dir, case)) for case in cases if case.base == head]
+        cached_features(data_dir / feature_cache_name("normal-model"), items, "normal-model", encoder=encoder)
+
+
 def leave_one_subject_out(data_dir: Path, cases_per_base: int, seed: int, align_steps: int, tune_steps: int,
-                          text_baseline: bool, open_limit: int | None) -> dict:
-    """One fold per T1 head: train without it (cached in data_dir/loso/HEAD), score its cases; pooled per topic."""
+                          text_baseline: bool, open_limit: int | None, encoder: str = "symmetry-grid",
+                          normal_folds: list[Path] | None = None) -> dict:
+    """One fold per T1 head: train without it (cached in data_dir/loso/ENCODER/HEAD), score its cases; pooled per topic."""
     if not (data_dir / "cases.jsonl").is_file():
         generate_cases(data_dir, cases_per_base=cases_per_base, seed=seed, bases=MR_HEADS + ("ct-head",), eval_bases=())
+    if encoder == "normal-model":
+        encode_without_own_head(data_dir, normal_folds or [])
+    info = encoder_info(encoder)
     folds = {}
     for head in MR_HEADS:
-        model_dir = data_dir / "loso" / head
+        model_dir = data_dir / "loso" / encoder / head
         log_file = model_dir / "train_log.json"
-        trained_steps = json.loads(log_file.read_text())["steps"] if log_file.is_file() else {}
-        if (trained_steps.get("align"), trained_steps.get("tune")) != (align_steps, tune_steps):
-            print(f"== fold {head}: training without it ({align_steps} + {tune_steps} steps)", flush=True)
-            train(data_dir, model_dir, encoder="symmetry-grid", align_steps=align_steps, tune_steps=tune_steps, seed=seed,
+        trained = json.loads(log_file.read_text()) if log_file.is_file() else {}
+        steps = trained.get("steps", {})
+        if (steps.get("align"), steps.get("tune"), trained.get("encoder"), trained.get("encoder_version")) != (
+                align_steps, tune_steps, info.name, info.version):
+            print(f"== fold {head}: training without it ({align_steps} + {tune_steps} steps, {info.name})", flush=True)
+            train(data_dir, model_dir, encoder=encoder, align_steps=align_steps, tune_steps=tune_steps, seed=seed,
                   exclude_bases=(head,))
         print(f"== fold {head}: scoring its cases", flush=True)
         folds[head] = evaluate(data_dir, model_dir, None, open_limit, dev_base=head, text_baseline=text_baseline)
@@ -207,7 +241,9 @@ def leave_one_subject_out(data_dir: Path, cases_per_base: int, seed: int, align_
             "per_fold": {head: {arm: {k: v for k, v in entry.items() if k.endswith("accuracy")} for arm, entry in fold["arms"].items()}
                          for head, fold in folds.items()},
             "size_mae_mm": {arm: [fold["arms"][arm].get("size_mae_mm") for fold in folds.values()] for arm in folds[MR_HEADS[0]]["arms"]},
-            "train_seconds": {head: json.loads((data_dir / "loso" / head / "train_log.json").read_text())["seconds"] for head in MR_HEADS},
+            "encoder": info.name, "encoder_version": info.version,
+            "train_seconds": {head: json.loads((data_dir / "loso" / encoder / head / "train_log.json").read_text())["seconds"]
+                              for head in MR_HEADS},
             "targets_met": targets_met(vlm_accuracy)}
 
 
@@ -258,14 +294,18 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="--loso: case and training seed")
     parser.add_argument("--align-steps", type=int, default=16, help="--loso: projector-only steps per fold")
     parser.add_argument("--tune-steps", type=int, default=48, help="--loso: projector + LoRA steps per fold")
+    parser.add_argument("--encoder", default="symmetry-grid", choices=["symmetry-grid", "normal-model"], help="--loso: the frozen encoder")
+    parser.add_argument("--normal-folds", nargs="+", type=Path, default=[], metavar="FOLDS_PICKLE",
+                        help="--loso --encoder normal-model: bench_anomaly.py --folds files holding the leave-one-head-out normal models")
     args = parser.parse_args()
     settings = get_settings()
     if args.loso:
         torch.set_num_threads(settings.llm_threads)
         report = leave_one_subject_out(args.data or settings.cache_dir / "vlm" / "loso", args.cases_per_base, args.seed,
-                                       args.align_steps, args.tune_steps, args.text_baseline, args.open_limit)
+                                       args.align_steps, args.tune_steps, args.text_baseline, args.open_limit, args.encoder,
+                                       args.normal_folds)
         print_pooled(report)
-        results = RESULTS.with_name("bench_vlm_loso.json")
+        results = RESULTS.with_name("bench_vlm_loso.json" if args.encoder == "symmetry-grid" else f"bench_vlm_loso_{args.encoder}.json")
         results.parent.mkdir(parents=True, exist_ok=True)
         results.write_text(json.dumps(report, indent=2))
         print(f"wrote {results}")

@@ -11,12 +11,13 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from assistant.anomaly.detector import fit_normal_model
 from assistant.anomaly.lesions import LesionSpec, insert_lesion
 from assistant.config import get_settings
 from assistant.models.base import Message, ModelError
 from assistant.vlm.cases import QUESTION_WORDINGS, LesionFacts, held_out_wording, read_cases, training_wordings
-from assistant.vlm.data import base_volume, case_questions, generate_cases, lobe_of, volume_world_x
-from assistant.vlm.encoder import SymmetryGridEncoder
+from assistant.vlm.data import LOBES, base_volume, case_questions, generate_cases, lobe_of, volume_world_x
+from assistant.vlm.encoder import NormalModelEncoder, SymmetryGridEncoder
 from assistant.vlm.m3d import M3DLaMed, M3DVisionConfig, load_m3d_checkpoint
 from assistant.vlm.model import VisualProjector, VLMConfig, left_minus_right, load_llm, load_vlm
 from assistant.vlm.preprocess import SliceSelection, VolumeNotSupported, axial_slices, check_volume, m3d_input
@@ -340,9 +341,9 @@ def test_weight_free_features_show_presence_and_side_on_a_held_out_base():
         assert (float(left_minus_right(grid[None])[0, 1]) > 0) == (side == "left")  # the VLM's hemisphere token
 
 
-def _lesions_at(centres_mm: list[tuple[float, float, float]], diameter_mm: float) -> Volume:
-    """MNI152 at 2 mm with bright spheres centred on the given MNI points."""
-    base = base_volume("mr-t1-mni152")
+def _lesions_at(centres_mm: list[tuple[float, float, float]], diameter_mm: float, head: str = "mr-t1-mni152") -> Volume:
+    """A head in MNI space (MNI152, Colin27) at 2 mm with bright spheres centred on the given MNI points."""
+    base = base_volume(head)
     image = base.volume.data
     for seed, centre in enumerate(centres_mm):
         offsets = np.indices(base.brain.shape).T - base.volume.world_to_voxel(centre)
@@ -366,6 +367,24 @@ def test_blob_channels_say_where_the_largest_lesion_is_how_large_and_how_many():
     assert float(front[11, 0, 0, 0]) == 1.0
     two = encoder.features(_lesions_at([(30, 40, 20), (-30, -70, 10)], 20.0))
     assert float(two[11, 0, 0, 0]) == 2.0
+
+
+@pytest.mark.slow
+def test_normal_model_channels_say_how_unusual_the_brain_is_which_side_and_which_lobe():
+    """Channels 12-22 on Colin27, which the normal model (normative, MNI152 + ITK T1) never saw: a left frontal and a
+    right occipital lesion raise the margin over the lesion-free head, the strongest one-sided deviation is on the
+    lesion's side and the lobe shares point at its lobe; a CT gets no normal-model channels."""
+    encoder = NormalModelEncoder(fit_normal_model("normative", scans=("mr-t1-mni152", "mr-t1-itk")))
+    normal = encoder.features(base_volume("mr-t1-colin27").volume)
+    assert normal.shape == (23, 3, 2, 3) and torch.equal(normal[:12], SymmetryGridEncoder().features(base_volume("mr-t1-colin27").volume))
+    assert float(normal[12, 0, 0, 0]) > 0.35  # the template fit of a well-aligned head
+    for centre, side, lobe in [((-30, 40, 20), "left", "frontal"), ((25, -80, 10), "right", "occipital")]:
+        grid = encoder.features(_lesions_at([centre], 25.0, head="mr-t1-colin27"))
+        assert float(grid[13, 0, 0, 0]) > float(normal[13, 0, 0, 0]) + 0.2
+        on_side = ("left", "right").index(side)
+        assert float(grid[14, 0, on_side, 0]) > float(grid[14, 0, 1 - on_side, 0])
+        assert LOBES[int(grid[16:21, 0, 0, 0].argmax())] == lobe
+    assert not encoder.features(base_volume("ct-head").volume)[12:].any()
 
 
 def test_a_model_trained_on_older_features_is_refused_with_the_remedy(tmp_path):

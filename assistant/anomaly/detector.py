@@ -449,6 +449,12 @@ def _atlas_labeller(warped: WarpedScan, space: TemplateSpace):
     return label
 
 
+def registered_scan(volume: Volume) -> WarpedScan:
+    """`volume` on the template grid, registered once per scan and process (shared by screening and the VLM's encoder)."""
+    space = template_space()
+    return get_or_compute(volume.fingerprint, f"{space.template.name}-affine/1", "anomaly warp", lambda: warp_to_template(volume, space))
+
+
 def detect_anomalies(volume: Volume, method: str | None = None, settings: Settings | None = None,
                      progress: ProgressCallback | None = None, max_regions: int = 5) -> AnomalyResult:
     """Screen `volume` against the normal model: image score vs threshold, voxel map on the scan grid, top regions."""
@@ -460,8 +466,7 @@ def detect_anomalies(volume: Volume, method: str | None = None, settings: Settin
     model = get_normal_model(method, settings, progress)
     space = template_space()
     report(progress, 0.1, "registering the scan to the brain template")
-    warped = get_or_compute(volume.fingerprint, f"{space.template.name}-affine/1", "anomaly warp",
-                            lambda: warp_to_template(volume, space))
+    warped = registered_scan(volume)
     if warped.template_correlation < MIN_TEMPLATE_CORRELATION:
         raise ToolError(
             f"The scan does not match the brain template (correlation {warped.template_correlation:.2f} after "

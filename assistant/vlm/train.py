@@ -25,7 +25,7 @@ from tqdm import tqdm
 from assistant.config import Settings, get_settings
 from assistant.models.base import ModelError
 from assistant.vlm.cases import Case, default_data_dir, load_case_volume, read_cases, training_wordings
-from assistant.vlm.encoder import cached_features, encoder_info, feature_cache_name
+from assistant.vlm.encoder import ENCODERS, cached_features, encoder_info, feature_cache_name
 from assistant.vlm.model import ScanChatVLM, VLMConfig, load_llm, prompt_text
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ def train(data_dir: Path, out: Path, *, encoder: str = "merlin", align_steps: in
     tune = _run_stage(model, accelerator, examples, features, tune_steps, batch_size, lora_learning_rate,
                       "instruction tuning (projector + LoRA)", rng)
     model.save(out)
-    summary = {"encoder": encoder_info(encoder).name, "train_bases": sorted({case.base for case in cases}),
+    summary = {"encoder": encoder_info(encoder).name, "encoder_version": encoder_info(encoder).version, "train_bases": sorted({case.base for case in cases}),
                "train_cases": len(cases), "examples": len(examples), "presence_channels": list(config.presence_channels),
                "hemisphere_channels": list(config.hemisphere_channels),
                "align_loss_first_last": [align[0], sum(align[-10:]) / len(align[-10:])] if align else [],
@@ -172,7 +172,7 @@ def train(data_dir: Path, out: Path, *, encoder: str = "merlin", align_steps: in
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=None, help="dataset folder with cases.jsonl (default: cache_dir/vlm/data)")
     parser.add_argument("--out", type=Path, default=None, help=f"output folder (default: models_dir/{DEFAULT_VLM_NAME})")
-    parser.add_argument("--encoder", default="merlin", choices=["merlin", "symmetry-grid"])
+    parser.add_argument("--encoder", default="merlin", choices=list(ENCODERS))
     parser.add_argument("--align-steps", type=int, default=60)
     parser.add_argument("--tune-steps", type=int, default=120)
     parser.add_argument("--batch-size", type=int, default=8)
