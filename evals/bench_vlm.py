@@ -189,6 +189,12 @@ def encode_without_own_head(data_dir: Path, fold_files: list[Path]) -> None:
     head. The anomaly benchmark's fold models (`bench_anomaly.py --folds FILE`) are exactly the ones needed; a missing
     one is fitted here (about ten minutes on this CPU). Training cases are encoded the same way, as a new patient would be.
     """
+    cache_file = data_dir / feature_cache_name("normal-model")
+    marker = cache_file.with_name(cache_file.name + ".leave-own-head-out")
+    if cache_file.exists() and not marker.exists():
+        raise SystemExit(f"{cache_file} holds normal-model features encoded another way (e.g. by `scanchat vlm train` with the "
+                         "default normal model, which saw every head); delete it or use another --data folder")
+    marker.touch()
     stored: dict = {}
     for path in fold_files:
         stored |= pickle.loads(path.read_bytes())["models"]  # our own files, written by bench_anomaly.py
@@ -201,7 +207,7 @@ def encode_without_own_head(data_dir: Path, fold_files: list[Path]) -> None:
                        for member in ENSEMBLES[DEFAULT_METHOD].members]
             encoder = NormalModelEncoder(ensemble_model(DEFAULT_METHOD, members))
         items = [(case.case_id, lambda case=case: load_case_volume(data_dir, case)) for case in cases if case.base == head]
-        cached_features(data_dir / feature_cache_name("normal-model"), items, "normal-model", encoder=encoder)
+        cached_features(cache_file, items, "normal-model", encoder=encoder)
 
 
 def leave_one_subject_out(data_dir: Path, cases_per_base: int, seed: int, align_steps: int, tune_steps: int,
