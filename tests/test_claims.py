@@ -1,5 +1,7 @@
 """Answers rendered from named fields: each result field's declared meaning, the field matcher, the claim check."""
 
+import re
+
 import pytest
 from pydantic import BaseModel
 
@@ -25,6 +27,8 @@ def test_every_result_field_says_what_it_means_or_that_it_is_no_claim(model: typ
         nested = isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)
         assert info.description or nested, f"{model.__name__}.{name} has no description"
         assert "answer" in extra or info.description, f"{model.__name__}.{name} declares no meaning"
+        if extra.get("answer") is not None:  # the description is read to the clinician as the meaning of the value
+            assert not re.search(r"\be\.g\.|\bi\.e\.", info.description or ""), f"{model.__name__}.{name}: a documentation example in an answer"
 
 
 def _description(**overrides) -> ScanDescription:

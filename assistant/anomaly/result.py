@@ -32,7 +32,7 @@ class AnomalyResult(ToolResult):
     """
 
     method: str = meaning(description="screening method", kind="label", asked_as=["which method"])
-    body_model: str = meaning(description="normal model compared against, e.g. 'brain MR (T1)'", kind="label")
+    body_model: str = meaning(description="normal model compared against (scan type and the normal subjects)", kind="label")
     image_score: float = meaning(description="anomaly screening score (standard deviations of held-out normal scans, log scale)",
                                  fmt=".2f", headline=True, asked_as=["score", "anomaly score", "how abnormal"])
     score_parts: dict[str, float] = not_an_answer({}, description="Each image-score component ('<method>: <component>'), in standard "
