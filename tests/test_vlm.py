@@ -491,3 +491,18 @@ def test_trained_vlm_answers_from_the_volume_and_falls_back_on_a_2d_image(tmp_pa
     assert not model.last_looked_at_volume and "at least 8" in model.last_volume_note  # this turn's flags stay
     fallback, note = load_vision_model_or_text(f"m3d:{tmp_path / 'missing'}", settings)
     assert not fallback.sees_volumes and "does not exist" in note
+    # an evaluator's run says which turns the VLM answered looking at the scan: small talk is worded by the model,
+    # a measured fact is rendered from the tool's field
+    from evals.harness.loading import load_scenarios
+    from evals.harness.metrics import compute_metrics
+    from evals.harness.runner import EvalRunner
+
+    (tmp_path / "suite").mkdir()
+    (tmp_path / "suite" / "look.yaml").write_text("name: look-then-measure\nscan: {sample: mr-t1-mni152}\nturns:\n"
+                                                  "  - user: hello, thanks for your help today\n"
+                                                  "  - user: how thick are the slices?\n")
+    results = EvalRunner(model, settings).run(load_scenarios(tmp_path / "suite"))
+    greeting, thickness = results[0].turns
+    assert greeting.looked_at_volume and greeting.answer, greeting
+    assert not thickness.looked_at_volume and [call.name for call in thickness.tool_calls] == ["describe_scan"]
+    assert compute_metrics(results).answers_looking_at_volume == 1

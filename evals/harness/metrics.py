@@ -70,6 +70,7 @@ class RunMetrics(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     cached_prompt_tokens: int = 0
+    answers_looking_at_volume: int = 0  # turns a vision model answered looking at the scan (the rest: tools' fields, text)
     stage_seconds: dict[str, float] = {}  # summed over the run's turns, by stage (assistant.agent.STAGES)
 
 
@@ -168,6 +169,7 @@ def compute_metrics(results: Sequence[ScenarioResult]) -> RunMetrics:
         prompt_tokens=sum(t.prompt_tokens for t in turns),
         completion_tokens=sum(t.completion_tokens for t in turns),
         cached_prompt_tokens=sum(t.cached_prompt_tokens for t in turns),
+        answers_looking_at_volume=sum(t.looked_at_volume for t in turns),
         stage_seconds=stage_totals(turns),
     )
 

@@ -193,6 +193,7 @@ def _metric_rows(m: RunMetrics) -> list[tuple[str, str]]:
         ("First token p50 (s)", _fmt(m.first_token_p50_s, False)),
         ("Tokens (prompt / completion)", f"{m.prompt_tokens:,} / {m.completion_tokens:,}"),
         ("Prompt tokens reused from the runtime's cache", f"{m.cached_prompt_tokens:,}"),
+        ("Answers a vision model wrote looking at the scan", f"{m.answers_looking_at_volume} of {m.turns} turns"),
         ("Time by stage (s, summed over turns)", ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in m.stage_seconds.items()) or "n/a"),
     ]
 

@@ -69,6 +69,15 @@ class MeteredModel(ChatModel):
         self.calls += 1
         self.total_calls += 1
 
+    @property
+    def last_looked_at_volume(self) -> bool:
+        """The vision model's flag for this thread's last answer, read through: the agent labels the answer with it."""
+        return getattr(self.inner, "last_looked_at_volume", False)
+
+    @property
+    def last_volume_note(self) -> str | None:
+        return getattr(self.inner, "last_volume_note", None)
+
     def take_counts(self) -> tuple[int, int, int, int]:
         """Tokens (prompt, completion, cached prompt) and calls since the last take (one turn's worth)."""
         counts = (self.prompt_tokens, self.completion_tokens, self.cached_prompt_tokens, self.calls)
@@ -274,6 +283,7 @@ class EvalRunner:
         record.prompt_tokens, record.completion_tokens, record.cached_prompt_tokens, record.model_calls = metered.take_counts()
         if len(agent.traces) > turns_before:  # the turn finished: its time by stage
             record.stages = {stage: round(seconds, 3) for stage, seconds in agent.traces[-1].stages.items()}
+            record.looked_at_volume = agent.traces[-1].looked_at_volume
         record.checks = check_turn(turn.expect, record, [*earlier, record])
         if turn.expect.rubric and not record.error:
             record.checks += self.judge.score(turn.expect.rubric, record) if self.judge else unjudged(turn.expect.rubric)

@@ -47,6 +47,7 @@ class TurnRecord(BaseModel):
     completion_tokens: int = 0
     cached_prompt_tokens: int = 0
     model_calls: int = 0
+    looked_at_volume: bool = Field(False, description="a vision model wrote the answer looking at the scan")
     stages: dict[str, float] = Field(default_factory=dict, description="seconds by stage (assistant.agent.STAGES)")
     expected_tools: list[str] | None = Field(None, description="None when the turn does not say which tools to call")
     checks: list[CheckResult] = Field(default_factory=list)
