@@ -17,7 +17,7 @@ size, the training-set mean diameter). Latency per answer and peak memory are me
 one model per held-out head, trained on the other heads with the weight-free encoder (or `normal-model`: the
 symmetry grid plus the anomaly screener's normal-model deviation, each head's cases encoded by a normal model
 fitted without that head), each case scored once by the fold that never saw its head, figures pooled over the folds.
-Writes evals/results/bench_vlm.json (bench_vlm_loso.json with --loso, bench_vlm_loso_normal-model.json with that encoder).
+Writes evals/results/bench_vlm.json (with --loso: bench_vlm_loso_ENCODER_ALIGN+TUNE.json, one file per encoder and step budget).
 """
 
 from __future__ import annotations
@@ -311,7 +311,7 @@ def main() -> int:
                                        args.align_steps, args.tune_steps, args.text_baseline, args.open_limit, args.encoder,
                                        args.normal_folds)
         print_pooled(report)
-        results = RESULTS.with_name("bench_vlm_loso.json" if args.encoder == "symmetry-grid" else f"bench_vlm_loso_{args.encoder}.json")
+        results = RESULTS.with_name(f"bench_vlm_loso_{args.encoder}_{args.align_steps}+{args.tune_steps}.json")
         results.parent.mkdir(parents=True, exist_ok=True)
         results.write_text(json.dumps(report, indent=2))
         print(f"wrote {results}")
