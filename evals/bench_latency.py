@@ -57,17 +57,16 @@ def _worker() -> int:
     sys.stdout = sys.stderr
     from assistant.agent import Agent, AnswerEvent, TokenEvent
     from assistant.config import get_settings
-    from assistant.models.base import ChatModel, Message
+    from assistant.models.base import ChatModel, Message, ModelWrapper
     from assistant.models.registry import load_chat_model
     from assistant.scans.samples import load_sample
     from assistant.session import ScanSession
 
-    class Timed(ChatModel):
+    class Timed(ModelWrapper):
         """The model, each call's seconds added to a stage by what the call is."""
 
         def __init__(self, inner: ChatModel):
-            super().__init__()
-            self.inner, self.name, self.runtime, self.sees_volumes = inner, inner.name, inner.runtime, inner.sees_volumes
+            super().__init__(inner)
             self.reuses_prompt_prefix = getattr(inner, "reuses_prompt_prefix", False)  # so that `warm` reaches it
             self.stages: dict[str, float] = {}
             self.calls = self.cached = 0

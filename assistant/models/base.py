@@ -131,3 +131,21 @@ class ChatModel(ABC):
             return json.loads(text)
         except json.JSONDecodeError as exc:
             raise ModelError(f"{self.name} produced invalid JSON despite the schema: {text[:200]!r}") from exc
+
+
+class ModelWrapper(ChatModel):
+    """Another model seen through bookkeeping (metering, timing): what the agent reads from its model (name, runtime,
+    whether it sees volumes, the vision model's per-thread looked-at-the-scan flags) is the inner model's."""
+
+    def __init__(self, inner: ChatModel) -> None:
+        super().__init__()
+        self.inner = inner
+        self.name, self.runtime, self.sees_volumes = inner.name, inner.runtime, inner.sees_volumes
+
+    @property
+    def last_looked_at_volume(self) -> bool:
+        return getattr(self.inner, "last_looked_at_volume", False)
+
+    @property
+    def last_volume_note(self) -> str | None:
+        return getattr(self.inner, "last_volume_note", None)

@@ -22,7 +22,7 @@ from typing import Any
 
 from assistant.agent import Agent, AnswerEvent, TokenEvent, ToolResultEvent
 from assistant.config import Settings, get_settings
-from assistant.models.base import ChatModel, ModelError, Sampling, Usage
+from assistant.models.base import ChatModel, ModelError, ModelWrapper, Sampling, Usage
 from assistant.session import ScanSession, ToolRecord
 from assistant.volume import Volume
 from evals.harness.checks import check_turn
@@ -39,7 +39,7 @@ Job = tuple[Scenario, int]  # a scenario and its repeat index
 _SHOWN_MESSAGE_CHARS = 500
 
 
-class MeteredModel(ChatModel):
+class MeteredModel(ModelWrapper):
     """One scenario's view of the shared model: calls serialised when `lock` is given, tokens counted.
 
     A local model is not thread-safe, so parallel scenarios share one lock around each call;
@@ -48,11 +48,9 @@ class MeteredModel(ChatModel):
     """
 
     def __init__(self, inner: ChatModel, lock: threading.Lock | None, sampling: Sampling | None = None):
-        super().__init__()
-        self.inner = inner
+        super().__init__(inner)
         self.lock = lock
         self.sampling = sampling
-        self.name, self.runtime, self.sees_volumes = inner.name, inner.runtime, inner.sees_volumes
         self.prompt_tokens = self.completion_tokens = self.cached_prompt_tokens = self.calls = 0
         self.total_calls = 0
 
@@ -68,15 +66,6 @@ class MeteredModel(ChatModel):
         self.completion_tokens += usage.completion_tokens
         self.calls += 1
         self.total_calls += 1
-
-    @property
-    def last_looked_at_volume(self) -> bool:
-        """The vision model's flag for this thread's last answer, read through: the agent labels the answer with it."""
-        return getattr(self.inner, "last_looked_at_volume", False)
-
-    @property
-    def last_volume_note(self) -> str | None:
-        return getattr(self.inner, "last_volume_note", None)
 
     def take_counts(self) -> tuple[int, int, int, int]:
         """Tokens (prompt, completion, cached prompt) and calls since the last take (one turn's worth)."""
