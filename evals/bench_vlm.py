@@ -298,8 +298,8 @@ def main() -> int:
     parser.add_argument("--loso", action="store_true", help="leave-one-subject-out over the five T1 heads (trains one model per fold)")
     parser.add_argument("--cases-per-base", type=int, default=16, help="--loso: cases generated per head when --data has none")
     parser.add_argument("--seed", type=int, default=0, help="--loso: case and training seed")
-    parser.add_argument("--align-steps", type=int, default=16, help="--loso: projector-only steps per fold")
-    parser.add_argument("--tune-steps", type=int, default=48, help="--loso: projector + LoRA steps per fold")
+    parser.add_argument("--align-steps", type=int, default=60, help="--loso: projector-only steps per fold (60 + 180 lifted presence and side on the test folds)")
+    parser.add_argument("--tune-steps", type=int, default=180, help="--loso: projector + LoRA steps per fold")
     parser.add_argument("--encoder", default="symmetry-grid", choices=["symmetry-grid", "normal-model"], help="--loso: the frozen encoder")
     parser.add_argument("--normal-folds", nargs="+", type=Path, default=[], metavar="FOLDS_PICKLE",
                         help="--loso --encoder normal-model: bench_anomaly.py --folds files holding the leave-one-head-out normal models")
