@@ -38,7 +38,7 @@ from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from pydantic import ValidationError
 
-from assistant.choosers import NO_TOOL, example_index, make_chooser
+from assistant.choosers import NO_TOOL, example_index, make_chooser, previous_request
 from assistant.claims import BUNDLED, check_claims, contradictions, pick_claims, render
 from assistant.config import Settings, get_settings
 from assistant.decisions import CONFIDENT, asks_for_a_decision
@@ -204,7 +204,7 @@ class Agent:
         self.session = session or ScanSession()
         self.settings = settings or get_settings()
         self.tools: dict[str, ScanTool] = {t.name: t for t in build_tools(self.session)}
-        self.chooser = make_chooser(self.settings.tool_chooser, model)
+        self.chooser = make_chooser(self.settings.tool_chooser, model, lambda: self.session.volume)
         self.history: list[Message] = []  # user messages, tool results and answers of past turns
         self.traces: list[TurnTrace] = []
         self._turn = TurnTrace(user="")  # the turn in progress; token counts accumulate here
@@ -394,10 +394,10 @@ class Agent:
         optional = {name for name, field in tool.args_schema.model_fields.items() if not field.is_required()}
         error = ""
         arguments: dict[str, Any] = {}
-        for _ in range(2):
-            messages = self.argument_messages(state["messages"], tool, error)
+        rounds = 1 if self.model.decider else 2  # the decider's prompt has no place for the problem: a second round repeats the first
+        for _ in range(rounds):
             try:
-                arguments = self.model.complete_json(messages, schema, max_new_tokens=160)
+                arguments = self._model_arguments(state, tool, schema, error)
             except ModelError as exc:  # e.g. cut off mid-JSON: say so, ask once more
                 self._count_usage()
                 log.warning("argument generation for %s failed: %s", tool.name, exc)
@@ -415,6 +415,14 @@ class Agent:
                 return arguments
             error = f"These values were not given by the user: {', '.join(invented)}. Use only values from the conversation."
         return arguments  # still invalid: the tool reports the validation error to the model
+
+    def _model_arguments(self, state: _State, tool: ScanTool, schema: dict[str, Any], error: str) -> dict[str, Any]:
+        """The model's arguments: a model that decides itself fills them looking at the scan, the text model from
+        the agent's argument prompt (with the last round's problem, if any)."""
+        if self.model.decider is not None:
+            previous = previous_request([*self.history, *state["messages"]])
+            return self.model.decider.fill_arguments(state["messages"][0].content, previous, tool.name, schema, self.session.volume)
+        return self.model.complete_json(self.argument_messages(state["messages"], tool, error), schema, max_new_tokens=160)
 
     def choice_context(self, messages: list[Message]) -> list[Message]:
         """What a chooser sees before its own instruction; public so fine-tuning trains on exactly this."""

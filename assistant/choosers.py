@@ -12,6 +12,8 @@ its own, measured component (`evals/bench_tool_choice.py` compares these on a he
   template-grouped cross-validation on the bank (0.84 vs 0.74), not on the held-out split.
 - `HybridChooser`: the router proposes; when it is confident its choice stands, otherwise the
   LLM decides among the router's top candidates (plus "none").
+- `VisionChooser`: a model that decides itself (the project's VLM trained on the bank) picks,
+  looking at the scan.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -31,12 +33,14 @@ from pydantic import BaseModel
 
 from assistant.config import get_settings
 from assistant.grounding import without_quoted
-from assistant.models.base import ChatModel, Message
+from assistant.models.base import ChatModel, Message, ToolDecider
+from assistant.volume import Volume
 from prompts import load_prompt
 
 NO_TOOL = "none"
-ChooserName = Literal["llm-zero-shot", "llm-fixed", "llm-dynamic", "router", "hybrid"]
-CHOOSERS: tuple[str, ...] = ("llm-zero-shot", "llm-fixed", "llm-dynamic", "router", "hybrid")
+ChooserName = Literal["llm-zero-shot", "llm-fixed", "llm-dynamic", "router", "hybrid", "vlm"]
+CHOOSERS: tuple[str, ...] = ("llm-zero-shot", "llm-fixed", "llm-dynamic", "router", "hybrid")  # any chat model's
+VISION_CHOOSER = "vlm"  # only a model with a decider
 EMBEDDER = "minilm-onnx"  # torch-free, and the bank's requests are English
 
 
@@ -99,7 +103,7 @@ def _format_examples(examples: Sequence[ToolCallExample]) -> str:
     return "\n".join(f'- "{e.text}" -> {{"tool": "{e.tool}"}}' for e in examples)
 
 
-def _choice_schema(names: Sequence[str]) -> dict[str, Any]:
+def choice_schema(names: Sequence[str]) -> dict[str, Any]:
     return {
         "type": "object",
         "properties": {"tool": {"type": "string", "enum": list(names)}},
@@ -145,7 +149,7 @@ class LLMChooser(ToolChooser):
     def choose(self, context: list[Message], request: str, tools: Sequence[str], called: Sequence[str] = ()) -> str:
         tools = [t for t in tools if t not in called]
         messages = self.messages(context, request, tools)
-        decision = self.model.complete_json(messages, _choice_schema([*tools, NO_TOOL]), max_new_tokens=24)
+        decision = self.model.complete_json(messages, choice_schema([*tools, NO_TOOL]), max_new_tokens=24)
         return decision.get("tool", NO_TOOL)
 
 
@@ -258,12 +262,33 @@ class HybridChooser(ToolChooser):
         return self.llm.choose(context, request, shortlist)
 
 
-def make_chooser(name: str, model: ChatModel) -> ToolChooser:
+class VisionChooser(ToolChooser):
+    """The model's own choice, made looking at the scan. One tool per turn: it was trained on single choices,
+    and asked again after a call it would pick another tool for a request that needed one."""
+
+    name = VISION_CHOOSER
+
+    def __init__(self, decider: ToolDecider, volume: Callable[[], Volume | None]):
+        self.decider, self.volume = decider, volume
+
+    def choose(self, context: list[Message], request: str, tools: Sequence[str], called: Sequence[str] = ()) -> str:
+        if called:
+            return NO_TOOL
+        return self.decider.choose_tool(request, previous_request(context), list(tools), self.volume())
+
+
+def make_chooser(name: str, model: ChatModel, volume: Callable[[], Volume | None] = lambda: None) -> ToolChooser:
+    """`volume` gives the scan of the moment, for a chooser that looks at it."""
+    if name == VISION_CHOOSER:
+        if model.decider is None:
+            raise ValueError(f"The {VISION_CHOOSER!r} tool chooser needs a model that decides tools itself (a ScanChat VLM "
+                             f"trained with --tool-bank); {model.name} does not. Choose one of {', '.join(CHOOSERS)}.")
+        return VisionChooser(model.decider, volume)
     if name == "router":
         return RouterChooser()
     if name == "hybrid":
         return HybridChooser(model)
     examples = {"llm-zero-shot": "none", "llm-fixed": "fixed", "llm-dynamic": "dynamic"}.get(name)
     if examples is None:
-        raise ValueError(f"Unknown tool chooser {name!r}; choose one of {', '.join(CHOOSERS)}.")
+        raise ValueError(f"Unknown tool chooser {name!r}; choose one of {', '.join([*CHOOSERS, VISION_CHOOSER])}.")
     return LLMChooser(model, examples)  # type: ignore[arg-type]

@@ -45,10 +45,11 @@ class Settings(BaseSettings):
     quantization: Literal["none", "4bit", "8bit"] = Field("none", description="bitsandbytes loading on a GPU.")
     device_map: str | None = Field(None, description="accelerate device map, e.g. 'auto' on a GPU machine.")
     max_agent_steps: int = Field(4, ge=1, le=16, description="Tool calls per user turn before the agent must answer.")
-    tool_chooser: Literal["llm-zero-shot", "llm-fixed", "llm-dynamic", "router", "hybrid"] = Field(
+    tool_chooser: Literal["llm-zero-shot", "llm-fixed", "llm-dynamic", "router", "hybrid", "vlm"] = Field(
         "router",
         description="Who picks the tool; chosen by evals/bench_tool_choice.py (held-out: router 94.4% in 0.05 s, "
-        "hybrid 93.3% with the 0.5B LLM deciding the unsure cases, p95 70 s under load).",
+        "hybrid 93.3% with the 0.5B LLM deciding the unsure cases, p95 70 s under load); 'vlm': the ScanChat VLM "
+        "itself, looking at the scan (a VLM trained with --tool-bank only).",
     )
 
     # --- segmentation --------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Tool choice and argument accuracy per chooser, on the held-out split, with latency.
 
     python -m evals.bench_tool_choice [--choosers router,hybrid,...] [--model NAME] [--runtime R] [--limit N]
+    python -m evals.bench_tool_choice --choosers router,vlm --vision-model scanchat-vlm:<folder>   # the VLM deciding itself
 
 For every chooser (and model): the share of held-out requests given the right tool, the share
 of no-tool requests answered without one, argument accuracy (on requests whose tool was right
@@ -20,12 +21,13 @@ from typing import Any
 from tqdm import tqdm
 
 from assistant.agent import Agent
-from assistant.choosers import CHOOSERS, NO_TOOL, ToolCallExample
+from assistant.choosers import CHOOSERS, NO_TOOL, VISION_CHOOSER, ToolCallExample
 from assistant.config import get_settings
 from assistant.models.base import Message
 from assistant.models.registry import load_chat_model
 from assistant.scans.samples import load_sample
 from assistant.session import ScanSession
+from evals.harness.stats import wilson_interval
 from evals.toolcalls.dataset import HELDOUT, load_examples
 
 RESULTS = Path(__file__).parent / "results"
@@ -104,9 +106,11 @@ def summarise(chooser: str, model_name: str, rows: list[dict]) -> dict:
         "model": model_name,
         "n": len(rows),
         "tool_accuracy": sum(r["tool_ok"] for r in rows) / len(rows),
+        "tool_accuracy_interval": wilson_interval(sum(r["tool_ok"] for r in rows), len(rows)),
         "tool_accuracy_tool_requests": sum(r["tool_ok"] for r in tool_rows) / max(1, len(tool_rows)),
         "no_tool_accuracy": sum(r["tool_ok"] for r in none_rows) / max(1, len(none_rows)),
         "argument_accuracy": sum(r["arguments_ok"] for r in arg_rows) / max(1, len(arg_rows)),
+        "argument_accuracy_interval": wilson_interval(sum(r["arguments_ok"] for r in arg_rows), len(arg_rows)),
         "argument_cases": len(arg_rows),
         "median_choose_s": statistics.median(seconds),
         "p95_choose_s": seconds[int(0.95 * (len(seconds) - 1))],
@@ -114,10 +118,17 @@ def summarise(chooser: str, model_name: str, rows: list[dict]) -> dict:
     }
 
 
+def _with_interval(share: float, interval: tuple[float, float] | None) -> str:
+    bounds = f"({interval[0]:.0%}-{interval[1]:.0%})" if interval else ""
+    return f"{share:>6.1%} {bounds:>12}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--choosers", default=",".join(CHOOSERS))
     parser.add_argument("--model", default=None, help="chat model (default: the configured one)")
+    parser.add_argument("--vision-model", default=None,
+                        help=f"the model of the {VISION_CHOOSER!r} chooser: a ScanChat VLM trained with --tool-bank (scanchat-vlm:<folder>)")
     parser.add_argument("--runtime", default=None)
     parser.add_argument("--limit", type=int, default=None, help="first N held-out examples (quick runs)")
     parser.add_argument("--every", type=int, default=1,
@@ -126,18 +137,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     examples = load_examples(HELDOUT)[:: args.every][: args.limit]
     results = [
-        run_chooser(c, args.model, args.runtime, examples, with_arguments=not args.no_arguments)
+        run_chooser(c, args.vision_model if c == VISION_CHOOSER else args.model, args.runtime, examples,
+                    with_arguments=not args.no_arguments)
         for c in args.choosers.split(",")
     ]
 
-    header = f"{'chooser':<14} {'model':<22} {'tool':>6} {'no-tool':>8} {'args':>6} {'median s':>9} {'p95 s':>7}"
+    header = f"{'chooser':<14} {'model':<22} {'tool (95% CI)':>19} {'no-tool':>8} {'args (95% CI)':>19} {'median s':>9} {'p95 s':>7}"
     print(f"held-out requests: {len(examples)}; targets: tool >= {TARGETS['tool_accuracy']:.0%}, "
           f"args >= {TARGETS['argument_accuracy']:.0%}, no-tool >= {TARGETS['no_tool_accuracy']:.0%}, "
           f"median decision <= {TARGETS['median_choose_s']} s")
     print(header)
     for r in results:
-        arguments = f"{r['argument_accuracy']:>6.1%}" if r["argument_cases"] else f"{'-':>6}"
-        print(f"{r['chooser']:<14} {r['model']:<22} {r['tool_accuracy']:>6.1%} {r['no_tool_accuracy']:>8.1%} "
+        arguments = _with_interval(r["argument_accuracy"], r["argument_accuracy_interval"]) if r["argument_cases"] else f"{'-':>19}"
+        print(f"{r['chooser']:<14} {r['model']:<22} {_with_interval(r['tool_accuracy'], r['tool_accuracy_interval'])} "
+              f"{r['no_tool_accuracy']:>8.1%} "
               f"{arguments} {r['median_choose_s']:>9.2f} {r['p95_choose_s']:>7.2f}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"tool_choice-{time.strftime('%Y%m%d-%H%M%S')}.json"

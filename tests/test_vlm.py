@@ -446,10 +446,12 @@ def test_answer_only_loss_of_a_left_padded_batch_equals_each_example_alone():
     model = ScanChatVLM(VLMConfig(encoder="symmetry-grid", feature_dim=7, grid=(3, 2, 3), llm_folder=folder), llm, tokenizer).eval()
     tokens = model.config.visual_tokens
     examples = [Example("a", "presence", prompt_text("Is there a focal lesion in this scan?", tokens), "yes"),
+                Example(None, "tool choice", prompt_text("what is 'stroke' in French?", 0), '{"tool": "lookup_term"}'),
                 Example("b", "size", prompt_text("How large is it?", tokens), "About 21 mm in diameter.")]
     features = {"a": torch.randn(7, 3, 2, 3), "b": torch.randn(7, 3, 2, 3)}
     batch = collate(examples, tokenizer, features)
     assert (batch["attention_mask"][:, -1] == 1).all() and (batch["attention_mask"][:, 0] == 0).any()  # left-padded
+    assert batch["grids"].shape[0] == 2  # a tool request made without a scan shows none
     with torch.no_grad():
         loss = model.answer_loss(**batch)
         total, tokens = 0.0, 0
@@ -459,6 +461,88 @@ def test_answer_only_loss_of_a_left_padded_batch_equals_each_example_alone():
             count = int((alone["labels"] != -100).sum())
             total, tokens = total + float(out.loss) * count, tokens + count
     assert float(loss) == pytest.approx(total / tokens, rel=1e-4)
+
+
+def test_the_vlms_tool_decisions_are_the_banks_in_short_prompts():
+    from assistant.choosers import NO_TOOL, example_bank
+    from assistant.vlm.acting import decisions_for, tool_schemas
+
+    schemas = tool_schemas()
+    bank = example_bank()
+    decisions = decisions_for(bank, schemas)
+    choices = [d for d in decisions if d.topic == "tool choice"]
+    assert [json.loads(d.answer)["tool"] for d in choices] == [e.tool for e in bank]
+    menu = ", ".join([*sorted(schemas), NO_TOOL])
+    assert all(d.prompt.endswith(f"One of: {menu}.") for d in choices)
+    with_arguments = [e for e in bank if e.arguments and schemas.get(e.tool, {}).get("properties")]
+    filled = [d for d in decisions if d.topic == "tool arguments"]
+    assert [json.loads(d.answer) for d in filled] == [e.arguments for e in with_arguments] and filled
+    for decision, example in zip(filled, with_arguments):
+        assert example.text.strip() in decision.prompt and all(name in decision.prompt for name in schemas[example.tool]["properties"])
+        assert decision.with_scan == (example.scan is not None)
+    follow_up = next(d for d, e in zip(choices, bank) if e.previous)
+    assert follow_up.prompt.startswith("Earlier request: ")
+    assert len(max((d.prompt for d in decisions), key=len)) < 1500  # short: a CPU can train on thousands of them
+
+
+def test_a_volume_is_encoded_once_per_volume_while_it_lives():
+    from assistant.vlm.backends import VisionChatModel
+
+    class Counting(VisionChatModel):
+        def prepare(self, volume):
+            self.calls += 1
+            return float(volume.data.sum())
+
+    model = Counting(get_settings())
+    model.calls = 0
+    first, second = _blob_on_right(), _volume(np.ones((40, 48, 36)))
+    assert model.prepared(first) == model.prepared(first) and model.calls == 1
+    assert model.prepared(second) == float(second.data.sum()) and model.calls == 2  # another scan is its own
+    del first
+    import gc
+
+    gc.collect()
+    assert len(model._prepared) == 1  # a closed scan's features go with it
+
+
+def test_only_a_model_that_decides_itself_can_be_the_vlm_chooser():
+    from assistant.choosers import make_chooser
+    from assistant.models.base import ChatModel
+
+    class TextOnly(ChatModel):
+        name = "text-only"
+
+        def stream(self, messages, **kwargs):
+            yield "{}"
+
+    with pytest.raises(ValueError, match="decides tools itself.*text-only does not"):
+        make_chooser("vlm", TextOnly())
+
+
+@pytest.mark.slow
+def test_a_vlm_trained_on_the_tool_bank_chooses_and_fills_arguments_itself_looking_at_the_scan(tmp_path):
+    from assistant.agent import Agent
+    from assistant.session import ScanSession
+    from assistant.vlm.backends import ScanChatVLMChatModel
+    from assistant.vlm.train import train
+
+    data = tmp_path / "data"
+    generate_cases(data, cases_per_base=2, seed=1, bases=("mr-t1-mni152",))
+    settings = get_settings().model_copy(update={"llm": "smollm2-135m", "tool_chooser": "vlm"})
+    summary = train(data, tmp_path / "vlm", encoder="symmetry-grid", align_steps=1, tune_steps=2, batch_size=2, tool_bank=True,
+                    settings=settings)
+    assert summary["tool_decisions"] > 1000 and summary["decisions_per_batch"] == 1
+    model = ScanChatVLMChatModel(tmp_path / "vlm", settings)
+    assert model.decider is model
+    session = ScanSession()
+    session.volume = _blob_on_right()
+    agent = Agent(model, session, settings)
+    chosen = agent.choose_tool([Message(role="user", content="how far apart are (0, 0, 0) and (10, 0, 0) in mm?")])
+    assert chosen in [*agent.tools, "none"] and session.volume in model._prepared  # it decided looking at the scan
+    schema = agent.tools["measure_distance"].args_schema.model_json_schema()
+    arguments = model.fill_arguments("how far apart are (0, 0, 0) and (10, 0, 0) in mm?", None, "measure_distance", schema,
+                                     session.volume)
+    assert isinstance(arguments, dict) and set(schema.get("required", [])) <= set(arguments)  # held to the schema
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
@@ -70,6 +70,18 @@ def template_messages(messages: Sequence[Message], *, tool_role: bool) -> list[d
     return rendered
 
 
+class ToolDecider(Protocol):
+    """A model that makes the agent's tool decisions itself, looking at the scan while it decides (the project's VLM
+    trained on the tool-calling bank), instead of being handed the text model's prompts."""
+
+    def choose_tool(self, request: str, previous: str | None, tools: Sequence[str], volume: Volume | None) -> str:
+        """One of `tools` or "none" for the user's `request` (`previous`: the user's message before it)."""
+
+    def fill_arguments(self, request: str, previous: str | None, tool: str, schema: dict[str, Any],
+                       volume: Volume | None) -> dict[str, Any]:
+        """Arguments for `tool`, valid JSON under its `schema`."""
+
+
 class ModelError(RuntimeError):
     """A model could not be loaded or run; the message says what to do about it."""
 
@@ -82,6 +94,7 @@ class ChatModel(ABC):
     sees_volumes: bool = False  # True for vision-language backends that consume the Volume
     supports_sampling: bool = False  # True when `stream` accepts `sampling=Sampling(...)`
     reuses_prompt_prefix: bool = False  # True where the runtime keeps evaluated prompt tokens for the next call to reuse
+    decider: ToolDecider | None = None  # set where the same model also chooses tools and fills their arguments
 
     def __init__(self) -> None:
         self.last_usage = Usage()
@@ -135,12 +148,12 @@ class ChatModel(ABC):
 
 class ModelWrapper(ChatModel):
     """Another model seen through bookkeeping (metering, timing): what the agent reads from its model (name, runtime,
-    whether it sees volumes, the vision model's per-thread looked-at-the-scan flags) is the inner model's."""
+    whether it sees volumes, its tool decider, the vision model's per-thread looked-at-the-scan flags) is the inner model's."""
 
     def __init__(self, inner: ChatModel) -> None:
         super().__init__()
         self.inner = inner
-        self.name, self.runtime, self.sees_volumes = inner.name, inner.runtime, inner.sees_volumes
+        self.name, self.runtime, self.sees_volumes, self.decider = inner.name, inner.runtime, inner.sees_volumes, inner.decider
 
     @property
     def last_looked_at_volume(self) -> bool:

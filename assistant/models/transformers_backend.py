@@ -66,10 +66,7 @@ class TransformersChatModel(ChatModel):
 
     @cached_property
     def _enforcer_tokenizer_data(self) -> Any:
-        """Token prefix tree for lm-format-enforcer; built once per model (seconds for a 150k vocabulary)."""
-        from lmformatenforcer.integrations.transformers import build_token_enforcer_tokenizer_data
-
-        return build_token_enforcer_tokenizer_data(self.tokenizer)
+        return enforcer_tokenizer_data(self.tokenizer)
 
     def stream(
         self,
@@ -106,8 +103,8 @@ class TransformersChatModel(ChatModel):
             stopping_criteria=stopping,
         )
         if json_schema is not None:
-            generate_kwargs["prefix_allowed_tokens_fn"] = self._json_constraint(json_schema)
-            stopping.append(_StopWhenJsonComplete(self.tokenizer, prompt_tokens))
+            generate_kwargs["prefix_allowed_tokens_fn"] = json_constraint(self._enforcer_tokenizer_data, json_schema)
+            stopping.append(StopWhenJsonComplete(self.tokenizer, prompt_tokens))
         failures: list[BaseException] = []
 
         def generate() -> None:
@@ -149,16 +146,27 @@ class TransformersChatModel(ChatModel):
         except ValueError as exc:  # e.g. a base model without a chat template
             raise ModelError(f"{self.name} cannot format a chat: {exc}") from exc
 
-    def _json_constraint(self, schema: dict[str, Any]) -> Any:
-        _let_lm_format_enforcer_import_on_transformers_5()
-        from lmformatenforcer import JsonSchemaParser
-        from lmformatenforcer.integrations.transformers import build_transformers_prefix_allowed_tokens_fn
 
-        try:
-            parser = JsonSchemaParser(schema)
-        except Exception as exc:
-            raise ModelError(f"the JSON schema cannot be enforced: {exc}") from exc
-        return build_transformers_prefix_allowed_tokens_fn(self._enforcer_tokenizer_data, parser)
+
+def enforcer_tokenizer_data(tokenizer: Any) -> Any:
+    """Token prefix tree for lm-format-enforcer; build it once per model (seconds for a 150k vocabulary)."""
+    _let_lm_format_enforcer_import_on_transformers_5()
+    from lmformatenforcer.integrations.transformers import build_token_enforcer_tokenizer_data
+
+    return build_token_enforcer_tokenizer_data(tokenizer)
+
+
+def json_constraint(tokenizer_data: Any, schema: dict[str, Any]) -> Any:
+    """A `prefix_allowed_tokens_fn` for `generate` that admits only JSON valid under `schema`."""
+    _let_lm_format_enforcer_import_on_transformers_5()
+    from lmformatenforcer import JsonSchemaParser
+    from lmformatenforcer.integrations.transformers import build_transformers_prefix_allowed_tokens_fn
+
+    try:
+        parser = JsonSchemaParser(schema)
+    except Exception as exc:
+        raise ModelError(f"the JSON schema cannot be enforced: {exc}") from exc
+    return build_transformers_prefix_allowed_tokens_fn(tokenizer_data, parser)
 
 
 def _let_lm_format_enforcer_import_on_transformers_5() -> None:
@@ -197,7 +205,7 @@ class _StopWhenSet(StoppingCriteria):
         return self.event.is_set()
 
 
-class _StopWhenJsonComplete(StoppingCriteria):
+class StopWhenJsonComplete(StoppingCriteria):
     """Stop once the output is one complete JSON document.
 
     The schema parser still allows trailing whitespace after the closing brace, and small models

@@ -1,6 +1,7 @@
 """The 3D vision-language backends behind ScanChat's one `ChatModel` interface.
 
-* `ScanChatVLMChatModel`: the project's own VLM (`assistant.vlm.model`), trained by `scanchat vlm train`.
+* `ScanChatVLMChatModel`: the project's own VLM (`assistant.vlm.model`), trained by `scanchat vlm train`; trained
+  with `--tool-bank` it is also the agent's `decider`: it chooses tools and fills their arguments looking at the scan.
 * `M3DChatModel`: an M3D-LaMed checkpoint folder (Phi-3-4B or Llama-2-7B) loaded into `assistant.vlm.m3d`.
 * `MultimodalChatModel`: any `AutoModelForImageTextToText` folder (MedGemma, Qwen2.5-VL, ...) fed windowed axial slices.
 
@@ -13,9 +14,11 @@ load failure (missing weights, a GPU option on a CPU machine) into a fallback to
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,7 +53,8 @@ def model_observation(text: str, model_name: str, question: str) -> Finding:
 
 
 class VisionChatModel(ChatModel):
-    """Common path: look at the volume when it is usable, else (and for JSON decisions) hand over to the text model."""
+    """Common path: look at the volume when it is usable, else (and for JSON decisions asked through `stream`: report
+    impressions, translation checks, the LLM choosers' prompts) hand over to the text model."""
 
     sees_volumes = True
 
@@ -59,6 +63,8 @@ class VisionChatModel(ChatModel):
         self.settings = settings
         self._volume_use = threading.local()  # per thread: one model serves every user's turn at once
         self._generating = threading.Lock()
+        self._prepared: weakref.WeakKeyDictionary[Volume, Any] = weakref.WeakKeyDictionary()  # gone with the volume
+        self._preparing = threading.Lock()
 
     @property
     def last_looked_at_volume(self) -> bool:
@@ -76,6 +82,14 @@ class VisionChatModel(ChatModel):
     def prepare(self, volume: Volume) -> Any:
         """The backend's input from a volume; raises VolumeNotSupported."""
         raise NotImplementedError
+
+    def prepared(self, volume: Volume) -> Any:
+        """`prepare(volume)`, kept while the volume lives: a turn's decisions and answer look at the same scan, and
+        encoding it can take seconds. Keyed by the volume object itself, so one user's scan never answers for another's."""
+        with self._preparing:
+            if volume not in self._prepared:
+                self._prepared[volume] = self.prepare(volume)
+            return self._prepared[volume]
 
     def answer(self, question: str, prepared: Any, max_new_tokens: int | None) -> Iterator[str]:
         raise NotImplementedError
@@ -95,7 +109,7 @@ class VisionChatModel(ChatModel):
             self._used_volume(False, "no scan is loaded: answered by the text model")
         else:
             try:
-                prepared = self.prepare(volume)
+                prepared = self.prepared(volume)
             except VolumeNotSupported as exc:
                 self._used_volume(False, f"{exc}: answered by the text model")
                 log.info("%s did not look at the volume: %s", self.name, exc)
@@ -138,6 +152,9 @@ class VisionChatModel(ChatModel):
 
 
 class ScanChatVLMChatModel(VisionChatModel):
+    """The project's VLM; one trained on the tool-calling bank (`acts`) is also its own `decider`: it chooses the
+    tool and fills the arguments looking at the scan, in the same model that writes the answer."""
+
     runtime = "scanchat-vlm"
 
     def __init__(self, folder: Path, settings: Settings) -> None:
@@ -148,9 +165,45 @@ class ScanChatVLMChatModel(VisionChatModel):
         self.name = folder.name
         self.vlm = load_vlm(folder, settings.quantization)
         self.encoder = get_encoder(self.vlm.config.encoder)
+        self.decider = self if self.vlm.config.acts else None
+        self._constraint_data: Any = None
 
     def prepare(self, volume: Volume) -> torch.Tensor:
         return self.encoder.features(volume)
+
+    def choose_tool(self, request: str, previous: str | None, tools: Sequence[str], volume: Volume | None) -> str:
+        from assistant.choosers import NO_TOOL, choice_schema
+        from assistant.vlm.acting import choice_prompt
+
+        allowed = [*tools, NO_TOOL]
+        return self._decide(choice_prompt(request, previous, tools), choice_schema(allowed), volume, 24)["tool"]
+
+    def fill_arguments(self, request: str, previous: str | None, tool: str, schema: dict[str, Any],
+                       volume: Volume | None) -> dict[str, Any]:
+        from assistant.vlm.acting import arguments_prompt
+
+        return self._decide(arguments_prompt(request, previous, tool, schema), schema, volume, 160)
+
+    def _decide(self, question: str, schema: dict[str, Any], volume: Volume | None, max_new_tokens: int) -> Any:
+        """One JSON decision, looking at the volume when it is usable (as training showed it the scan)."""
+        from assistant.models.transformers_backend import enforcer_tokenizer_data, json_constraint
+
+        grid = None
+        if volume is not None:
+            try:
+                grid = self.prepared(volume)
+            except VolumeNotSupported as exc:
+                log.info("%s decided without the volume: %s", self.name, exc)
+        with self._generating:
+            if self._constraint_data is None:
+                self._constraint_data = enforcer_tokenizer_data(self.vlm.tokenizer)
+            started = time.perf_counter()
+            reply = self.vlm.generate_json(grid, question, json_constraint(self._constraint_data, schema), max_new_tokens)
+        self.last_usage = Usage(completion_tokens=len(self.vlm.tokenizer(reply).input_ids), seconds=time.perf_counter() - started)
+        try:
+            return json.loads(reply)
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"{self.name} produced invalid JSON despite the schema: {reply[:200]!r}") from exc
 
     def answer(self, question: str, prepared: torch.Tensor, max_new_tokens: int | None) -> Iterator[str]:
         started = time.perf_counter()

@@ -37,6 +37,7 @@ class VLMConfig:
     hemisphere_token: bool = True  # one more visual token: the left half of the grid minus its mirrored right half
     presence_channels: tuple[int, ...] = ()  # one more visual token when set: how far these channels' largest cell stands above their median
     hemisphere_channels: tuple[int, ...] = ()  # the channels the hemisphere token compares (empty: all)
+    acts: bool = False  # trained on the tool-calling bank as well: it chooses tools and fills their arguments itself
 
     @property
     def visual_tokens(self) -> int:
@@ -116,11 +117,14 @@ def left_minus_right(grid: torch.Tensor) -> torch.Tensor:
 
 def splice_visual_tokens(embeddings: torch.Tensor, input_ids: torch.Tensor, image_token_id: int,
                          visual: torch.Tensor) -> torch.Tensor:
-    """Replace the embeddings at the placeholder positions (row by row) with the visual tokens."""
+    """Replace the embeddings at the placeholder positions with the visual tokens: the rows that show a scan
+    (a tool request made without one has no placeholders) take the scans of `visual` in order."""
     placeholder = input_ids == image_token_id
     counts = placeholder.sum(dim=1)
-    if not torch.all(counts == visual.shape[1]):
-        raise ModelError(f"each prompt needs {visual.shape[1]} image placeholders; found {counts.tolist()}")
+    showing = counts > 0
+    if int(showing.sum()) != visual.shape[0] or not torch.all(counts[showing] == visual.shape[1]):
+        raise ModelError(f"{visual.shape[0]} scans need {visual.shape[1]} image placeholders in as many prompts; "
+                         f"found {counts.tolist()}")
     spliced = embeddings.clone()
     spliced[placeholder] = visual.reshape(-1, visual.shape[-1]).to(embeddings.dtype)
     return spliced
@@ -232,6 +236,25 @@ class ScanChatVLM(nn.Module):
             return self.llm.generate(inputs_embeds=embeddings, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                                      min_new_tokens=min_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None, streamer=streamer,
                                      pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+
+    def generate_json(self, grid: torch.Tensor | None, question: str, constraint, max_new_tokens: int) -> str:
+        """A reply held to a JSON schema by `constraint` (a `prefix_allowed_tokens_fn`), the scan's tokens in front.
+
+        The prompt's ids go with its embeddings, so the constraint reads the generated tokens after them, as it
+        does for the text model."""
+        from transformers import StoppingCriteriaList
+
+        from assistant.models.transformers_backend import StopWhenJsonComplete
+
+        ids = self._prompt_ids(question, grid is not None)
+        with torch.inference_mode():
+            embeddings = self.input_embeddings(ids, None if grid is None else grid[None])
+            output = self.llm.generate(input_ids=ids, inputs_embeds=embeddings, attention_mask=torch.ones_like(ids),
+                                       max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
+                                       prefix_allowed_tokens_fn=constraint,
+                                       stopping_criteria=StoppingCriteriaList([StopWhenJsonComplete(self.tokenizer, ids.shape[1])]),
+                                       pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+        return self.tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True)
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,9 @@
     scanchat vlm train ...        (the same)
 
 Reads the in-silico JSONL (`assistant.vlm.cases`); encoder features are computed once and cached
-next to it, so each step costs only the LLM. The same script runs on a GPU through accelerate;
+next to it, so each step costs only the LLM. With `--tool-bank`, instruction tuning also trains the tool
+decisions of the tool-calling bank's training split (`assistant.vlm.acting`), a share of every batch, so that
+one model looks at the scan, chooses the tool, fills its arguments and writes the answer. The same script runs on a GPU through accelerate;
 with `--qlora` on CUDA the LLM is loaded in 4-bit (bitsandbytes) and prepared for k-bit training.
 """
 
@@ -16,6 +18,7 @@ import logging
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +37,7 @@ DEFAULT_VLM_NAME = "scanchat-vlm-0.5b"
 
 @dataclass(frozen=True)
 class Example:
-    case_id: str
+    case_id: str | None  # the case whose scan the prompt shows (None: a tool request made without a scan)
     topic: str
     prompt: str
     answer: str
@@ -63,6 +66,19 @@ def examples_for(cases: list[Case], visual_tokens: int) -> list[Example]:
             for case in cases for pair in case.qa for wording in training_wordings(pair.topic)]
 
 
+def decision_examples_for(cases: list[Case], visual_tokens: int, rng: random.Random) -> list[Example]:
+    """The tool bank's decisions, each request made with a scan shown a training case's scan (the choice does not
+    depend on which: the model learns to decide with a scan in view, as in a chat)."""
+    from assistant.choosers import example_bank
+    from assistant.vlm.acting import decisions_for, tool_schemas
+
+    examples = []
+    for decision in decisions_for(example_bank(), tool_schemas()):
+        case_id = rng.choice(cases).case_id if decision.with_scan else None
+        examples.append(Example(case_id, decision.topic, prompt_text(decision.prompt, visual_tokens if case_id else 0), decision.answer))
+    return examples
+
+
 def topic_balanced_batch(examples: list[Example], batch_size: int, rng: random.Random) -> list[Example]:
     """A topic drawn uniformly, then an example of it: side and lobe questions exist only for lesioned cases,
     so uniform sampling over examples would show them half as often as modality or coverage."""
@@ -83,16 +99,17 @@ def collate(examples: list[Example], tokenizer, features: dict[str, torch.Tensor
         labels.append([-100] * len(prompt) + answer)
     width = max(len(row) for row in rows)
     pad = tokenizer.pad_token_id or tokenizer.eos_token_id
+    shown = [features[example.case_id].float() for example in examples if example.case_id is not None]
     return {
         "input_ids": torch.tensor([[pad] * (width - len(row)) + row for row in rows]),
         "attention_mask": torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows]),
         "labels": torch.tensor([[-100] * (width - len(label)) + label for label in labels]),
-        "grids": torch.stack([features[example.case_id].float() for example in examples]),
+        "grids": torch.stack(shown) if shown else None,
     }
 
 
-def _run_stage(model: ScanChatVLM, accelerator, examples: list[Example], features: dict[str, torch.Tensor], steps: int,
-               batch_size: int, learning_rate: float, name: str, rng: random.Random) -> list[float]:
+def _run_stage(model: ScanChatVLM, accelerator, sample: Callable[[], list[Example]], features: dict[str, torch.Tensor], steps: int,
+               learning_rate: float, name: str) -> list[float]:
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=0.0)
     optimizer = accelerator.prepare(optimizer)
@@ -100,8 +117,8 @@ def _run_stage(model: ScanChatVLM, accelerator, examples: list[Example], feature
     model.train()
     with tqdm(range(steps), desc=name, unit="step") as bar:
         for _ in bar:
-            batch = collate(topic_balanced_batch(examples, batch_size, rng), model.tokenizer, features)
-            batch = {key: value.to(accelerator.device) for key, value in batch.items()}
+            batch = collate(sample(), model.tokenizer, features)
+            batch = {key: None if value is None else value.to(accelerator.device) for key, value in batch.items()}
             with accelerator.autocast():
                 loss = model.answer_loss(**batch)
             accelerator.backward(loss)
@@ -116,13 +133,15 @@ def _run_stage(model: ScanChatVLM, accelerator, examples: list[Example], feature
 def train(data_dir: Path, out: Path, *, encoder: str = "merlin", align_steps: int = 60, tune_steps: int = 120,
           batch_size: int = 8, learning_rate: float = 1e-3, lora_learning_rate: float = 2e-4, qlora: bool = False, bf16: bool = True,
           seed: int = 0, llm_folder: str | None = None, exclude_bases: tuple[str, ...] = (), presence_token: bool = True,
-          side_channels: bool = True, settings: Settings | None = None) -> dict:
+          side_channels: bool = True, tool_bank: bool = False, decision_share: float = 0.5,
+          settings: Settings | None = None) -> dict:
     """Train and save the VLM into `out`; returns a summary (losses, seconds) also written as train_log.json.
 
     `llm_folder` is any transformers causal-LM folder (default: the packaged Qwen2.5-Coder-0.5B).
     `bf16` runs the steps under bfloat16 autocast (weights stay float32): about 1.6x faster on this
     CPU (AVX512-BF16), and the usual choice on a GPU. `exclude_bases` leaves training base volumes out,
-    so that designs can be compared on a base no model saw without touching the held-out one.
+    so that designs can be compared on a base no model saw without touching the held-out one. `tool_bank` adds the
+    tool decisions to instruction tuning, `decision_share` of each batch.
     """
     from accelerate import Accelerator
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -142,7 +161,7 @@ def train(data_dir: Path, out: Path, *, encoder: str = "merlin", align_steps: in
                        grid=tuple(sample_grid.shape[1:]),
                        llm_folder=llm_folder or default_llm_folder(settings),
                        presence_channels=encoder_info(encoder).finding_channels if presence_token else (),
-                       hemisphere_channels=encoder_info(encoder).side_channels if side_channels else ())
+                       hemisphere_channels=encoder_info(encoder).side_channels if side_channels else (), acts=tool_bank)
     llm, tokenizer = load_llm(config.llm_folder, "4bit" if qlora else "none")
     if qlora:
         llm = prepare_model_for_kbit_training(llm)
@@ -151,15 +170,23 @@ def train(data_dir: Path, out: Path, *, encoder: str = "merlin", align_steps: in
     # the LLM is already placed (device_map); not re-wrapped
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if bf16 else "no")
     examples = examples_for(cases, config.visual_tokens)
+    decisions = decision_examples_for(cases, config.visual_tokens, rng) if tool_bank else []
+    decided = round(batch_size * decision_share) if decisions else 0
 
-    align = _run_stage(model, accelerator, examples, features, align_steps, batch_size, learning_rate, "alignment (projector)", rng)
+    def visual_batch() -> list[Example]:
+        return topic_balanced_batch(examples, batch_size, rng)
+
+    def mixed_batch() -> list[Example]:
+        return topic_balanced_batch(examples, batch_size - decided, rng) + topic_balanced_batch(decisions, decided, rng)
+
+    align = _run_stage(model, accelerator, visual_batch, features, align_steps, learning_rate, "alignment (projector)")
     model.llm = get_peft_model(model.llm, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.05,
                                                      target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
-    tune = _run_stage(model, accelerator, examples, features, tune_steps, batch_size, lora_learning_rate,
-                      "instruction tuning (projector + LoRA)", rng)
+    tune = _run_stage(model, accelerator, mixed_batch, features, tune_steps, lora_learning_rate, "instruction tuning (projector + LoRA)")
     model.save(out)
     summary = {"encoder": encoder_info(encoder).name, "encoder_version": encoder_info(encoder).version, "train_bases": sorted({case.base for case in cases}),
-               "train_cases": len(cases), "examples": len(examples), "presence_channels": list(config.presence_channels),
+               "train_cases": len(cases), "examples": len(examples), "tool_decisions": len(decisions), "decisions_per_batch": decided,
+               "presence_channels": list(config.presence_channels),
                "hemisphere_channels": list(config.hemisphere_channels),
                "align_loss_first_last": [align[0], sum(align[-10:]) / len(align[-10:])] if align else [],
                "tune_loss_first_last": [tune[0], sum(tune[-10:]) / len(tune[-10:])] if tune else [],
@@ -184,6 +211,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="leave this training base volume out (a development split; repeatable)")
     parser.add_argument("--no-presence-token", dest="presence_token", action="store_false",
                         help="no presence token (the encoder's finding channels' largest values), for comparison")
+    parser.add_argument("--tool-bank", action="store_true",
+                        help="also train the tool decisions of the tool-calling bank, so the VLM chooses tools and fills arguments itself")
+    parser.add_argument("--decision-share", type=float, default=0.5, help="share of each tuning batch given to tool decisions")
     parser.add_argument("--all-channels-hemisphere", dest="side_channels", action="store_false",
                         help="the hemisphere token compares every channel, not only the encoder's side channels (for comparison)")
 
@@ -193,7 +223,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     summary = train(args.data or default_data_dir(settings), args.out or default_output(settings), encoder=args.encoder,
                     align_steps=args.align_steps, tune_steps=args.tune_steps, batch_size=args.batch_size, qlora=args.qlora, bf16=args.bf16,
                     seed=args.seed, llm_folder=args.llm, exclude_bases=tuple(args.exclude_base), presence_token=args.presence_token,
-                    side_channels=args.side_channels, settings=settings)
+                    side_channels=args.side_channels, tool_bank=args.tool_bank, decision_share=args.decision_share, settings=settings)
     print(json.dumps(summary, indent=2))
     return 0
 
